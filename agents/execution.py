@@ -1,0 +1,54 @@
+"""The execution step: with the approved plan, write the failing test, fix, run the suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agents.permissions import execution_gate
+from agents.prompts import UNTRUSTED_NOTE, fence
+from agents.runner import AgentStep
+from bot.config import RepoConfig
+
+SYSTEM_PROMPT = f"""You are Fixbot's execution agent. You implement an approved fix plan,
+test first, in the repository checkout in your working directory. Use the tdd-workflow
+and self-review skills. You may read and edit files here and run only the repository's
+test and lint commands. Never commit or push: Fixbot checks your work and does that.
+{UNTRUSTED_NOTE}"""
+
+
+def execution_step(
+    worktree: Path,
+    *,
+    ref: str,
+    repo: RepoConfig,
+    plan_markdown: str,
+    feedback: tuple[str, ...],
+    plugins: tuple[Path, ...],
+    mcp_servers: dict[str, Any],
+    budget_usd: float | None,
+) -> AgentStep:
+    """The AgentStep that implements `plan_markdown` in `worktree`."""
+    lint = f" and lint with `{repo.lint_command}`" if repo.lint_command else ""
+    prompt = (
+        f"Implement the approved plan for {ref}.\n\n{fence('approved-plan', plan_markdown)}\n\n"
+        f"1. Write the failing test first and run it with `{repo.test_command}` to see it fail.\n"
+        f"2. Make the smallest change that fixes the bug.\n"
+        f"3. Run the whole suite with `{repo.test_command}`{lint}; everything must pass.\n"
+        "4. Review your diff (git diff) and finish with a one-paragraph summary."
+    )
+    if feedback:
+        prompt += "\n\nNotes from reviewers:\n\n" + "\n\n".join(
+            fence("slack-thread", text) for text in feedback
+        )
+    mcp_tools = tuple(f"mcp__{name}__" for name in mcp_servers)
+    return AgentStep(
+        name="execution",
+        prompt=prompt,
+        cwd=worktree,
+        system_prompt=SYSTEM_PROMPT,
+        can_use_tool=execution_gate(worktree, [repo.test_command, repo.lint_command], mcp_tools),
+        mcp_servers=mcp_servers,
+        plugins=plugins,
+        max_budget_usd=budget_usd,
+    )

@@ -1,0 +1,464 @@
+"""Run one Claude Code agent step: the one place that touches claude-agent-sdk.
+
+A step (planning, execution) describes what to run as an `AgentStep`; `AgentEnvironment`
+says how to start Claude Code. `run_agent_step` starts the CLI, streams progress as
+`AgentEvent`s, and returns a `StepResult`, or raises `AgentTransientError` (worth
+retrying: the API overloaded or rate limited, the network, the CLI crashing) or
+`AgentPermanentError` (retrying will not help: bad credentials, no CLI, bad request).
+
+The CLI's environment: the SDK always starts it with the whole of `os.environ` merged
+under `options.env` (see claude_agent_sdk/_internal/transport/subprocess_cli.py), and the
+agent's Bash sees all of it. So `agent_env` overrides every inherited variable that is not
+on `PASSED_THROUGH` with an empty string, which is how Fixbot's secrets (Slack, GitHub,
+Sentry, Jira tokens, the database URL) stay out of the agent's reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ClaudeSDKError,
+    CLIConnectionError,
+    CLINotFoundError,
+    PermissionResultAllow,
+    PermissionResultDeny,
+    ResultMessage,
+    TextBlock,
+    ToolPermissionContext,
+    ToolUseBlock,
+)
+from claude_agent_sdk.types import PermissionResult, SdkPluginConfig
+
+from bot.errors import FixbotError
+
+__all__ = [
+    "PASSED_THROUGH",
+    "AgentEnvironment",
+    "AgentError",
+    "AgentEvent",
+    "AgentPermanentError",
+    "AgentStep",
+    "AgentTransientError",
+    "StepResult",
+    "ToolGate",
+    "agent_env",
+    "run_agent_step",
+    "summarize_tool_use",
+]
+
+ToolGate = Callable[[str, dict[str, Any]], Awaitable[str | None]]
+"""Decides a tool call the CLI asks about: None allows it, a string refuses it (the model
+reads the string as the tool's result)."""
+
+Outcome = Literal["success", "error_max_turns", "error_max_budget", "error", "interrupted"]
+
+# Inherited variables the CLI may keep: locale, shell, proxies and certificates. Every
+# other inherited variable reaches the CLI as an empty string.
+PASSED_THROUGH = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+    }
+)
+_PASSED_THROUGH_PREFIXES = ("LC_",)
+
+# HTTP statuses of the Anthropic API worth another try later.
+_TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+_INTERRUPT_TIMEOUT_S = 3.0
+_STDERR_LINES_KEPT = 40
+
+
+@dataclass(frozen=True)
+class AgentStep:
+    """What to run: one Claude Code conversation in one working directory."""
+
+    name: str  # "planning" | "execution"
+    prompt: str
+    cwd: Path
+    system_prompt: str | None = None  # appended to Claude Code's own system prompt
+    allowed_tools: Sequence[str] = ()  # run without asking `can_use_tool`
+    can_use_tool: ToolGate | None = None  # asked about every other tool call
+    mcp_servers: Mapping[str, Any] = field(default_factory=dict)
+    plugins: Sequence[Path] = ()  # local Claude Code plugin directories (skills)
+    output_schema: dict[str, Any] | None = None  # JSON schema of the structured answer
+    max_budget_usd: float | None = None
+    max_turns: int | None = None
+    resume_session_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentEnvironment:
+    """How to start Claude Code; built once from settings."""
+
+    home: Path  # a private HOME for the CLI: its sessions live under home/.claude
+    cli_path: str | None = None  # None: the CLI bundled with claude-agent-sdk
+    anthropic_api_key: str | None = None
+    oauth_token: str | None = None
+    base_url: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)  # e.g. CLAUDE_CODE_MAX_RETRIES
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """Progress of a running step, fit for a status line."""
+
+    kind: Literal["tool", "text"]
+    summary: str  # "Reading shop/pricing.py", "Running python -m pytest -q"
+    cost_usd: float | None = None  # spend so far, when known
+
+
+@dataclass
+class StepResult:
+    """How a step ended and what it cost."""
+
+    session_id: str
+    outcome: Outcome
+    cost_usd: float
+    input_tokens: int  # all input tokens, cached or not
+    output_tokens: int
+    turns: int
+    duration_s: float
+    text: str  # the final answer
+    structured_output: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class AgentError(FixbotError):
+    """Claude Code could not run the step."""
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class AgentTransientError(AgentError):
+    """Worth retrying later: API overloaded or rate limited, network trouble, CLI crash."""
+
+
+class AgentPermanentError(AgentError):
+    """Retrying will not help: bad credentials, a rejected request, no CLI."""
+
+
+EventHandler = Callable[[AgentEvent], Awaitable[None]]
+
+
+async def run_agent_step(
+    step: AgentStep, env: AgentEnvironment, on_event: EventHandler | None = None
+) -> StepResult:
+    """Run `step` to its end and report how it went.
+
+    Cancelling the awaiting task interrupts Claude Code and ends its process.
+    """
+    stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES_KEPT)
+    options = _options(step, env, stderr_tail.append)
+    started = time.monotonic()
+    client = ClaudeSDKClient(options)
+    result: ResultMessage | None = None
+    last_text = ""
+    try:
+        await client.connect()
+        await client.query(step.prompt)
+        async for message in client.receive_response():
+            if isinstance(message, AssistantMessage):
+                last_text = await _report(message, step.cwd, on_event) or last_text
+            elif isinstance(message, ResultMessage):
+                result = message
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(_INTERRUPT_TIMEOUT_S):
+                await client.interrupt()
+        raise
+    except ClaudeSDKError as error:
+        raise _translate(error, stderr_tail) from error
+    finally:
+        await _close(client)
+    if result is None:
+        raise AgentTransientError(_with_stderr("Claude Code ended without a result.", stderr_tail))
+    return _step_result(result, time.monotonic() - started, last_text)
+
+
+def agent_env(env: AgentEnvironment, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables to lay over the inherited environment of the CLI (`options.env`)."""
+    inherited = os.environ if inherited is None else inherited
+    variables = {
+        name: ""
+        for name in inherited
+        if name not in PASSED_THROUGH and not name.startswith(_PASSED_THROUGH_PREFIXES)
+    }
+    variables.update(
+        {
+            "HOME": str(env.home),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "ANTHROPIC_API_KEY": env.anthropic_api_key or "",
+            "CLAUDE_CODE_OAUTH_TOKEN": env.oauth_token or "",
+        }
+    )
+    if env.base_url:
+        variables["ANTHROPIC_BASE_URL"] = env.base_url
+    if "PATH" not in inherited:
+        variables["PATH"] = os.defpath
+    variables.update(env.extra)
+    return variables
+
+
+def summarize_tool_use(name: str, tool_input: Mapping[str, Any], cwd: Path) -> str:
+    """A short line saying what a tool call does, e.g. "Reading shop/pricing.py"."""
+
+    def path(key: str = "file_path") -> str:
+        return _relative(str(tool_input.get(key) or tool_input.get("path") or ""), cwd)
+
+    if name == "Read":
+        return f"Reading {path()}"
+    if name == "Write":
+        return f"Writing {path()}"
+    if name in ("Edit", "MultiEdit"):
+        return f"Editing {path()}"
+    if name == "NotebookEdit":
+        return f"Editing {path('notebook_path')}"
+    if name == "Bash":
+        return f"Running {_shorten(str(tool_input.get('command', '')))}"
+    if name == "Grep":
+        where = f" in {path('path')}" if tool_input.get("path") else ""
+        return f"Searching for {_shorten(str(tool_input.get('pattern', '')))!r}{where}"
+    if name == "Glob":
+        return f"Listing {_shorten(str(tool_input.get('pattern', '')))}"
+    if name == "WebFetch":
+        return f"Fetching {_shorten(str(tool_input.get('url', '')))}"
+    if name == "WebSearch":
+        return f"Searching the web for {_shorten(str(tool_input.get('query', '')))!r}"
+    if name in ("Agent", "Task"):
+        return f"Delegating: {_shorten(str(tool_input.get('description', '')))}"
+    if name == "Skill":
+        return f"Using the {tool_input.get('skill', '')} skill"
+    if name == "StructuredOutput":
+        return "Reporting the result"
+    if name.startswith("mcp__"):
+        _, server, tool = [*name.split("__", 2), "", ""][:3]
+        return f"Using {server} {tool}".strip()
+    return f"Using {name}"
+
+
+# Options
+
+
+def _options(
+    step: AgentStep, env: AgentEnvironment, on_stderr: Callable[[str], None]
+) -> ClaudeAgentOptions:
+    env.home.mkdir(parents=True, exist_ok=True)
+    system_prompt: Any = {"type": "preset", "preset": "claude_code"}
+    if step.system_prompt:
+        system_prompt["append"] = step.system_prompt
+    plugins: list[SdkPluginConfig] = [
+        {"type": "local", "path": str(plugin)} for plugin in step.plugins
+    ]
+    output_format = (
+        {"type": "json_schema", "schema": step.output_schema} if step.output_schema else None
+    )
+    return ClaudeAgentOptions(
+        cwd=step.cwd,
+        cli_path=env.cli_path,
+        env=agent_env(env),
+        system_prompt=system_prompt,
+        permission_mode="default",
+        allowed_tools=list(step.allowed_tools),
+        can_use_tool=_permission_callback(step.can_use_tool) if step.can_use_tool else None,
+        setting_sources=[],  # no user or project settings: the repo under work is untrusted
+        mcp_servers=dict(step.mcp_servers),
+        plugins=plugins,
+        output_format=output_format,
+        max_budget_usd=step.max_budget_usd,
+        max_turns=step.max_turns,
+        resume=step.resume_session_id,
+        model=step.model,
+        stderr=on_stderr,
+    )
+
+
+def _permission_callback(
+    gate: ToolGate,
+) -> Callable[[str, dict[str, Any], ToolPermissionContext], Awaitable[PermissionResult]]:
+    async def can_use_tool(
+        name: str, tool_input: dict[str, Any], context: ToolPermissionContext
+    ) -> PermissionResult:
+        refusal = await gate(name, tool_input)
+        if refusal is None:
+            return PermissionResultAllow()
+        return PermissionResultDeny(message=refusal)
+
+    return can_use_tool
+
+
+# Messages
+
+
+async def _report(
+    message: AssistantMessage, cwd: Path, on_event: EventHandler | None
+) -> str | None:
+    """Send the events of one assistant message; return its text, if any."""
+    texts: list[str] = []
+    for block in message.content:
+        event: AgentEvent | None = None
+        if isinstance(block, ToolUseBlock):
+            event = AgentEvent("tool", summarize_tool_use(block.name, block.input, cwd))
+        elif isinstance(block, TextBlock) and block.text.strip():
+            texts.append(block.text)
+            event = AgentEvent("text", _shorten(block.text, 200))
+        if event is not None and on_event is not None:
+            await on_event(event)
+    return "\n".join(texts) or None
+
+
+def _step_result(result: ResultMessage, duration_s: float, last_text: str) -> StepResult:
+    if result.is_error and result.subtype == "success":
+        # The loop ended on a failed API call: its status says whether to retry.
+        raise _api_error(result)
+    outcome: Outcome
+    if result.subtype == "success":
+        outcome = "success"
+    elif result.subtype == "error_max_turns":
+        outcome = "error_max_turns"
+    elif result.subtype == "error_max_budget_usd":
+        outcome = "error_max_budget"
+    elif (result.terminal_reason or "").startswith(("aborted", "interrupted")):
+        outcome = "interrupted"
+    else:
+        outcome = "error"
+    usage = result.usage or {}
+    structured = result.structured_output
+    error = None
+    if outcome != "success":
+        error = "; ".join(result.errors or []) or result.result or result.subtype
+    return StepResult(
+        session_id=result.session_id,
+        outcome=outcome,
+        cost_usd=float(result.total_cost_usd or 0.0),
+        input_tokens=sum(
+            int(usage.get(key) or 0)
+            for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        ),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        turns=result.num_turns,
+        duration_s=duration_s,
+        text=result.result if result.result is not None else last_text,
+        structured_output=structured if isinstance(structured, dict) else None,
+        error=error,
+    )
+
+
+# Errors
+
+
+def _api_error(result: ResultMessage) -> AgentError:
+    status = result.api_error_status
+    detail = result.result or "; ".join(result.errors or []) or "the API call failed"
+    if status is None or status in _TRANSIENT_STATUSES or status >= 500:
+        return AgentTransientError(
+            f"Claude Code could not reach the model: {detail}", session_id=result.session_id
+        )
+    return AgentPermanentError(
+        f"The model API refused Claude Code's request: {detail}", session_id=result.session_id
+    )
+
+
+def _translate(error: ClaudeSDKError, stderr_tail: Iterable[str]) -> AgentError:
+    status = getattr(error, "api_error_status", None)
+    if isinstance(status, int) and status not in _TRANSIENT_STATUSES and status < 500:
+        return AgentPermanentError(_with_stderr(f"The model API refused: {error}", stderr_tail))
+    if isinstance(error, CLINotFoundError):
+        return AgentPermanentError(f"Claude Code is not installed where expected: {error}")
+    if isinstance(error, CLIConnectionError) and "Working directory" in str(error):
+        return AgentPermanentError(str(error))
+    return AgentTransientError(_with_stderr(f"Claude Code failed: {error}", stderr_tail))
+
+
+def _with_stderr(message: str, stderr_tail: Iterable[str]) -> str:
+    tail = "\n".join(stderr_tail).strip()
+    return f"{message}\n{tail}" if tail else message
+
+
+# Cleanup
+
+
+async def _close(client: ClaudeSDKClient) -> None:
+    """Disconnect, and make sure the CLI process is gone even if that was cut short."""
+    pid = _cli_pid(client)
+    try:
+        await client.disconnect()
+    except (Exception, asyncio.CancelledError):
+        # Another cancellation, or a broken transport: the kill below still ends the CLI.
+        pass
+    finally:
+        if pid is not None:
+            _kill_if_alive(pid)
+
+
+def _cli_pid(client: ClaudeSDKClient) -> int | None:
+    # The SDK does not expose the process; its pid lets us kill it if disconnect was cut short.
+    process = getattr(getattr(client, "_transport", None), "_process", None)
+    pid = getattr(process, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _kill_if_alive(pid: int) -> None:
+    # Only our own child: a pid that was reaped and reused belongs to someone else.
+    if _parent_of(pid) == os.getpid():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+# Text
+
+
+def _relative(path: str, cwd: Path) -> str:
+    if not path:
+        return "a file"
+    try:
+        return str(Path(path).relative_to(cwd))
+    except ValueError:
+        return path
+
+
+def _shorten(value: str, limit: int = 80) -> str:
+    line = re.sub(r"\s+", " ", value.strip())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

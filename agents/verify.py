@@ -1,0 +1,285 @@
+"""Verification: Fixbot proves red → green itself, whatever the agent claimed.
+
+The new tests must fail on the base commit, pass with the fix, and the whole suite must
+pass with the fix. Each run is a shell command in its own process group, bounded by a
+timeout that kills the whole group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from agents.workspace import GitError, changed_files, git, remove_tree
+
+OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
+DRAIN_TIMEOUT = 5.0  # how long to wait for output after the command ended
+
+NO_TEST = "the change adds or changes no test"
+ALREADY_PASS = "the new tests already pass without the fix"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int  # -N: killed by signal N
+    output: str  # stdout and stderr interleaved, the last ~20 KB
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The evidence for one fix: the three runs, and whether they prove it."""
+
+    ok: bool
+    reason: str
+    test_files: list[str] = field(default_factory=list)
+    red: CommandResult | None = None
+    green: CommandResult | None = None
+    suite: CommandResult | None = None
+
+    @staticmethod
+    def excerpt(result: CommandResult | None, lines: int = 15) -> str:
+        """The last `lines` non-blank lines of a run's output, for a PR body or a thread."""
+        if result is None:
+            return ""
+        text = _ANSI.sub("", result.output)
+        kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+async def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:  # noqa: ASYNC109
+    """Run a shell command in its own process group; on timeout, kill the whole group."""
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    process = await asyncio.create_subprocess_shell(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output = bytearray()
+    assert process.stdout is not None
+    reader = asyncio.create_task(_read_tail(process.stdout, output))
+    timed_out = False
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        timed_out = True
+        await _stop_group(process)
+    except BaseException:
+        reader.cancel()
+        await _stop_group(process)
+        raise
+    # Children the command left behind would hold the pipe open: they go too.
+    _signal_group(process.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    assert process.returncode is not None
+    return CommandResult(
+        command=command,
+        exit_code=process.returncode,
+        output=bytes(output[-OUTPUT_LIMIT:]).decode(errors="replace"),
+        duration_s=round(time.monotonic() - started, 3),
+        timed_out=timed_out,
+    )
+
+
+async def _read_tail(stream: asyncio.StreamReader, output: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        output += chunk
+        if len(output) > 2 * OUTPUT_LIMIT:
+            del output[:-OUTPUT_LIMIT]
+
+
+async def _stop_group(process: asyncio.subprocess.Process) -> None:
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), KILL_GRACE)
+    except TimeoutError:
+        _signal_group(process.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), KILL_GRACE)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+# Which files are tests ------------------------------------------------------------------
+
+_TEST_NAME = re.compile(
+    r"""^(
+        test_.+\.py | .+_tests?\.py                       # pytest, unittest
+      | .+\.(test|spec)\.(js|jsx|ts|tsx|mjs|cjs|mts|cts)  # jest, vitest, mocha
+      | .+_(spec|test)\.rb | test_.+\.rb                  # rspec, minitest
+      | .+_test\.go | .+_test\.exs | .+_test\.dart
+      | .+(Test|Tests|Spec|IT)\.(java|kt|scala|cs|swift|php)
+      | test_.+\.sh | .+\.bats
+    )$""",
+    re.VERBOSE,
+)
+_TEST_DIRS = {"test", "tests", "__tests__", "spec", "specs", "testing"}
+_CODE_SUFFIXES = {
+    ".py", ".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs", ".rb", ".go", ".rs",
+    ".java", ".kt", ".scala", ".cs", ".swift", ".php", ".ex", ".exs", ".dart",
+}  # fmt: skip
+_SUPPORT_NAMES = {"conftest.py", "__init__.py"}
+
+
+def test_files(paths: list[str]) -> list[str]:
+    """The paths that are tests: by name (test_*.py, *.test.ts, *_spec.rb, …) or as
+    code files in a test folder (tests/, __tests__/, spec/, …)."""
+    return [path for path in paths if _is_test(PurePosixPath(path))]
+
+
+# Not a test run on its own (pytest would find no test in it).
+test_files.__test__ = False  # type: ignore[attr-defined]
+
+
+def _is_test(path: PurePosixPath) -> bool:
+    if path.name in _SUPPORT_NAMES:
+        return False
+    if _TEST_NAME.match(path.name):
+        return True
+    return path.suffix in _CODE_SUFFIXES and _in_test_dir(path)
+
+
+def _in_test_dir(path: PurePosixPath) -> bool:
+    return any(part.lower() in _TEST_DIRS for part in path.parts[:-1])
+
+
+def _support_files(paths: list[str]) -> list[str]:
+    """Files the new tests may need on the base commit: fixtures, conftest, test data."""
+    support = []
+    for path in paths:
+        pure = PurePosixPath(path)
+        if _is_test(pure):
+            continue
+        if pure.name == "conftest.py" or _in_test_dir(pure):
+            support.append(path)
+    return support
+
+
+# Red, green, suite ----------------------------------------------------------------------
+
+
+async def verify_fix(
+    worktree: Path,
+    base_commit: str,
+    test_command: str,
+    timeout: float,  # noqa: ASYNC109 (applies to each of the three runs)
+) -> Verification:
+    """Check the fix in `worktree` against `base_commit` with the repo's test command."""
+    changed = _existing(worktree, await changed_files(worktree, base_commit))
+    tests = test_files(changed)
+    if not tests:
+        return Verification(ok=False, reason=NO_TEST)
+    targeted = f"{test_command} {shlex.join(tests)}"
+    copied = tests + _support_files(changed)
+
+    red = await _run_on_base(worktree, base_commit, copied, targeted, timeout)
+    if red.timed_out:
+        reason = f"the new tests time out without the fix (after {timeout:g} s)"
+        return Verification(ok=False, reason=reason, test_files=tests, red=red)
+    if red.exit_code == 0:
+        return Verification(ok=False, reason=ALREADY_PASS, test_files=tests, red=red)
+    if _did_not_run(test_command, red.exit_code):
+        reason = f"the new tests did not run without the fix (pytest exit {red.exit_code})"
+        return Verification(ok=False, reason=reason, test_files=tests, red=red)
+
+    green = await run_command(targeted, worktree, timeout)
+    if not green.passed:
+        reason = f"the new tests {_failure(green, timeout)} with the fix"
+        return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
+
+    suite = await run_command(test_command, worktree, timeout)
+    return Verification(
+        ok=suite.passed,
+        reason=(
+            "the new tests fail without the fix and pass with it; the suite passes"
+            if suite.passed
+            else f"the test suite {_failure(suite, timeout)} with the fix"
+        ),
+        test_files=tests,
+        red=red,
+        green=green,
+        suite=suite,
+    )
+
+
+async def _run_on_base(
+    worktree: Path,
+    base_commit: str,
+    files: list[str],
+    command: str,
+    timeout: float,  # noqa: ASYNC109
+) -> CommandResult:
+    """Run `command` in a temporary detached worktree at `base_commit` holding `files`."""
+    holder = Path(tempfile.mkdtemp(prefix="fixbot-red-"))
+    checkout = holder / "repo"
+    try:
+        await git("worktree", "add", "--detach", str(checkout), base_commit, cwd=worktree)
+        _copy(worktree, checkout, files)
+        return await run_command(command, checkout, timeout)
+    finally:
+        # Shielded: a cancelled verification still takes its worktree away.
+        await asyncio.shield(_remove_base_worktree(worktree, checkout, holder))
+
+
+async def _remove_base_worktree(worktree: Path, checkout: Path, holder: Path) -> None:
+    with contextlib.suppress(GitError):
+        await git("worktree", "remove", "--force", "--force", str(checkout), cwd=worktree)
+    await remove_tree(holder)
+    with contextlib.suppress(GitError):
+        await git("worktree", "prune", cwd=worktree)
+
+
+# Small local file operations: cheaper inline than a thread.
+
+
+def _existing(worktree: Path, paths: list[str]) -> list[str]:
+    """Drop deleted paths: only files still there can be tests or be copied."""
+    return [path for path in paths if (worktree / path).is_file()]
+
+
+def _copy(source: Path, target: Path, paths: list[str]) -> None:
+    for path in paths:
+        destination = target / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes((source / path).read_bytes())
+
+
+def _did_not_run(test_command: str, exit_code: int) -> bool:
+    # pytest: 4 is a usage error (a path not found), 5 is "no tests collected".
+    return "pytest" in test_command and exit_code in (4, 5)
+
+
+def _failure(result: CommandResult, timeout: float) -> str:
+    if result.timed_out:
+        return f"time out (after {timeout:g} s)"
+    return f"fail (exit {result.exit_code})"

@@ -1,0 +1,446 @@
+"""Workspaces: one cached mirror per repository, one git worktree and branch per task.
+
+Every git call is an asyncio subprocess, bounded by a timeout and always reaped. Fixbot
+commits and pushes here itself; agents never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import signal
+import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bot.config import RepoConfig
+from bot.errors import StepFailed
+
+FIXBOT_NAME = "Fixbot"
+FIXBOT_EMAIL = "fixbot@users.noreply.github.com"
+
+# Network operations get longer than local ones: a first clone of a large repo is slow.
+NETWORK_TIMEOUT = 600.0
+
+# Safe defaults for every call: a worktree is edited by an agent, so nothing in it may
+# make git run a program (hooks, fsmonitor), and commits must never wait for a signer.
+_SAFE_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "commit.gpgsign=false",
+    "tag.gpgsign=false",
+)
+
+# Caches that test runs leave behind; kept out of `git add -A` through the mirror's
+# info/exclude, which every worktree of it shares.
+_EXCLUDES = (
+    "__pycache__/",
+    "*.py[cod]",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".coverage",
+    "node_modules/",
+)
+
+_INHERITED_GIT_VARIABLES = ("GIT_SSH", "GIT_SSH_COMMAND")
+_CREDENTIALS_IN_URL = re.compile(r"(://)[^/@\s]+@")
+
+
+class GitError(StepFailed):
+    """A git command failed or timed out; the message names the command and git's words."""
+
+
+@dataclass(frozen=True)
+class Worktree:
+    """A task's checkout: its own directory and branch, made from `base_commit`."""
+
+    path: Path
+    branch: str
+    base_commit: str
+
+
+@dataclass(frozen=True)
+class _GitResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+async def git(
+    *args: str,
+    cwd: Path,
+    timeout: float = 120,  # noqa: ASYNC109 (the bound is part of every call's contract)
+    extra_config: Sequence[str] = (),
+) -> str:
+    """Run `git ARGS` in `cwd` and return its stdout, or raise GitError.
+
+    `extra_config` holds `key=value` settings for this one call. They travel in git's
+    GIT_CONFIG_* environment rather than argv, so secrets never show in a process list.
+    """
+    result = await _run_git(args, cwd=cwd, timeout=timeout, extra_config=extra_config)
+    if result.exit_code != 0:
+        raise GitError(
+            f"{_describe(args)} failed (exit {result.exit_code}): {_tail(result.stderr)}"
+        )
+    return result.stdout
+
+
+async def _run_git(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float = 120,  # noqa: ASYNC109
+    extra_config: Sequence[str] = (),
+) -> _GitResult:
+    command = ["git"]
+    for setting in _SAFE_CONFIG:
+        command += ["-c", setting]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        *args,
+        cwd=cwd,
+        env=_git_env(extra_config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        await _kill(process)
+        raise GitError(f"{_describe(args)} timed out after {timeout:g} s") from None
+    except BaseException:
+        await _kill(process)
+        raise
+    assert process.returncode is not None
+    return _GitResult(
+        process.returncode,
+        stdout.decode(errors="replace"),
+        stderr.decode(errors="replace"),
+    )
+
+
+def _git_env(extra_config: Sequence[str]) -> dict[str, str]:
+    # Inherited GIT_DIR, GIT_INDEX_FILE and the like would point git somewhere else.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("GIT_") or key in _INHERITED_GIT_VARIABLES
+    }
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_NAME=FIXBOT_NAME,
+        GIT_AUTHOR_EMAIL=FIXBOT_EMAIL,
+        GIT_COMMITTER_NAME=FIXBOT_NAME,
+        GIT_COMMITTER_EMAIL=FIXBOT_EMAIL,
+        LC_ALL="C",
+    )
+    env["GIT_CONFIG_COUNT"] = str(len(extra_config))
+    for index, setting in enumerate(extra_config):
+        key, separator, value = setting.partition("=")
+        if not separator:
+            raise ValueError(f"git config {setting!r} is not key=value")
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait(), 5)
+
+
+def _describe(args: Sequence[str]) -> str:
+    text = _CREDENTIALS_IN_URL.sub(r"\1***@", " ".join(("git", *args)))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _tail(text: str, limit: int = 1000) -> str:
+    text = _CREDENTIALS_IN_URL.sub(r"\1***@", text.strip())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+# Branch names ---------------------------------------------------------------------------
+
+BRANCH_PREFIX = "fixbot/"
+MAX_BRANCH_LENGTH = 60
+
+
+def branch_name(ref_key: str, title: str) -> str:
+    """`fixbot/<ref>-<slug>`: lowercase, safe for git check-ref-format, at most 60 chars."""
+    ref = _slug(ref_key)[:30].strip("-") or "task"
+    name = f"{BRANCH_PREFIX}{ref}"
+    slug = _slug(title)
+    room = MAX_BRANCH_LENGTH - len(name) - 1
+    if slug and room > 0:
+        if len(slug) > room:
+            cut = slug[:room]
+            # Prefer a cut at a word boundary when it keeps most of the room.
+            boundary = cut.rfind("-")
+            slug = cut[:boundary] if boundary >= room // 2 else cut
+        slug = slug.strip("-")
+        if slug:
+            name = f"{name}-{slug}"
+    return name
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+
+
+# Workspaces -----------------------------------------------------------------------------
+
+
+class Workspaces:
+    """Mirrors under `root/mirrors`, task worktrees under `root/tasks`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        self.mirrors = self.root / "mirrors"
+        self.tasks = self.root / "tasks"
+        self._locks: dict[Path, asyncio.Lock] = {}
+
+    def mirror_path(self, repo: RepoConfig) -> Path:
+        owner, name = repo.name.split("/", 1)
+        return self.mirrors / f"{owner}__{name}.git"
+
+    def worktree_path(self, branch: str) -> Path:
+        return self.tasks / branch.replace("/", "__")
+
+    async def prepare(self, repo: RepoConfig, branch: str) -> Worktree:
+        """A worktree on a new branch `branch` from the default branch's freshly fetched tip.
+
+        If the worktree for `branch` is already there (a restart mid-task), it is reused.
+        """
+        mirror = self.mirror_path(repo)
+        path = self.worktree_path(branch)
+        async with self._lock(mirror):
+            await self._update_mirror(repo, mirror)
+            upstream = f"refs/remotes/origin/{repo.default_branch}"
+            existing = await _worktree_branches(mirror)
+            if existing.get(path) == branch:
+                base = await git("merge-base", "HEAD", upstream, cwd=path)
+                return Worktree(path, branch, base.strip())
+            if path.exists() or path in existing:
+                await self._discard(mirror, path)
+            check = await _run_git(["rev-parse", "--verify", "--quiet", upstream], cwd=mirror)
+            if check.exit_code != 0:
+                raise GitError(
+                    f"{repo.name} has no branch {repo.default_branch!r} at "
+                    f"{_tail(repo.clone_url)}: check default_branch in fixbot.yml."
+                )
+            self.tasks.mkdir(parents=True, exist_ok=True)
+            await git(
+                "worktree", "add", "--no-track", "-B", branch, str(path), upstream, cwd=mirror
+            )
+            base = await git("rev-parse", "HEAD", cwd=path)
+            return Worktree(path, branch, base.strip())
+
+    async def remove(self, worktree: Worktree) -> None:
+        """Remove the worktree's directory and its branch in the mirror."""
+        mirror = await self._mirror_of(worktree.path)
+        mirrors = [mirror] if mirror else self._all_mirrors()
+        if mirror is None and worktree.path.exists():
+            await remove_tree(worktree.path)
+        for candidate in mirrors:
+            async with self._lock(candidate):
+                if mirror is not None:
+                    await self._discard(candidate, worktree.path)
+                await git("worktree", "prune", cwd=candidate)
+                await _run_git(["branch", "-D", worktree.branch], cwd=candidate)
+
+    async def cleanup(self, max_age: timedelta) -> list[Path]:
+        """Remove task worktrees untouched for longer than `max_age`; return their paths.
+
+        This is the policy for failed tasks kept for inspection: call it with an age well
+        beyond the longest step, so no running task is touched.
+        """
+        if not self.tasks.is_dir():
+            return []
+        cutoff = time.time() - max_age.total_seconds()
+        removed = []
+        for path in sorted(self.tasks.iterdir()):
+            if not path.is_dir() or path.stat().st_mtime > cutoff:
+                continue
+            branch = await _run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=path)
+            if branch.exit_code == 0:
+                base = Worktree(path, branch.stdout.strip(), "")
+                await self.remove(base)
+            else:
+                await remove_tree(path)
+            removed.append(path)
+        for mirror in self._all_mirrors():
+            async with self._lock(mirror):
+                await git("worktree", "prune", cwd=mirror)
+        return removed
+
+    def _lock(self, mirror: Path) -> asyncio.Lock:
+        return self._locks.setdefault(mirror, asyncio.Lock())
+
+    def _all_mirrors(self) -> list[Path]:
+        if not self.mirrors.is_dir():
+            return []
+        return sorted(path for path in self.mirrors.glob("*.git") if path.is_dir())
+
+    async def _update_mirror(self, repo: RepoConfig, mirror: Path) -> None:
+        # A bare repository whose remote branches land in refs/remotes/origin/*: unlike
+        # `clone --mirror`'s refs/*:refs/* mapping, `fetch --prune` then never touches the
+        # task branches that live in refs/heads/.
+        if not mirror.is_dir():  # noqa: ASYNC240 (one stat of a local directory)
+            self.mirrors.mkdir(parents=True, exist_ok=True)
+            staging = mirror.with_name(f"{mirror.name}.tmp{os.getpid()}")
+            if staging.exists():
+                await remove_tree(staging)
+            await git("init", "--quiet", "--bare", str(staging), cwd=self.mirrors)
+            await git("remote", "add", "origin", repo.clone_url, cwd=staging)
+            await git(
+                "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*", cwd=staging
+            )
+            await git("fetch", "--quiet", "--prune", "origin", cwd=staging, timeout=NETWORK_TIMEOUT)
+            (staging / "info").mkdir(exist_ok=True)
+            (staging / "info" / "exclude").write_text("\n".join(_EXCLUDES) + "\n")
+            staging.rename(mirror)
+            return
+        current = (await git("remote", "get-url", "origin", cwd=mirror)).strip()
+        if current != repo.clone_url:
+            await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
+        await git("fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT)
+
+    async def _mirror_of(self, path: Path) -> Path | None:
+        try:
+            result = await _run_git(
+                ["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=path
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if result.exit_code != 0:
+            return None
+        mirror = Path(result.stdout.strip())
+        return mirror if mirror.parent == self.mirrors else None
+
+    async def _discard(self, mirror: Path, path: Path) -> None:
+        # `worktree remove` fails on a directory git no longer knows; rm -rf covers that.
+        await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
+        await remove_tree(path)
+        await git("worktree", "prune", cwd=mirror)
+
+
+async def _worktree_branches(mirror: Path) -> dict[Path, str | None]:
+    """The mirror's worktrees and the branch each has checked out (None: detached)."""
+    listing = await git("worktree", "list", "--porcelain", cwd=mirror)
+    worktrees: dict[Path, str | None] = {}
+    current: Path | None = None
+    for line in listing.splitlines():
+        if line.startswith("worktree "):
+            current = Path(line.removeprefix("worktree "))
+            worktrees[current] = None
+        elif line.startswith("branch refs/heads/") and current is not None:
+            worktrees[current] = line.removeprefix("branch refs/heads/")
+    worktrees.pop(mirror, None)
+    return worktrees
+
+
+async def remove_tree(path: Path) -> None:
+    """`rm -rf PATH` as a subprocess, keeping the event loop free for large trees."""
+    process = await asyncio.create_subprocess_exec(
+        "rm", "-rf", "--", str(path), stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await asyncio.wait_for(process.wait(), 120)
+    except BaseException:
+        await _kill(process)
+        raise
+
+
+# Commits and pushes ---------------------------------------------------------------------
+
+
+async def commit_all(worktree: Path, message: str) -> str:
+    """Stage everything and commit it as Fixbot; return the new commit's sha."""
+    await git("add", "-A", cwd=worktree)
+    staged = await _run_git(["diff", "--cached", "--quiet"], cwd=worktree)
+    if staged.exit_code == 0:
+        raise GitError(f"nothing to commit in {worktree}: the worktree has no changes")
+    await git(
+        "commit",
+        "--quiet",
+        "--no-verify",
+        f"--author={FIXBOT_NAME} <{FIXBOT_EMAIL}>",
+        f"--message={message}",
+        cwd=worktree,
+    )
+    return (await git("rev-parse", "HEAD", cwd=worktree)).strip()
+
+
+async def changed_files(worktree: Path, base_commit: str) -> list[str]:
+    """Paths that differ from `base_commit`: committed, uncommitted and untracked."""
+    diff = await git("diff", "--name-only", "-z", "--no-renames", base_commit, "--", cwd=worktree)
+    untracked = await git("ls-files", "--others", "--exclude-standard", "-z", cwd=worktree)
+    names = {name for name in (diff + untracked).split("\0") if name}
+    return sorted(names)
+
+
+async def push(worktree: Path, remote_url: str, branch: str, token: str | None) -> None:
+    """Push HEAD to `branch` at `remote_url` (the repo's clone_url, not the mirror).
+
+    The branch is Fixbot's: a retry may replace its own earlier commits (forced, with a
+    lease on the tip just seen), but commits someone else pushed there are never dropped.
+    """
+    config = _auth_config(remote_url, token)
+    ref = f"refs/heads/{branch}"
+    listing = await git(
+        "ls-remote", remote_url, ref, cwd=worktree, timeout=NETWORK_TIMEOUT, extra_config=config
+    )
+    remote_tip = listing.split()[0] if listing.strip() else ""
+    if remote_tip:
+        await git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            remote_url,
+            ref,
+            cwd=worktree,
+            timeout=NETWORK_TIMEOUT,
+            extra_config=config,
+        )
+        # Fixbot's own commits have it as author and committer; anything else is someone's.
+        emails = await git("log", "--format=%ae%n%ce", remote_tip, "--not", "HEAD", cwd=worktree)
+        others = {email for email in emails.split() if email != FIXBOT_EMAIL}
+        if others:
+            raise GitError(
+                f"{branch} at {_tail(remote_url)} has commits by {', '.join(sorted(others))} "
+                "that this push would drop; Fixbot leaves them alone."
+            )
+    await git(
+        "push",
+        "--quiet",
+        "--no-verify",
+        f"--force-with-lease={ref}:{remote_tip}",
+        remote_url,
+        f"HEAD:{ref}",
+        cwd=worktree,
+        timeout=NETWORK_TIMEOUT,
+        extra_config=config,
+    )
+
+
+def _auth_config(remote_url: str, token: str | None) -> list[str]:
+    """For https with a token: a basic-auth header for this one call, nothing written."""
+    config = ["credential.helper="]
+    if token and remote_url.startswith("https://"):
+        secret = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        config.append(f"http.extraHeader=Authorization: Basic {secret}")
+    return config

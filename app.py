@@ -1,0 +1,174 @@
+"""Fixbot's composition root: settings → database → clients → pool → Bolt → Socket Mode + HTTP.
+
+`python app.py` (or `fixbot run`) serves until SIGTERM or SIGINT, then stops claiming
+work, gives running steps time to reach a safe point, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+import handlers
+from agents.runner import AgentEnvironment
+from agents.workspace import Workspaces
+from bot.config import Settings, load_settings, scrub_environment
+from bot.errors import ConfigError
+from bot.http import make_http_app
+from bot.integrations.github import GitHubClient
+from bot.integrations.jira import JiraClient
+from bot.integrations.sentry import SentryClient
+from bot.jobs import WorkerPool
+from bot.logs import setup_logging
+from bot.redact import Redactor
+from bot.sources import Sources
+from bot.thread import SlackThreads
+from bot.workflow import Workflow
+from storage.db import create_engine, migrate, ping, sessionmaker
+from storage.queue import JobQueue
+
+log = logging.getLogger("fixbot")
+
+SHUTDOWN_GRACE_S = 20.0  # running steps get this long to finish; exit stays within 30 s
+
+
+def slack_client(settings: Settings) -> AsyncWebClient:
+    """The Web API client: rate limits (Retry-After), connection and server errors retried."""
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        retry_handlers=[
+            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+            AsyncConnectionErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run Fixbot until a stop signal."""
+    engine = create_engine(settings.database_url.get_secret_value())
+    await migrate(engine)
+    sessions = sessionmaker(engine)
+    owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    queue = JobQueue(sessions, owner)
+    await queue.reclaim_expired()
+
+    client = slack_client(settings)
+    redactor = Redactor(settings.secret_values())
+    sentry = (
+        SentryClient(
+            settings.sentry_url,
+            settings.sentry_auth_token.get_secret_value(),
+            settings.sentry_org,
+        )
+        if settings.sentry_auth_token and settings.sentry_org
+        else None
+    )
+    github = (
+        GitHubClient(settings.github_api_url, settings.github_token.get_secret_value())
+        if settings.github_token
+        else None
+    )
+    jira = (
+        JiraClient(settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value())
+        if settings.jira_url and settings.jira_email and settings.jira_api_token
+        else None
+    )
+    workdir = settings.fixbot_workdir.resolve()
+    agent_env = AgentEnvironment(
+        home=workdir / "claude-home",
+        cli_path=settings.claude_cli_path,
+        anthropic_api_key=_secret(settings.anthropic_api_key),
+        oauth_token=_secret(settings.claude_code_oauth_token),
+        base_url=settings.anthropic_base_url,
+    )
+    pool: WorkerPool
+    workflow = Workflow(
+        settings,
+        sessions,
+        queue,
+        SlackThreads(client, redactor),
+        Sources(settings, sentry, github, jira),
+        Workspaces(workdir),
+        agent_env,
+        github=github,
+        jira=jira,
+        redactor=redactor,
+        job_added=lambda: pool.wake(),
+    )
+    pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail)
+
+    bolt = AsyncApp(client=client, logger=logging.getLogger("fixbot.slack"))
+    handlers.register(bolt, workflow)
+    socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+
+    async def readiness() -> dict[str, bool]:
+        connected = await socket_mode.client.is_connected()
+        return {"database": await ping(engine), "slack": connected}
+
+    runner: web.AppRunner | None = None
+    if settings.fixbot_http_port:
+        runner = web.AppRunner(make_http_app(readiness))
+        await runner.setup()
+        await web.TCPSite(runner, settings.fixbot_http_host, settings.fixbot_http_port).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    await socket_mode.connect_async()
+    pool.start()
+    log.info("Fixbot is running", extra={"data": {"owner": owner}})
+    await stop.wait()
+
+    log.info("stopping: no new work; letting running steps finish")
+    await socket_mode.close_async()
+    await pool.stop(SHUTDOWN_GRACE_S)
+    if runner is not None:
+        await runner.cleanup()
+    for service in (sentry, github, jira):
+        if service is not None:
+            await service.aclose()
+    with contextlib.suppress(Exception):
+        await client.session.close() if client.session else None
+    await engine.dispose()
+    log.info("stopped")
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"fixbot: {error}", file=sys.stderr)
+        return 2
+    scrub_environment()
+    setup_logging(settings.log_format)
+    Path("data").mkdir(exist_ok=True)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Settings: secrets from the environment (or `.env`), structure from `fixbot.yml`.
+
+Environment variables override the file's scalar keys. A missing or malformed setting
+becomes one `ConfigError` naming the variable or key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from bot.errors import ConfigError
+
+
+class RepoConfig(BaseModel):
+    """One repository Fixbot may fix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    clone_url: str
+    default_branch: str = "main"
+    sentry_projects: list[str] = []
+    jira_projects: list[str] = []
+    test_command: str = "python -m pytest -q"
+    lint_command: str | None = None
+
+
+class Concurrency(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    planning: int = Field(2, ge=1)
+    execution: int = Field(2, ge=1)
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_budget_usd: float = Field(5.0, gt=0)
+    daily_budget_usd: float = Field(100.0, gt=0)
+    planning_timeout_s: float = Field(900, gt=0)
+    execution_timeout_s: float = Field(2700, gt=0)
+    plan_ttl_hours: float = Field(72, gt=0)
+
+
+class McpServer(BaseModel):
+    """An MCP server in Claude Code's mcp.json form, plus Fixbot's `read_only` mark."""
+
+    model_config = ConfigDict(extra="allow")
+
+    read_only: bool = False
+
+    def for_claude(self) -> dict[str, Any]:
+        """The server's entry as Claude Code reads it (without Fixbot's own keys)."""
+        return self.model_dump(exclude={"read_only"}, exclude_none=True)
+
+
+# Where each secret comes from, for the message a person sees when it is missing.
+HINTS = {
+    "SLACK_BOT_TOKEN": (
+        "the Bot User OAuth Token (xoxb-…) from your Slack app's page "
+        "https://api.slack.com/apps → OAuth & Permissions"
+    ),
+    "SLACK_APP_TOKEN": (
+        "an app-level token (xapp-…) with the connections:write scope from "
+        "https://api.slack.com/apps → Basic Information → App-Level Tokens"
+    ),
+}
+
+# Variables Fixbot keeps to itself: they leave os.environ once settings are loaded,
+# so that no child process (Claude Code, its Bash, git) inherits them.
+SECRET_VARIABLES = (
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SENTRY_AUTH_TOKEN",
+    "SENTRY_WEBHOOK_SECRET",
+    "GITHUB_TOKEN",
+    "GITHUB_WEBHOOK_SECRET",
+    "JIRA_API_TOKEN",
+    "JIRA_WEBHOOK_SECRET",
+    "DATABASE_URL",
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+)
+
+
+class Settings(BaseSettings):
+    """Everything Fixbot is configured with (interface.md, "Settings")."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    slack_bot_token: SecretStr
+    slack_app_token: SecretStr
+    slack_api_url: str = "https://slack.com/api/"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///data/fixbot.db")
+    fixbot_config: Path = Path("fixbot.yml")
+    fixbot_workdir: Path = Path("data/work")
+    fixbot_http_port: int = Field(8080, ge=0, le=65535)
+    fixbot_http_host: str = "127.0.0.1"
+    sentry_url: str = "https://sentry.io"
+    sentry_auth_token: SecretStr | None = None
+    sentry_org: str | None = None
+    sentry_webhook_secret: SecretStr | None = None
+    github_api_url: str = "https://api.github.com"
+    github_token: SecretStr | None = None
+    github_webhook_secret: SecretStr | None = None
+    jira_url: str | None = None
+    jira_email: str | None = None
+    jira_api_token: SecretStr | None = None
+    jira_webhook_secret: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    claude_code_oauth_token: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    claude_cli_path: str | None = None
+    log_format: str = Field("json", pattern="^(json|console)$")
+
+    # From fixbot.yml.
+    repos: list[RepoConfig] = []
+    approvers: list[str] = []
+    alert_channels: list[str] = []
+    auto_plan: bool = False
+    concurrency: Concurrency = Concurrency()
+    limits: Limits = Limits()
+    mcp_servers: dict[str, McpServer] = {}
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token starting with xoxb-")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp-")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = init_settings.init_kwargs.pop("_yaml_file", None)  # type: ignore[attr-defined]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def jira_enabled(self) -> bool:
+        return bool(self.jira_url and self.jira_email and self.jira_api_token)
+
+    @property
+    def sentry_enabled(self) -> bool:
+        return bool(self.sentry_auth_token and self.sentry_org)
+
+    @property
+    def github_enabled(self) -> bool:
+        return self.github_token is not None
+
+    def repo(self, name: str) -> RepoConfig | None:
+        return next((repo for repo in self.repos if repo.name.lower() == name.lower()), None)
+
+    def secret_values(self) -> list[str]:
+        """The values of Fixbot's own secrets, for the redaction filter."""
+        values = []
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if isinstance(value, SecretStr) and field != "database_url":
+                values.append(value.get_secret_value())
+        return [value for value in values if len(value) >= 6]
+
+
+def load_settings(env_file: str | Path = ".env") -> Settings:
+    """Read settings from the environment, `.env` and the YAML file, or raise ConfigError."""
+    dotenv = {key.upper(): value for key, value in dotenv_values(env_file).items() if value}
+    config_name = os.environ.get("FIXBOT_CONFIG") or dotenv.get("FIXBOT_CONFIG")
+    config_path = Path(config_name or "fixbot.yml")
+    if config_name and not config_path.is_file():
+        raise ConfigError(
+            f"FIXBOT_CONFIG points at {config_path}, which does not exist. "
+            "Create it (see fixbot.example.yml) or unset FIXBOT_CONFIG to use ./fixbot.yml."
+        )
+    yaml_file = config_path if config_path.is_file() else None
+    if yaml_file is not None:
+        _check_yaml(yaml_file)
+    try:
+        return Settings(_env_file=env_file, _yaml_file=yaml_file)  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise ConfigError(_explain(error, yaml_file)) from None
+
+
+def scrub_environment() -> None:
+    """Take Fixbot's secrets out of os.environ once they are loaded (children inherit it)."""
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
+def _check_yaml(path: Path) -> None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: fix the file's syntax.") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of keys (repos, approvers, …).")
+
+
+def _explain(error: ValidationError, yaml_file: Path | None) -> str:
+    lines = []
+    env_fields = {
+        name for name, field in Settings.model_fields.items() if name not in _YAML_KEYS
+    }
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        head = location[0] if location else "?"
+        if head in env_fields:
+            variable = head.upper()
+            if problem["type"] == "missing":
+                how = HINTS.get(variable, "see .env.example")
+                lines.append(f"{variable} is not set: set it in the environment or .env to {how}.")
+            else:
+                lines.append(f"{variable} {problem['msg'].lower()}: fix it in the environment or .env.")
+        else:
+            key = ".".join(location)
+            where = yaml_file or "fixbot.yml"
+            lines.append(f"{where}: {key}: {problem['msg'].lower()}.")
+    return "\n".join(lines)
+
+
+_YAML_KEYS = {
+    "repos",
+    "approvers",
+    "alert_channels",
+    "auto_plan",
+    "concurrency",
+    "limits",
+    "mcp_servers",
+}

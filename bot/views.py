@@ -1,0 +1,528 @@
+"""Block Kit for Fixbot's Slack messages, built from domain objects by pure functions.
+
+Every function returns a `Message`: the blocks, and the fallback text Slack shows in
+notifications. Everything here keeps within Slack's limits (50 blocks a message, 3,000
+characters a section, 150 a header, 75 a button, 4,000 the fallback text).
+
+Untrusted text (titles, error messages, thread replies, whatever the model wrote) goes through
+`escape`, so it cannot ping (`<!channel>`, `<@U…>`) or forge links (`<http://evil|click>`);
+every mrkdwn object is `verbatim` so Slack does not parse mentions or names out of it either.
+Links Fixbot makes itself go through `link`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.models import Plan, RefKind, State
+from bot.redact import redact_blocks
+from storage.tables import Task
+
+MAX_BLOCKS = 50
+MAX_HOME_BLOCKS = 100
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+BUTTON_LIMIT = 75
+FALLBACK_LIMIT = 4000
+# Evidence and output excerpts are kept short: the full text lives in the pull request or logs.
+EXCERPT_LIMIT = 1200
+
+
+@dataclass(frozen=True)
+class Message:
+    """A Slack message: `text` is the notification fallback, `blocks` the Block Kit JSON."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+    def redacted(self, redactor: Callable[[str], str]) -> Message:
+        """The same message with `redactor` applied to the fallback and every block text."""
+        return Message(text=redactor(self.text), blocks=redact_blocks(self.blocks, redactor))
+
+
+# ---------------------------------------------------------------------------- text helpers
+
+
+def escape(text: str) -> str:
+    """Escape Slack's control characters so untrusted text shows as written and does nothing."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def link(url: str, label: str) -> str:
+    """A mrkdwn link `<url|label>`; a url that is not http(s) gives the escaped label alone."""
+    label = escape(label) or escape(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return label
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return label
+    if any(c.isspace() for c in url):
+        return label
+    # `|` and `>` would end the url part early; percent-encode what Slack treats as syntax.
+    safe_url = url.replace("&", "&amp;").replace("<", "%3C").replace(">", "%3E")
+    safe_url = safe_url.replace("|", "%7C")
+    return f"<{safe_url}|{label}>"
+
+
+def fmt_duration(seconds: float) -> str:
+    """63 → "1:03"; 3723 → "1:02:03"."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}"
+
+
+def fmt_cost(usd: float) -> str:
+    """0.314 → "$0.31"."""
+    return f"${max(0.0, usd):,.2f}"
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, never inside an `&amp;`-style entity."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    amp = cut.rfind("&", max(0, limit - 5))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut
+
+
+def _fit(text: str, limit: int, rest: str | None = None) -> str:
+    """Mrkdwn `text` within `limit` characters, ending "…" and saying where the rest is."""
+    if len(text) <= limit:
+        return text
+    note = f"\n_(cut short; the rest is in {rest})_" if rest else ""
+    return _cut(text, max(0, limit - len(note) - 1)) + "…" + note
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last part of escaped `text` within `limit` characters, starting "…" when cut."""
+    if len(text) <= limit:
+        return text
+    start = len(text) - max(0, limit - 1)
+    # Never start inside an entity such as `&amp;`: skip past the rest of it.
+    amp = text.rfind("&", max(0, start - 4), start)
+    if amp != -1:
+        semi = text.find(";", amp)
+        if semi >= start:
+            start = semi + 1
+    return "…" + text[start:]
+
+
+def _code_safe(text: str) -> str:
+    """Text that cannot close a ``` code block early."""
+    return text.replace("```", "`\u200b`\u200b`")
+
+
+def _code_block(text: str, limit: int, *, rest: str | None = None, tail: bool = False) -> str:
+    """Untrusted `text` as an escaped mrkdwn code block of at most `limit` characters."""
+    body = _code_safe(escape(text.strip("\n"))) or " "
+    room = limit - len("```\n\n```")
+    if tail:
+        if len(body) > room:
+            note = f"_(earlier lines cut; the rest is in {rest})_\n" if rest else ""
+            return note + "```\n" + _tail(body, room - len(note)) + "\n```"
+        return "```\n" + body + "\n```"
+    if len(body) > room:
+        note = f"\n_(cut short; the rest is in {rest})_" if rest else ""
+        return "```\n" + _fit(body, room - len(note)) + "\n```" + note
+    return "```\n" + body + "\n```"
+
+
+def _inline_code(text: str) -> str:
+    return "`" + escape(text).replace("`", "'") + "`"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """Untrusted `text` escaped, on one line, within `limit` characters."""
+    return _fit(escape(" ".join(text.split())), limit)
+
+
+def _mrkdwn(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=text, verbatim=True)
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=_mrkdwn(_fit(text, SECTION_LIMIT)))
+
+
+def _context(text: str) -> ContextBlock:
+    return ContextBlock(elements=[_mrkdwn(_fit(text, SECTION_LIMIT))])
+
+
+def _button(label: str, action_id: str, value: str, style: str | None = None) -> ButtonElement:
+    return ButtonElement(
+        text=_fit(label, BUTTON_LIMIT), action_id=action_id, value=value, style=style
+    )
+
+
+def _message(text: str, blocks: Sequence[Block]) -> Message:
+    """Build the message, keeping to 50 blocks (the last one, often the buttons, is kept)."""
+    items = list(blocks)
+    if len(items) > MAX_BLOCKS:
+        items = [*items[: MAX_BLOCKS - 2], _context("_(more was cut to fit Slack)_"), items[-1]]
+    return Message(text=_fit(text, FALLBACK_LIMIT), blocks=[b.to_dict() for b in items])
+
+
+# ---------------------------------------------------------------------------- task messages
+
+_STATE_WORDS: dict[str, str] = {
+    State.QUEUED: ":hourglass_flowing_sand: Queued",
+    State.PLANNING: ":hourglass: Planning",
+    State.AWAITING_APPROVAL: ":eyes: Plan ready, waiting for approval",
+    State.REVISING: ":pencil2: Revising the plan",
+    State.APPROVED: ":thumbsup: Approved, waiting to start",
+    State.EXECUTING: ":hammer_and_wrench: Writing the fix",
+    State.DONE: ":white_check_mark: Pull request opened",
+    State.REJECTED: ":no_entry: Rejected",
+    State.FAILED: ":x: Failed",
+    State.CANCELLED: ":heavy_multiplication_x: Cancelled",
+    State.EXPIRED: ":zzz: Expired (plan not approved in time)",
+}
+
+_REF_LABELS: dict[str, str] = {
+    RefKind.SENTRY: "Sentry",
+    RefKind.GITHUB: "GitHub",
+    RefKind.JIRA: "Jira",
+    RefKind.TEXT: "Request",
+}
+
+
+def state_words(state: str) -> str:
+    """A task state as people read it, with its emoji: "planning" → ":hourglass: Planning"."""
+    return _STATE_WORDS.get(state, escape(state.replace("_", " ").capitalize()))
+
+
+def _reference(task: Task) -> str:
+    kind = _REF_LABELS.get(task.ref_kind, escape(task.ref_kind))
+    key = " ".join(task.ref_key.split())
+    if len(key) > 200:
+        key = key[:199] + "…"
+    shown = link(task.ref_url, key) if task.ref_url else escape(key)
+    return f"{kind} {shown}"
+
+
+def _title(task: Task, limit: int = 500) -> str:
+    return _one_line(task.title or task.ref_key, limit)
+
+
+def parent_message(task: Task) -> Message:
+    """The thread's parent: what the task is about, where, and how far it has got."""
+    title = _title(task)
+    state = state_words(task.state)
+    lines = [f"*{title}*"]
+    facts = [
+        _reference(task),
+        f"Repository {_inline_code(task.repo) if task.repo else '_unknown_'}",
+    ]
+    lines.append(" · ".join(facts))
+    status = state
+    if task.state == State.FAILED and task.failure:
+        status += ": " + _one_line(task.failure, 300)
+    lines.append(status)
+    if task.pr_url:
+        lines.append(f":link: Pull request: {link(task.pr_url, task.pr_url)}")
+    return _message(f"{title} · {state}", [_section("\n".join(lines))])
+
+
+def status_message(
+    step: str,
+    action: str,
+    elapsed_s: float,
+    cost_usd: float,
+    *,
+    done: bool = False,
+    outcome: str | None = None,
+) -> Message:
+    """The one live line of a running step, edited in place.
+
+    Running: ":gear: Planning — Reading shop/pricing.py · 0:42 · $0.12".
+    Done: ":white_check_mark: Planning finished in 1:03 · $0.31"; with `outcome` (a short
+    phrase such as "failed", "timed out", "was cancelled") it reads
+    ":x: Planning failed after 1:03 · $0.31".
+    """
+    name = _one_line(step, 100)
+    spent = f"{fmt_duration(elapsed_s)} · {fmt_cost(cost_usd)}"
+    if not done:
+        doing = _one_line(action, 300)
+        line = f":gear: {name} — {doing} · {spent}" if doing else f":gear: {name} · {spent}"
+    elif outcome is None:
+        line = f":white_check_mark: {name} finished in {spent}"
+    else:
+        line = f"{_outcome_emoji(outcome)} {name} {_one_line(outcome, 300)} after {spent}"
+    return _message(line, [_context(line)])
+
+
+def _outcome_emoji(outcome: str) -> str:
+    words = outcome.lower()
+    if "cancel" in words:
+        return ":heavy_multiplication_x:"
+    if "time" in words:
+        return ":alarm_clock:"
+    if "budget" in words:
+        return ":money_with_wings:"
+    if any(w in words for w in ("fail", "error", "crash", "refus")):
+        return ":x:"
+    return ":white_check_mark:"
+
+
+def queued_message(ahead: int) -> Message:
+    """Where a new task waits: "Queued, 3 ahead"."""
+    line = (
+        f":hourglass_flowing_sand: Queued, {ahead} ahead"
+        if ahead > 0
+        else ":hourglass_flowing_sand: Queued, next up"
+    )
+    return _message(line, [_context(line)])
+
+
+def _plan_blocks(task: Task, plan: Plan, plan_url: str | None, cost_usd: float) -> list[Block]:
+    rest = link(plan_url, "PLAN.md") if plan_url else "PLAN.md"
+
+    def part(label: str, text: str) -> SectionBlock:
+        head = f"*{label}*\n"
+        return _section(head + _fit(escape(text.strip()), SECTION_LIMIT - len(head), rest))
+
+    blocks: list[Block] = [
+        HeaderBlock(text=_fit(f"Plan v{task.plan_version}", HEADER_LIMIT)),
+        _context(_title(task, 300)),
+        _section(_fit(escape(plan.summary.strip()), SECTION_LIMIT, rest)),
+        part("Root cause", plan.root_cause),
+    ]
+    if plan.evidence:
+        blocks.append(_section(_code_list("Evidence", plan.evidence, rest)))
+    if plan.files:
+        blocks.append(_section(_code_list("Files", plan.files, rest)))
+    blocks.append(part("Test plan", plan.test_plan))
+    blocks.append(part("Change", plan.change))
+    blocks.append(part("Risk", plan.risk))
+    if plan.out_of_scope.strip():
+        blocks.append(part("Out of scope", plan.out_of_scope))
+    footer = f"Spent so far: {fmt_cost(cost_usd)}"
+    if plan_url:
+        footer += f" · Full plan: {link(plan_url, 'PLAN.md')}"
+    blocks.append(_context(footer))
+    return blocks
+
+
+def _code_list(label: str, items: Sequence[str], rest: str) -> str:
+    head = f"*{label}*\n"
+    body = " ".join(_inline_code(" ".join(item.split())) for item in items if item.strip())
+    return head + _fit(body, SECTION_LIMIT - len(head), rest)
+
+
+def _plan_fallback(task: Task, plan: Plan) -> str:
+    return f"Plan v{task.plan_version} for {_title(task, 300)}: {_one_line(plan.summary, 1000)}"
+
+
+def plan_message(task: Task, plan: Plan, *, plan_url: str | None, cost_usd: float) -> Message:
+    """The plan with its `Approve` and `Reject` buttons, tied to this plan version."""
+    value = f"{task.id}:{task.plan_version}"
+    actions = ActionsBlock(
+        block_id=f"plan:{task.id}:{task.plan_version}",
+        elements=[
+            _button("Approve", "approve", value, "primary"),
+            _button("Reject", "reject", value, "danger"),
+        ],
+    )
+    blocks = [*_plan_blocks(task, plan, plan_url, cost_usd), actions]
+    return _message(_plan_fallback(task, plan), blocks)
+
+
+def plan_decided(
+    task: Task, plan: Plan, *, plan_url: str | None, cost_usd: float, note: str
+) -> Message:
+    """The plan as decided: the buttons replaced by `note` (Fixbot's own mrkdwn, see
+    `decision_note`)."""
+    blocks = [*_plan_blocks(task, plan, plan_url, cost_usd), DividerBlock(), _context(note)]
+    return _message(f"{_plan_fallback(task, plan)} · {note}", blocks)
+
+
+_DECISIONS: dict[str, str] = {
+    "approved": ":white_check_mark: Approved",
+    "rejected": ":no_entry: Rejected",
+    "superseded": ":arrows_counterclockwise: Superseded by a revised plan",
+    "expired": ":hourglass: Expired",
+    "cancelled": ":heavy_multiplication_x: Cancelled",
+}
+_VERB_FORMS = {"approve": "approved", "reject": "rejected", "supersede": "superseded"}
+_VERB_FORMS |= {"expire": "expired", "cancel": "cancelled", "canceled": "cancelled"}
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
+
+
+def decision_note(verb: str, user: str | None, at: datetime) -> str:
+    """ ":white_check_mark: Approved by <@U1> at 14:03 UTC" (times in UTC; naive means UTC)."""
+    key = verb.strip().lower()
+    key = _VERB_FORMS.get(key, key)
+    words = _DECISIONS.get(key, f":information_source: {escape(verb.strip().capitalize())}")
+    if user:
+        who = f"<@{user}>" if _SLACK_USER.match(user) else escape(user)
+        words += f" by {who}"
+    moment = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return f"{words} at {moment:%H:%M} UTC"
+
+
+def failure_message(task: Task, reason: str, *, output: str | None = None) -> Message:
+    """What went wrong in plain words, the tail of the output, and `Retry` / `Cancel`."""
+    blocks: list[Block] = [_section(":x: *Failed:* " + _fit(escape(reason.strip()), 2900))]
+    if output and output.strip():
+        blocks.append(_section(_code_block(output, SECTION_LIMIT, rest="the logs", tail=True)))
+    blocks.append(
+        ActionsBlock(
+            block_id=f"failure:{task.id}",
+            elements=[
+                _button("Retry", "retry", str(task.id), "primary"),
+                _button("Cancel", "cancel", str(task.id)),
+            ],
+        )
+    )
+    return _message(f"Failed: {_one_line(reason, 1000)} · {_title(task, 300)}", blocks)
+
+
+def done_message(
+    task: Task,
+    *,
+    pr_url: str,
+    red_excerpt: str,
+    green_excerpt: str,
+    cost_usd: float,
+    duration_s: float,
+) -> Message:
+    """The pull request's link, with red-then-green test evidence, spend and time."""
+    pr = link(pr_url, pr_url)
+    where = link(pr_url, "the pull request")
+    blocks: list[Block] = [_section(f":white_check_mark: Pull request ready: {pr}")]
+    if red_excerpt.strip():
+        head = ":red_circle: *Failing before the fix*\n"
+        blocks.append(
+            _section(head + _code_block(red_excerpt, EXCERPT_LIMIT, rest=where, tail=True))
+        )
+    if green_excerpt.strip():
+        head = ":large_green_circle: *Passing after the fix*\n"
+        blocks.append(
+            _section(head + _code_block(green_excerpt, EXCERPT_LIMIT, rest=where, tail=True))
+        )
+    blocks.append(_context(f"Spent {fmt_cost(cost_usd)} · Took {fmt_duration(duration_s)}"))
+    return _message(f"Pull request ready: {pr_url} · {_title(task, 300)}", blocks)
+
+
+def ended_message(text: str) -> Message:
+    """A plain closing note (rejected, cancelled). `text` is Fixbot's own mrkdwn: escape any
+    untrusted part of it before passing it in."""
+    return _message(text, [_section(text)])
+
+
+def unmapped_project_message(project: str) -> Message:
+    """Which Sentry project is not mapped to a repository, and the fixbot.yml that maps it."""
+    name = " ".join(project.split())[:200]
+    snippet = (
+        "repos:\n"
+        "  - name: owner/name\n"
+        "    clone_url: https://github.com/owner/name.git\n"
+        f"    sentry_projects: [{name}]\n"
+    )
+    text = (
+        f":warning: Sentry project {_inline_code(name)} is not mapped to a repository. "
+        "Add it to the repository's `sentry_projects` in `fixbot.yml` and restart Fixbot:"
+    )
+    blocks = [_section(text), _section(_code_block(snippet, SECTION_LIMIT))]
+    return _message(f"Sentry project {escape(name)} is not mapped to a repository", blocks)
+
+
+# ---------------------------------------------------------------------------- pull request
+
+PR_BODY_LIMIT = 60000  # GitHub refuses bodies over 65,536 characters.
+PR_EXCERPT_LIMIT = 6000
+
+
+def _fence(text: str, limit: int) -> str:
+    """`text` (its tail, when long) in a ``` fence longer than any backtick run inside it."""
+    text = text.strip("\n")
+    if len(text) > limit:
+        text = "…(earlier lines cut)\n" + text[len(text) - limit :]
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def pull_request_body(
+    task: Task,
+    plan: Plan,
+    *,
+    thread_url: str | None,
+    red: str | None,
+    green: str | None,
+    cost_usd: float,
+    duration_s: float | None,
+) -> str:
+    """The pull request's description in GitHub markdown; without `red`/`green` it is the draft."""
+    parts = ["## Summary", plan.summary.strip(), "", "## Root cause", plan.root_cause.strip()]
+    if plan.evidence:
+        parts += ["", *(f"- `{e.strip()}`" for e in plan.evidence if e.strip())]
+    parts += [
+        "",
+        f"## Plan (v{task.plan_version})",
+        f"**Test first:** {plan.test_plan.strip()}",
+        "",
+    ]
+    parts += [f"**Change:** {plan.change.strip()}", "", f"**Risk:** {plan.risk.strip()}"]
+    if plan.out_of_scope.strip():
+        parts += ["", f"**Out of scope:** {plan.out_of_scope.strip()}"]
+    if plan.files:
+        parts += ["", "**Files:** " + ", ".join(f"`{f.strip()}`" for f in plan.files)]
+    parts += ["", "## Verification"]
+    if red is None and green is None:
+        parts.append("_Pending: Fixbot runs the tests before marking this pull request ready._")
+    if red is not None:
+        parts += ["The new test fails before the fix (red):", _fence(red, PR_EXCERPT_LIMIT)]
+    if green is not None:
+        parts += ["", "The suite passes with the fix (green):", _fence(green, PR_EXCERPT_LIMIT)]
+    spend = f"Spend: {fmt_cost(cost_usd)}"
+    if duration_s is not None:
+        spend += f" · Time: {fmt_duration(duration_s)}"
+    parts += ["", "---", spend]
+    key = " ".join(task.ref_key.split())[:200]
+    ref = f"[{key.replace(']', ')')}]({task.ref_url})" if task.ref_url else key
+    origin = f"Reference: {ref}"
+    if thread_url:
+        origin += f" · [Slack thread]({thread_url})"
+    parts += [origin, "", "_Opened by Fixbot._"]
+    body = "\n".join(parts)
+    if len(body) > PR_BODY_LIMIT:
+        body = body[: PR_BODY_LIMIT - 40] + "\n\n…(cut to fit GitHub's limit)"
+    return body
+
+
+def home_view(tasks: list[Task], user: str) -> dict[str, Any]:
+    """The App Home dashboard: recent tasks, newest first, with their state."""
+    blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text="Fixbot"))]
+    if not tasks:
+        blocks.append(_section("No tasks yet. Type `/fix SHOP-1A` in a channel to start one."))
+    for task in tasks[: MAX_HOME_BLOCKS - 1]:
+        mine = " · yours" if task.requested_by == user else ""
+        line = f"*{escape(task.ref_key)}* {_one_line(task.title, 120)}\n{state_words(task.state)}{mine}"
+        if task.pr_url:
+            line += f" · {link(task.pr_url, 'pull request')}"
+        blocks.append(_section(line))
+    return {"type": "home", "blocks": [block.to_dict() for block in blocks]}

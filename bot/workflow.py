@@ -1,0 +1,654 @@
+"""The task state machine: every transition, and the steps the job pool runs.
+
+A transition checks the current state against `TRANSITIONS`, writes the new state and a
+`task_events` row in one transaction (a conditional UPDATE, so two clicks can't both
+win), and enqueues what follows. The task's state lives in the database, never in a
+coroutine, so any replica can run any step and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from agents.execution import execution_step
+from agents.planning import PlanningInput, planning_step, read_plan
+from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
+from agents.verify import Verification, verify_fix
+from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
+from bot import views
+from bot.config import RepoConfig, Settings
+from bot.errors import InvalidTransition, NotAllowed, StepFailed
+from bot.integrations.github import GitHubClient
+from bot.integrations.jira import JiraClient
+from bot.models import TRANSITIONS, Plan, Reference, RefKind, State
+from bot.progress import StatusMessage
+from bot.redact import Redactor
+from bot.sources import Sources, UnmappedProject
+from bot.thread import SlackThreads
+from storage.queue import JobQueue
+from storage.tables import AgentRun, Job, Task, TaskEvent
+
+log = logging.getLogger(__name__)
+
+PLANNING, EXECUTION = "planning", "execution"
+SKILLS = Path(__file__).resolve().parent.parent / "skills"
+
+# Lower runs first: manual requests and fatal alerts, then errors, then the rest.
+PRIORITY_URGENT, PRIORITY_ERROR, PRIORITY_OTHER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's click or command on a task."""
+
+    task_id: int
+    user: str
+    plan_version: int | None = None  # for Approve/Reject: which plan the button belonged to
+
+
+class Workflow:
+    """Creates tasks, moves them between states, and runs their agent steps."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: JobQueue,
+        threads: SlackThreads,
+        sources: Sources,
+        workspaces: Workspaces,
+        agent_env: AgentEnvironment,
+        *,
+        github: GitHubClient | None,
+        jira: JiraClient | None,
+        redactor: Redactor,
+        job_added: Callable[[], None] = lambda: None,
+        run_agent: Callable[..., Awaitable[StepResult]] = run_agent_step,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.queue = queue
+        self.threads = threads
+        self.sources = sources
+        self.workspaces = workspaces
+        self.agent_env = agent_env
+        self.github = github
+        self.jira = jira
+        self.redact = redactor
+        self.job_added = job_added
+        self.run_agent = run_agent
+
+    # Triggers
+
+    async def create_task(
+        self, ref: Reference, *, channel: str, user: str | None, priority: int = PRIORITY_URGENT
+    ) -> Task:
+        """Record a task, open its thread, and queue its planning step."""
+        async with self.sessions.begin() as session:
+            task = Task(
+                state=State.QUEUED,
+                ref_kind=ref.kind,
+                ref_key=ref.key,
+                ref_url=ref.url,
+                title=ref.key if ref.kind != RefKind.TEXT else ref.key[:150],
+                repo=ref.repo,
+                requested_by=user,
+                priority=priority,
+                channel_id=channel,
+            )
+            session.add(task)
+            await session.flush()
+            session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
+        task.thread_ts = await self.threads.post(channel, views.parent_message(task))
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Task).where(Task.id == task.id).values(thread_ts=task.thread_ts)
+            )
+            job = JobQueue.enqueue(session, task.id, PLANNING, priority)
+        await self._show_queue_place(task, job)
+        self.job_added()
+        return task
+
+    # Decisions
+
+    async def approve(self, decision: Decision) -> Task:
+        """Approve the current plan: queue execution, replace the buttons with who and when."""
+        self._check_approver(decision.user)
+        task = await self.transition(
+            decision.task_id,
+            State.APPROVED,
+            actor=decision.user,
+            expect={State.AWAITING_APPROVAL},
+            plan_version=decision.plan_version,
+            values={"decided_by": decision.user},
+            enqueue=EXECUTION,
+        )
+        await self._close_plan(task, views.decision_note("Approved", decision.user, _now()))
+        return task
+
+    async def reject(self, decision: Decision) -> Task:
+        """Reject the current plan: the task ends and nothing more is pushed."""
+        self._check_approver(decision.user)
+        task = await self.transition(
+            decision.task_id,
+            State.REJECTED,
+            actor=decision.user,
+            expect={State.AWAITING_APPROVAL},
+            plan_version=decision.plan_version,
+            values={"decided_by": decision.user},
+        )
+        await self._close_plan(task, views.decision_note("Rejected", decision.user, _now()))
+        await self._update_parent(task)
+        await self.workspaces_release(task, keep=False)
+        return task
+
+    async def retry(self, decision: Decision) -> Task:
+        """Run a failed task's step again: execution when a plan was approved, else planning."""
+        async with self.sessions() as session:
+            task = await self._get(session, decision.task_id)
+        approved = task.decided_by is not None and task.plan is not None
+        task = await self.transition(
+            decision.task_id,
+            State.APPROVED if approved else State.QUEUED,
+            actor=decision.user,
+            expect={State.FAILED},
+            enqueue=EXECUTION if approved else PLANNING,
+        )
+        await self.threads.post(
+            task.channel_id,
+            views.ended_message(f":repeat: Retry requested by <@{decision.user}>."),
+            thread_ts=task.thread_ts,
+        )
+        await self._update_parent(task)
+        return task
+
+    async def cancel(self, decision: Decision) -> Task:
+        """Stop the task wherever it is; its jobs are cancelled with it."""
+        async with self.sessions() as session:
+            task = await self._get(session, decision.task_id)
+        active = {State(task.state)} - set(views_finished())
+        task = await self.transition(
+            decision.task_id, State.CANCELLED, actor=decision.user, expect=active
+        )
+        await self.threads.post(
+            task.channel_id,
+            views.ended_message(f":no_entry_sign: Cancelled by <@{decision.user}>."),
+            thread_ts=task.thread_ts,
+        )
+        await self._update_parent(task)
+        return task
+
+    def _check_approver(self, user: str) -> None:
+        approvers = self.settings.approvers
+        if approvers and user not in approvers:
+            raise NotAllowed(
+                "Only the approvers listed in Fixbot's settings can decide on plans; "
+                "nothing was changed."
+            )
+
+    # The one transition function
+
+    async def transition(
+        self,
+        task_id: int,
+        to: State,
+        *,
+        actor: str | None = None,
+        expect: set[State] | None = None,
+        plan_version: int | None = None,
+        values: dict[str, Any] | None = None,
+        enqueue: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Task:
+        """Move a task to `to` if allowed; raises InvalidTransition (a no-op) otherwise."""
+        async with self.sessions.begin() as session:
+            task = await self._get(session, task_id)
+            current = State(task.state)
+            if plan_version is not None and plan_version != task.plan_version:
+                raise InvalidTransition("That plan was superseded by a newer one; nothing changed.")
+            if (expect is not None and current not in expect) or to not in TRANSITIONS[current]:
+                raise InvalidTransition(_already(current))
+            changed = await session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.state == current)
+                .values(state=to, **(values or {}))
+            )
+            if not changed.rowcount:  # type: ignore[attr-defined]
+                raise InvalidTransition("Someone else acted on this task just now; nothing changed.")
+            session.add(
+                TaskEvent(
+                    task_id=task_id,
+                    from_state=current,
+                    to_state=to,
+                    actor=actor,
+                    detail=detail or {},
+                )
+            )
+            if to in views_finished() or to == State.FAILED:
+                await self.queue.cancel_for_task(session, task_id)
+            if enqueue is not None:
+                JobQueue.enqueue(session, task_id, enqueue, task.priority)
+        await session_refresh(self.sessions, task)
+        if enqueue is not None:
+            self.job_added()
+        return task
+
+    # Jobs
+
+    async def run_job(self, job: Job) -> None:
+        """Run one claimed job to its end; failures end up in the thread, never in silence."""
+        async with self.sessions() as session:
+            task = await self._get(session, job.task_id)
+        try:
+            if job.kind == PLANNING:
+                await self._plan(task, job)
+            else:
+                await self._execute(task, job)
+        except InvalidTransition:
+            log.info("job %s for task %s is stale; skipping", job.id, task.id)
+        except UnmappedProject as error:
+            await self.fail(task.id, str(error), message=views.unmapped_project_message(error.project))
+        except StepFailed as error:
+            await self.fail(task.id, str(error), output=getattr(error, "output", None))
+
+    async def fail(
+        self,
+        task_id: int,
+        reason: str,
+        *,
+        output: str | None = None,
+        message: views.Message | None = None,
+    ) -> None:
+        """End a step in failure: the thread says why and offers Retry and Cancel."""
+        try:
+            task = await self.transition(
+                task_id, State.FAILED, values={"failure": reason}, detail={"reason": reason}
+            )
+        except InvalidTransition:
+            return
+        failure = views.failure_message(task, reason, output=output)
+        if message is not None:
+            failure = views.Message(message.text, message.blocks + failure.blocks[-1:])
+        await self.threads.post(task.channel_id, failure, thread_ts=task.thread_ts)
+        await self._update_parent(task)
+
+    async def _plan(self, task: Task, job: Job) -> None:
+        if task.state == State.QUEUED:
+            task = await self.transition(task.id, State.PLANNING, detail={"job": job.id})
+        elif task.state != State.PLANNING:
+            raise InvalidTransition(_already(State(task.state)))
+        task, repo = await self._resolve(task)
+        worktree = await self.workspaces.prepare(
+            repo, task.branch or branch_name(task.ref_key, task.title)
+        )
+        task = await self._save(
+            task, branch=worktree.branch, base_commit=task.base_commit or worktree.base_commit
+        )
+        given = PlanningInput(
+            ref=task.ref_key, repo=repo.name, test_command=repo.test_command, context=task.context
+        )
+        step = planning_step(
+            worktree.path,
+            given,
+            plugins=(SKILLS,),
+            mcp_servers=self._mcp_servers(read_only=True),
+            budget_usd=self._budget_left(task),
+        )
+        result = await self._run_step(task, job, step, "Planning")
+        plan, markdown = read_plan(worktree.path, result)
+        plan_url = await self._publish_plan(task, repo, worktree.path, plan, markdown)
+        task = await self.transition(
+            task.id,
+            State.AWAITING_APPROVAL,
+            values={
+                "plan": plan.model_dump(),
+                "plan_markdown": markdown,
+                "plan_version": task.plan_version + 1,
+            },
+        )
+        message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
+        plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        await self._save(task, plan_message_ts=plan_ts)
+        await self._update_parent(task)
+
+    async def _execute(self, task: Task, job: Job) -> None:
+        if task.state == State.APPROVED:
+            task = await self.transition(task.id, State.EXECUTING, detail={"job": job.id})
+        elif task.state != State.EXECUTING:
+            raise InvalidTransition(_already(State(task.state)))
+        await self._update_parent(task)
+        repo = self._repo(task)
+        assert task.branch and task.base_commit and task.plan_markdown and task.plan
+        worktree = await self.workspaces.prepare(repo, task.branch)
+        started = time.monotonic()
+        step = execution_step(
+            worktree.path,
+            ref=task.ref_key,
+            repo=repo,
+            plan_markdown=task.plan_markdown,
+            feedback=(),
+            plugins=(SKILLS,),
+            mcp_servers=self._mcp_servers(read_only=False),
+            budget_usd=self._budget_left(task),
+        )
+        result = await self._run_step(task, job, step, "Execution")
+        if result.outcome != "success":
+            raise StepFailed(f"The execution agent stopped early ({result.outcome}).")
+        verification = await verify_fix(
+            worktree.path,
+            task.base_commit,
+            repo.test_command,
+            timeout=self.settings.limits.execution_timeout_s,
+        )
+        if not verification.ok:
+            raise VerificationFailed(verification)
+        await commit_all(worktree.path, f"Fix {task.ref_key}: {task.title}"[:72])
+        pr_url = await self._deliver(task, repo, worktree.path, verification, started)
+        task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
+        done = views.done_message(
+            task,
+            pr_url=pr_url,
+            red_excerpt=Verification.excerpt(verification.red),
+            green_excerpt=Verification.excerpt(verification.green),
+            cost_usd=task.cost_usd,
+            duration_s=time.monotonic() - started,
+        )
+        await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
+        await self._update_parent(task)
+        await self.workspaces.remove(worktree)
+
+    async def _run_step(self, task: Task, job: Job, step: AgentStep, label: str) -> StepResult:
+        """Run an agent step behind a live status message, and record it in agent_runs."""
+        assert task.thread_ts is not None
+        status = StatusMessage(self.threads, task.channel_id, task.thread_ts, label)
+        await status.start()
+
+        async def on_event(event: AgentEvent) -> None:
+            await status.show(event.summary, event.cost_usd)
+
+        started = _now()
+        try:
+            result = await self.run_agent(step, self.agent_env, on_event)
+        except BaseException as error:
+            await status.finish("cancelled" if isinstance(error, asyncio.CancelledError) else "failed")
+            await self._record_run(task, job, step.name, None, started, error=str(error))
+            raise
+        await self._record_run(task, job, step.name, result, started)
+        await status.finish(_outcome_words(result.outcome), task.cost_usd + result.cost_usd)
+        if result.outcome == "error_max_budget":
+            raise StepFailed(
+                f"The step reached the task budget of ${self.settings.limits.task_budget_usd:.2f} "
+                "and stopped."
+            )
+        return result
+
+    async def _record_run(
+        self,
+        task: Task,
+        job: Job,
+        step: str,
+        result: StepResult | None,
+        started: datetime,
+        error: str | None = None,
+    ) -> None:
+        async with self.sessions.begin() as session:
+            run = AgentRun(task_id=task.id, job_id=job.id, step=step, started_at=started)
+            if result is None:
+                run.outcome, run.error = "error", error
+            else:
+                run.session_id = result.session_id
+                run.outcome = result.outcome
+                run.cost_usd = result.cost_usd
+                run.input_tokens = result.input_tokens
+                run.output_tokens = result.output_tokens
+                run.turns = result.turns
+                run.duration_s = result.duration_s
+                run.error = result.error
+                await session.execute(
+                    update(Task)
+                    .where(Task.id == task.id)
+                    .values(cost_usd=Task.cost_usd + result.cost_usd)
+                )
+                task.cost_usd += result.cost_usd
+            session.add(run)
+
+    # Side effects Fixbot does itself
+
+    async def _publish_plan(
+        self, task: Task, repo: RepoConfig, worktree: Path, plan: Plan, markdown: str
+    ) -> str | None:
+        """Make the full plan reachable: a draft pull request with GitHub, else a file."""
+        assert task.branch and task.thread_ts
+        if self.github is None:
+            await self.threads.upload(
+                task.channel_id,
+                task.thread_ts,
+                filename="PLAN.md",
+                content=markdown,
+                title=f"Plan for {task.ref_key}",
+            )
+            return None
+        await commit_all(worktree, f"Plan for {task.ref_key}")
+        await self._push(repo, worktree, task.branch)
+        owner, name = repo.name.split("/")
+        thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
+        body = views.pull_request_body(
+            task, plan, thread_url=thread_url, red=None, green=None, cost_usd=task.cost_usd,
+            duration_s=None,
+        )
+        pull = await self.github.ensure_pull_request(
+            owner,
+            name,
+            head=task.branch,
+            base=repo.default_branch,
+            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            body=self.redact(body),
+            draft=True,
+        )
+        await self._save(task, pr_number=pull.number, pr_url=pull.html_url)
+        return f"{pull.html_url}/files"
+
+    async def _deliver(
+        self,
+        task: Task,
+        repo: RepoConfig,
+        worktree: Path,
+        verification: Verification,
+        started: float,
+    ) -> str:
+        """Push the verified fix and make its pull request ready; returns its URL."""
+        assert task.branch and task.thread_ts and task.plan
+        await self._push(repo, worktree, task.branch)
+        if self.github is None:
+            return f"{repo.clone_url} (branch {task.branch})"
+        owner, name = repo.name.split("/")
+        thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
+        body = views.pull_request_body(
+            task,
+            Plan.model_validate(task.plan),
+            thread_url=thread_url,
+            red=Verification.excerpt(verification.red),
+            green=Verification.excerpt(verification.green),
+            cost_usd=task.cost_usd,
+            duration_s=time.monotonic() - started,
+        )
+        pull = await self.github.ensure_pull_request(
+            owner,
+            name,
+            head=task.branch,
+            base=repo.default_branch,
+            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            body=self.redact(body),
+        )
+        pull = await self.github.mark_ready_for_review(owner, name, pull.number)
+        await self._save(task, pr_number=pull.number, pr_url=pull.html_url)
+        if self.jira is not None and task.ref_kind == RefKind.JIRA:
+            await self._update_jira(task, pull.html_url)
+        return pull.html_url
+
+    async def _update_jira(self, task: Task, pr_url: str) -> None:
+        assert self.jira is not None and task.plan is not None
+        summary = Plan.model_validate(task.plan).summary
+        await self.jira.add_comment(
+            task.ref_key, self.redact(f"Fixbot opened a pull request: {pr_url}\n\n{summary}")
+        )
+        await self.jira.transition(task.ref_key, "In Review")
+
+    async def _push(self, repo: RepoConfig, worktree: Path, branch: str) -> None:
+        token = self.settings.github_token
+        await push(worktree, repo.clone_url, branch, token.get_secret_value() if token else None)
+
+    async def workspaces_release(self, task: Task, *, keep: bool) -> None:
+        """Remove a finished task's worktree (failed ones are kept for inspection)."""
+        if keep or task.branch is None or task.repo is None:
+            return
+        repo = self.settings.repo(task.repo)
+        if repo is None:
+            return
+        path = self.workspaces.worktree_path(task.branch)
+        if path.exists():
+            await self.workspaces.remove(Worktree(path, task.branch, task.base_commit or ""))
+
+    async def publish_home(self, user: str) -> None:
+        """Publish the App Home dashboard for `user`."""
+        async with self.sessions() as session:
+            tasks = list(
+                await session.scalars(select(Task).order_by(Task.id.desc()).limit(20))
+            )
+        await self.threads.publish_home(user, views.home_view(tasks, user))
+
+    # Helpers
+
+    async def _resolve(self, task: Task) -> tuple[Task, RepoConfig]:
+        """Fetch the error context once, name the task, and find its repository."""
+        if not task.context:
+            ref = Reference(RefKind(task.ref_kind), task.ref_key, task.ref_url, task.repo)
+            context = await self.sources.resolve(ref)
+            task = await self._save(
+                task,
+                title=context.title,
+                repo=context.repo,
+                ref_url=context.url,
+                context=context.text,
+            )
+            await self._update_parent(task)
+        return task, self._repo(task)
+
+    def _repo(self, task: Task) -> RepoConfig:
+        repo = self.settings.repo(task.repo or "")
+        if repo is None:
+            raise StepFailed(f"The repository `{task.repo}` is not in fixbot.yml any more.")
+        return repo
+
+    def _budget_left(self, task: Task) -> float:
+        left = self.settings.limits.task_budget_usd - task.cost_usd
+        if left <= 0:
+            raise StepFailed(
+                f"The task has spent its budget of ${self.settings.limits.task_budget_usd:.2f}."
+            )
+        return left
+
+    def _mcp_servers(self, *, read_only: bool) -> dict[str, Any]:
+        return {
+            name: server.for_claude()
+            for name, server in self.settings.mcp_servers.items()
+            if server.read_only or not read_only
+        }
+
+    async def _close_plan(self, task: Task, note: str) -> None:
+        if task.plan_message_ts is None or task.plan is None:
+            return
+        plan = Plan.model_validate(task.plan)
+        message = views.plan_decided(
+            task, plan, plan_url=f"{task.pr_url}/files" if task.pr_url else None,
+            cost_usd=task.cost_usd, note=note,
+        )
+        await self.threads.update(task.channel_id, task.plan_message_ts, message)
+
+    async def _update_parent(self, task: Task) -> None:
+        if task.thread_ts is not None:
+            await self.threads.update(task.channel_id, task.thread_ts, views.parent_message(task))
+
+    async def _show_queue_place(self, task: Task, job: Job) -> None:
+        ahead = await self.queue.ahead_of(job)
+        if ahead and task.thread_ts is not None:
+            ts = await self.threads.post(
+                task.channel_id, views.queued_message(ahead), thread_ts=task.thread_ts
+            )
+            await self._save(task, status_message_ts=ts)
+
+    async def _save(self, task: Task, **values: Any) -> Task:
+        async with self.sessions.begin() as session:
+            await session.execute(update(Task).where(Task.id == task.id).values(**values))
+        for key, value in values.items():
+            setattr(task, key, value)
+        return task
+
+    @staticmethod
+    async def _get(session: AsyncSession, task_id: int) -> Task:
+        task = await session.scalar(select(Task).where(Task.id == task_id))
+        if task is None:
+            raise InvalidTransition(f"There is no task {task_id}.")
+        return task
+
+
+class VerificationFailed(StepFailed):
+    """Fixbot's own red→green check did not hold; nothing was pushed."""
+
+    def __init__(self, verification: Verification) -> None:
+        super().__init__(
+            f"Verification failed: {verification.reason}. Nothing was pushed."
+        )
+        failing = verification.suite or verification.green or verification.red
+        self.output = failing.output if failing is not None else None
+
+
+def views_finished() -> set[State]:
+    return {State.DONE, State.REJECTED, State.CANCELLED, State.EXPIRED}
+
+
+def _already(state: State) -> str:
+    words = {
+        State.APPROVED: "This plan was already approved; nothing changed.",
+        State.EXECUTING: "This plan was already approved and the fix is under way.",
+        State.REJECTED: "This plan was already rejected; nothing changed.",
+        State.DONE: "This task is already done.",
+        State.CANCELLED: "This task was cancelled.",
+        State.EXPIRED: "This plan expired.",
+    }
+    return words.get(state, f"The task is {state.value.replace('_', ' ')}; nothing changed.")
+
+
+def _outcome_words(outcome: str) -> str:
+    return {
+        "success": "finished",
+        "error_max_budget": "stopped at the budget",
+        "error_max_turns": "stopped at the turn limit",
+        "interrupted": "cancelled",
+    }.get(outcome, "failed")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def session_refresh(sessions: async_sessionmaker[AsyncSession], task: Task) -> None:
+    """Reload a detached task's columns after a transition."""
+    async with sessions() as session:
+        fresh = await session.get(Task, task.id)
+        assert fresh is not None
+        for column in Task.__table__.columns.keys():
+            setattr(task, column, getattr(fresh, column))
+
+
+__all__ = ["Decision", "Workflow", "timedelta"]

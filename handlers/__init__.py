@@ -1,0 +1,15 @@
+"""Bolt listeners, one module per surface. Each acknowledges, delegates, and answers."""
+
+from __future__ import annotations
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.workflow import Workflow
+from handlers import actions, commands, home
+
+
+def register(app: AsyncApp, workflow: Workflow) -> None:
+    """Attach every listener to the Bolt app."""
+    commands.register(app, workflow)
+    actions.register(app, workflow)
+    home.register(app, workflow)

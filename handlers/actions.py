@@ -1,0 +1,46 @@
+"""Buttons: Approve, Reject, Retry, Cancel. A refused click gets a polite ephemeral answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot.errors import FixbotError
+from bot.workflow import Decision, Workflow
+
+
+def register(app: AsyncApp, workflow: Workflow) -> None:
+    verbs: dict[str, Callable[[Decision], Awaitable[Any]]] = {
+        "approve": workflow.approve,
+        "reject": workflow.reject,
+        "retry": workflow.retry,
+        "cancel": workflow.cancel,
+    }
+    for action_id, verb in verbs.items():
+        app.action(action_id)(_button(verb))
+
+
+def _button(verb: Callable[[Decision], Awaitable[Any]]) -> Callable[..., Awaitable[None]]:
+    async def on_click(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        action = body["actions"][0]
+        task_id, _, version = str(action.get("value", "")).partition(":")
+        try:
+            decision = Decision(
+                task_id=int(task_id),
+                user=body["user"]["id"],
+                plan_version=int(version) if version else None,
+            )
+            await verb(decision)
+        except ValueError:
+            await respond(
+                text="That button does not belong to a task I know.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
+        except FixbotError as error:
+            await respond(text=str(error), response_type="ephemeral", replace_original=False)
+
+    return on_click

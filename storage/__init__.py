@@ -1,0 +1,1 @@
+"""Fixbot's storage: tables, the database engine, migrations and the durable job queue."""

@@ -1,0 +1,143 @@
+"""The durable job queue: jobs are rows, claimed under a lease that a heartbeat renews.
+
+One implementation serves SQLite and PostgreSQL. A claim picks the best queued job
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers) and takes it with
+a conditional UPDATE, so two workers can never both own a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.tables import Job, utcnow
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+
+
+class JobQueue:
+    """Enqueue, claim, heartbeat and finish jobs for one worker process (`owner`)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        owner: str,
+        lease: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.sessions = sessions
+        self.owner = owner
+        self.lease = lease
+
+    @staticmethod
+    def enqueue(session: AsyncSession, task_id: int, kind: str, priority: int) -> Job:
+        """Add a job inside the caller's transaction (with the task change that needs it)."""
+        job = Job(task_id=task_id, kind=kind, priority=priority, status=QUEUED)
+        session.add(job)
+        return job
+
+    async def claim(self, kinds: Iterable[str]) -> Job | None:
+        """Take the most urgent runnable job of these kinds, or None."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            candidate = await session.scalar(
+                select(Job.id)
+                .where(Job.status == QUEUED, Job.kind.in_(list(kinds)), Job.run_after <= now)
+                .order_by(Job.priority, Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if candidate is None:
+                return None
+            claimed = await session.execute(
+                update(Job)
+                .where(Job.id == candidate, Job.status == QUEUED)
+                .values(
+                    status=RUNNING,
+                    lease_owner=self.owner,
+                    lease_expires_at=now + self.lease,
+                    attempts=Job.attempts + 1,
+                )
+                .returning(Job)
+            )
+            return claimed.scalar_one_or_none()
+
+    async def heartbeat(self, job_id: int) -> bool:
+        """Renew the lease; False when the job is no longer ours (cancelled or taken over)."""
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == RUNNING, Job.lease_owner == self.owner)
+                .values(lease_expires_at=utcnow() + self.lease)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def finish(self, job_id: int, status: str, error: str | None = None) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=status, last_error=error, finished_at=utcnow(), lease_owner=None)
+            )
+
+    async def retry_later(self, job_id: int, delay: timedelta, error: str) -> None:
+        """Put a job back in the queue after a transient failure."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status=QUEUED,
+                    run_after=utcnow() + delay,
+                    last_error=error,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    async def reclaim_expired(self) -> int:
+        """Requeue running jobs whose owner stopped renewing its lease."""
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.status == RUNNING, Job.lease_expires_at < utcnow())
+                .values(status=QUEUED, lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def cancel_for_task(self, session: AsyncSession, task_id: int) -> None:
+        """Cancel a task's queued or running jobs inside the caller's transaction."""
+        await session.execute(
+            update(Job)
+            .where(Job.task_id == task_id, Job.status.in_([QUEUED, RUNNING]))
+            .values(status=CANCELLED, finished_at=utcnow())
+        )
+
+    async def ahead_of(self, job: Job) -> int:
+        """How many queued or running jobs of the same kind come before this one."""
+        async with self.sessions() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.kind == job.kind,
+                    Job.id != job.id,
+                    or_(
+                        Job.status == RUNNING,
+                        and_(
+                            Job.status == QUEUED,
+                            or_(
+                                Job.priority < job.priority,
+                                and_(Job.priority == job.priority, Job.id < job.id),
+                            ),
+                        ),
+                    ),
+                )
+            )
+            return int(count or 0)
+
+    async def status_of(self, job_id: int) -> str | None:
+        async with self.sessions() as session:
+            return await session.scalar(select(Job.status).where(Job.id == job_id))

@@ -1,0 +1,150 @@
+"""The redaction filter: known secret values and token shapes become `[redacted]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.redact import REDACTED, Redactor, redact_blocks
+from bot.views import Message, failure_message, parent_message
+from storage.tables import Task
+
+redact = Redactor(["s3cr3t-value-from-settings", "short", ""])
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        "xoxp-1234567890-abcdef",
+        "xoxa-2-abcdefghijkl",
+        "xoxs-1234-5678-abcdef",
+        "xoxr-1234-5678-abcdef",
+        "xoxo-1234-5678-abcdef",
+        "xapp-1-A0123456789-1234567890123-abcdef0123456789",
+        "ghp_" + "a1B2" * 9,
+        "gho_" + "a1B2" * 9,
+        "ghs_" + "a1B2" * 9,
+        "ghu_" + "a1B2" * 9,
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz0123456789",
+        "sk-ant-api03-AbCdEf_GhIjKl-MnOpQr0123456789",
+        "AKIAIOSFODNN7EXAMPLE",
+        "s3cr3t-value-from-settings",
+    ],
+)
+def test_token_shapes_and_known_values_are_hidden(secret: str) -> None:
+    text = f"failed with token {secret} while calling the API"
+    out = redact(text)
+    assert secret not in out
+    assert out == f"failed with token {REDACTED} while calling the API"
+
+
+def test_known_value_is_hidden_inside_other_text_and_url_encoded() -> None:
+    out = redact("x=s3cr3t-value-from-settingsy and q=s3cr3t-value-from-settings")
+    assert "s3cr3t" not in out
+    value = "p@ss/word+secret"
+    out = Redactor([value])(f"url?password=p%40ss%2Fword%2Bsecret and {value}")
+    assert "p%40ss" not in out and value not in out
+
+
+def test_short_and_empty_values_are_ignored() -> None:
+    assert redact("a short note") == "a short note"
+
+
+def test_bearer_and_authorization_values() -> None:
+    assert redact("curl -H 'X: 1' Bearer abc.def-ghi_jkl") == f"curl -H 'X: 1' Bearer {REDACTED}"
+    assert redact("Authorization: Basic dXNlcjpwYXNz") == f"Authorization: {REDACTED}"
+    out = redact("headers={'Authorization': 'token abc123', 'Accept': 'json'}")
+    assert out == f"headers={{'Authorization': '{REDACTED}', 'Accept': 'json'}}"
+    out = redact('{"authorization": "Bearer abcdef"}')
+    assert "abcdef" not in out
+
+
+def test_url_credentials() -> None:
+    out = redact("cloning https://x-access-token:abc123@github.com/acme/shop.git failed")
+    assert out == f"cloning https://{REDACTED}@github.com/acme/shop.git failed"
+    out = redact("DATABASE_URL=postgresql+asyncpg://fixbot:hunter22@db:5432/fixbot")
+    assert "hunter22" not in out
+    assert out.endswith(f"postgresql+asyncpg://{REDACTED}@db:5432/fixbot")
+    # A URL without credentials is left alone.
+    assert redact("see https://sentry.io/issues/1/") == "see https://sentry.io/issues/1/"
+
+
+def test_private_key_blocks() -> None:
+    key = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nAAAA\n"
+        "-----END OPENSSH PRIVATE KEY-----"
+    )
+    assert redact(f"before\n{key}\nafter") == f"before\n{REDACTED}\nafter"
+    cut_off = "log:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA"
+    assert redact(cut_off) == f"log:\n{REDACTED}"
+
+
+def test_ordinary_text_is_untouched() -> None:
+    text = "ZeroDivisionError in shop/pricing.py:42 — discount(total=0) · ghp_ is a prefix"
+    assert redact(text) == text
+
+
+def test_redaction_is_idempotent() -> None:
+    text = "Authorization: Bearer xoxb-123456-abcdef and https://u:p4ss@h/x"
+    once = redact(text)
+    assert redact(once) == once
+
+
+def test_redact_blocks_walks_every_text_without_mutating() -> None:
+    token = "xoxb-1234567890-abcdefghij"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"Plan {token}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"root cause {token}"}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": token}]},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "approve",
+                    "value": "1:1",
+                    "text": {"type": "plain_text", "text": "Approve"},
+                }
+            ],
+        },
+    ]
+    out = redact_blocks(blocks, redact)
+    assert token not in str(out)
+    assert out[0]["text"]["text"] == f"Plan {REDACTED}"
+    assert out[2]["elements"][0]["text"] == REDACTED
+    assert out[3]["elements"][0]["text"]["text"] == "Approve"
+    assert out[3]["elements"][0]["action_id"] == "approve"
+    assert token in blocks[1]["text"]["text"]  # the input is not changed
+
+
+def test_redact_blocks_keeps_slack_limits_when_text_grows() -> None:
+    r = Redactor(["abcdef"])
+    header = {"type": "header", "text": {"type": "plain_text", "text": "abcdef " * 21}}
+    section = {"type": "section", "text": {"type": "mrkdwn", "text": "abcdef " * 428}}
+    out = redact_blocks([header, section], r)
+    assert len(out[0]["text"]["text"]) <= 150
+    assert len(out[1]["text"]["text"]) <= 3000
+    assert "abcdef" not in out[1]["text"]["text"]
+
+
+def test_views_messages_redact_through_one_call() -> None:
+    token = "ghp_" + "Z9" * 18
+    task = Task(
+        id=1,
+        state="failed",
+        ref_kind="text",
+        ref_key="pricing",
+        title=f"push failed with {token}",
+        channel_id="C1",
+        plan_version=0,
+    )
+    for message in (
+        parent_message(task),
+        failure_message(task, "push refused", output=f"remote: {token}"),
+    ):
+        clean = message.redacted(redact)
+        assert isinstance(clean, Message)
+        assert token not in clean.text and token not in str(clean.blocks)
+        assert token in str(message.blocks)

@@ -1,0 +1,164 @@
+"""Red → green against a real tiny repo with a bug, run with the venv's own pytest."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import verify
+from agents.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
+from agents.workspace import commit_all, git
+
+TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
+
+BUGGY = "def mean(values):\n    return sum(values) / len(values)\n"
+FIXED = "def mean(values):\n    return sum(values) / len(values) if values else 0.0\n"
+EXISTING_TEST = "from stats import mean\n\n\ndef test_mean():\n    assert mean([1, 2, 3]) == 2\n"
+NEW_TEST = (
+    "from stats import mean\n\n\ndef test_mean_of_nothing_is_zero():\n    assert mean([]) == 0\n"
+)
+
+
+@pytest.fixture
+async def repo(tmp_path: Path) -> tuple[Path, str]:
+    """A repo whose `mean([])` raises ZeroDivisionError; returns (path, base commit)."""
+    path = tmp_path / "stats"
+    await git("init", "--quiet", "-b", "main", str(path), cwd=tmp_path)
+    (path / "stats.py").write_text(BUGGY)
+    (path / "tests").mkdir()
+    (path / "tests" / "test_stats.py").write_text(EXISTING_TEST)
+    (path / "conftest.py").write_text("")  # puts the repo root on sys.path
+    base = await commit_all(path, "stats")
+    return path, base
+
+
+async def test_a_proper_fix_goes_red_then_green(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+    await commit_all(path, "fix")  # committed fix, uncommitted test: both count
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+
+    assert result.ok, result.reason
+    assert result.test_files == ["tests/test_empty.py"]
+    assert result.red is not None and result.red.exit_code != 0
+    assert "ZeroDivisionError" in result.red.output
+    assert result.green is not None and result.green.passed
+    assert result.suite is not None and result.suite.passed
+    assert "2 passed" in Verification.excerpt(result.suite)
+    # The temporary worktree at the base commit is gone.
+    assert len((await git("worktree", "list", cwd=path)).splitlines()) == 1
+
+
+async def test_a_test_that_passes_without_the_fix_proves_nothing(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+    (path / "tests" / "test_more.py").write_text(
+        "from stats import mean\n\n\ndef test_two():\n    assert mean([2, 2]) == 2\n"
+    )
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+
+    assert not result.ok
+    assert result.reason == ALREADY_PASS
+    assert result.red is not None and result.red.exit_code == 0
+    assert result.green is None
+
+
+async def test_a_fix_that_breaks_the_suite_fails(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text("def mean(values):\n    return 0\n")
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+
+    assert not result.ok
+    assert result.reason.startswith("the test suite fail")
+    assert result.red is not None and not result.red.passed
+    assert result.green is not None and result.green.passed
+    assert result.suite is not None and result.suite.exit_code == 1
+    assert "test_mean" in Verification.excerpt(result.suite, lines=30)
+
+
+async def test_a_fix_without_a_test_fails(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+
+    assert not result.ok
+    assert result.reason == NO_TEST
+    assert result.red is None
+
+
+async def test_new_tests_that_fail_with_the_fix_fail(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)  # no fix at all
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+
+    assert not result.ok
+    assert result.reason == "the new tests fail (exit 1) with the fix"
+
+
+async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    started = time.monotonic()
+
+    result = await run_command("sleep 30 & echo $! > child.pid; wait", tmp_path, timeout=1)
+
+    assert result.timed_out
+    assert not result.passed
+    assert time.monotonic() - started < 5
+    child = (tmp_path / "child.pid").read_text().strip()
+    assert not is_running(child)
+
+
+def is_running(pid: str) -> bool:
+    """Alive and not a zombie (an orphan waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_run_command_keeps_the_tail_of_long_output(tmp_path: Path) -> None:
+    command = f"{shlex.quote(sys.executable)} -c \"print('x' * 100_000); print('the end')\""
+    result = await run_command(command, tmp_path, timeout=30)
+
+    assert result.exit_code == 0
+    assert result.output.endswith("the end\n")
+    assert len(result.output) <= verify.OUTPUT_LIMIT
+
+
+def test_which_files_are_tests() -> None:
+    paths = [
+        "app/models.py",
+        "test_models.py",
+        "app/models_test.py",
+        "tests/helpers.py",
+        "tests/conftest.py",
+        "tests/fixtures/data.json",
+        "web/src/cart.test.ts",
+        "web/src/__tests__/Cart.jsx",
+        "spec/models/user_spec.rb",
+        "pkg/cart/cart_test.go",
+        "src/test/java/CartTest.java",
+        "docs/testing.md",
+        "contest.py",
+    ]
+    assert verify.test_files(paths) == [
+        "test_models.py",
+        "app/models_test.py",
+        "tests/helpers.py",
+        "web/src/cart.test.ts",
+        "web/src/__tests__/Cart.jsx",
+        "spec/models/user_spec.rb",
+        "pkg/cart/cart_test.go",
+        "src/test/java/CartTest.java",
+    ]

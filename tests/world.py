@@ -1,0 +1,246 @@
+"""A whole world on loopback for end-to-end tests: local Slack, a scripted model, Sentry,
+GitHub and Jira stand-ins, a real git repository with a seeded bug, and the real Fixbot
+started as `python app.py` in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fakes.anthropic import ScriptedModel
+from fakes.github import FakeGitHub
+from fakes.jira import FakeJira
+from fakes.sentry import FakeSentry
+from fakes.slack import LocalSlack
+
+ROOT = Path(__file__).resolve().parent.parent
+CHANNEL = "C_GENERAL"
+
+SHOP_PRICING = '''\
+def apply_discount(price: float, percent: float) -> float:
+    """Price after a percentage discount."""
+    return price - price * percent
+'''
+
+SHOP_TEST = '''\
+from shop.pricing import apply_discount
+
+
+def test_no_discount():
+    assert apply_discount(100.0, 0) == 100.0
+'''
+
+FIXED_PRICING = '''\
+def apply_discount(price: float, percent: float) -> float:
+    """Price after a percentage discount."""
+    return price - price * percent / 100
+'''
+
+NEW_TEST = '''\
+from shop.pricing import apply_discount
+
+
+def test_percent_is_a_percentage():
+    assert apply_discount(200.0, 10) == 180.0
+'''
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": "dev@example.com",
+    }
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def make_shop_repo(root: Path) -> Path:
+    """A bare repository `shop.git` whose main branch has a discount bug and one test."""
+    source = root / "shop-src"
+    (source / "shop").mkdir(parents=True)
+    (source / "tests").mkdir()
+    (source / "shop" / "__init__.py").write_text("")
+    (source / "shop" / "pricing.py").write_text(SHOP_PRICING)
+    (source / "tests" / "test_pricing.py").write_text(SHOP_TEST)
+    (source / "conftest.py").write_text("")
+    git("init", "-q", "-b", "main", cwd=source)
+    git("add", "-A", cwd=source)
+    git("commit", "-q", "-m", "Shop with a discount bug", cwd=source)
+    bare = root / "shop.git"
+    git("clone", "-q", "--bare", str(source), str(bare), cwd=root)
+    return bare
+
+
+@dataclass
+class World:
+    """The servers, the repository and the running app, for one test."""
+
+    root: Path
+    slack: LocalSlack
+    model: ScriptedModel
+    sentry: FakeSentry
+    github: FakeGitHub
+    jira: FakeJira
+    origin: Path
+    env: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        return self.root / "work"
+
+    def worktree(self, branch: str) -> Path:
+        return self.workdir / "tasks" / branch.replace("/", "__")
+
+    async def start_app(self, *, wait: bool = True) -> None:
+        """Start `python app.py` with this world's settings, as a person would."""
+        (self.root / "fixbot.yml").write_text(yaml.safe_dump(self.config))
+        self.log_path = self.root / f"app-{len(list(self.root.glob('app-*.log')))}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")],
+            cwd=self.root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            await self.slack.wait_connected(n=1, timeout=30)
+
+    async def stop_app(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the app; returns its exit code. Kills the whole process group if it hangs."""
+        process = self.process
+        if process is None:
+            return 0
+        self.process = None
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            code = await asyncio.to_thread(process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            code = -9
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return code
+
+    def app_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+@contextlib.asynccontextmanager
+async def make_world(root: Path) -> AsyncIterator[World]:
+    async with (
+        LocalSlack() as slack,
+        ScriptedModel() as model,
+        FakeSentry() as sentry,
+        FakeGitHub() as github,
+        FakeJira() as jira,
+    ):
+        origin = make_shop_repo(root)
+        github.add_repo("acme/shop", origin, default_branch="main")
+        world = World(root, slack, model, sentry, github, jira, origin)
+        world.env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(root / "home"),
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_APP_TOKEN": slack.app_token,
+            "SLACK_API_URL": slack.api_url,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{root}/fixbot.db",
+            "FIXBOT_CONFIG": str(root / "fixbot.yml"),
+            "FIXBOT_WORKDIR": str(root / "work"),
+            "FIXBOT_HTTP_PORT": "0",
+            "SENTRY_URL": sentry.url,
+            "SENTRY_AUTH_TOKEN": "sentry-token",
+            "SENTRY_ORG": "acme",
+            "GITHUB_API_URL": github.url,
+            "GITHUB_TOKEN": "github-token",
+            "ANTHROPIC_API_KEY": "sk-ant-local-test",
+            "ANTHROPIC_BASE_URL": model.base_url,
+            "LOG_FORMAT": "json",
+        }
+        world.config = {
+            "repos": [
+                {
+                    "name": "acme/shop",
+                    "clone_url": origin.as_uri(),
+                    "default_branch": "main",
+                    "sentry_projects": ["shop-backend"],
+                    "jira_projects": ["SHOP"],
+                    "test_command": f"{sys.executable} -m pytest -q -p no:cacheprovider",
+                }
+            ],
+            "approvers": [],
+            "alert_channels": [CHANNEL],
+            "limits": {"planning_timeout_s": 120, "execution_timeout_s": 180},
+        }
+        try:
+            yield world
+        finally:
+            await world.stop_app()
+            assert slack.violations == [], f"Slack would reject: {slack.violations}"
+
+
+def seed_sentry_issue(world: World, short_id: str = "SHOP-1") -> str:
+    return world.sentry.add_issue(
+        short_id=short_id,
+        project="shop-backend",
+        title="AssertionError: discount made the price negative",
+        culprit="shop.pricing in apply_discount",
+        exception=("AssertionError", "price -1800.0 is negative"),
+        frames=[
+            {
+                "filename": "shop/pricing.py",
+                "abs_path": "/app/shop/pricing.py",
+                "function": "apply_discount",
+                "lineno": 3,
+                "in_app": True,
+                "context_line": "    return price - price * percent",
+            }
+        ],
+    )
+
+
+def plan_data(**changes: Any) -> dict[str, Any]:
+    plan = {
+        "summary": "apply_discount treats percent as a fraction; divide by 100.",
+        "root_cause": "shop/pricing.py:3 multiplies by percent instead of percent / 100.",
+        "evidence": ["shop/pricing.py:3"],
+        "files": ["shop/pricing.py", "tests/test_discount.py"],
+        "test_plan": "tests/test_discount.py: apply_discount(200, 10) == 180.",
+        "change": "Divide percent by 100 in apply_discount.",
+        "risk": "Low: one expression.",
+        "out_of_scope": "Rounding of prices.",
+    }
+    plan.update(changes)
+    return plan
+
+
+def plan_markdown() -> str:
+    return textwrap.dedent(
+        """\
+        # Plan
+        ## Summary
+        apply_discount treats percent as a fraction.
+        ## Root cause
+        shop/pricing.py:3
+        """
+    )
