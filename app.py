@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 from aiohttp import web
-from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -28,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 from agents.runner import AgentEnvironment
 from agents.workspace import Workspaces
+from bot import metrics
 from bot.config import Settings, load_settings, scrub_environment
 from bot.errors import ConfigError
 from bot.http import make_http_app
@@ -39,6 +39,7 @@ from bot.logs import setup_logging
 from bot.redact import Redactor
 from bot.sources import Sources
 from bot.thread import SlackThreads
+from bot.webhooks import webhook_routes
 from bot.workflow import Workflow
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.queue import JobQueue
@@ -54,6 +55,7 @@ def slack_client(settings: Settings) -> AsyncWebClient:
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url,
         retry_handlers=[
+            metrics.SlackErrorCounter(),  # first: it sees every attempt and never retries
             AsyncRateLimitErrorRetryHandler(max_retry_count=5),
             AsyncConnectionErrorRetryHandler(max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
@@ -87,7 +89,9 @@ async def serve(settings: Settings) -> None:
         else None
     )
     jira = (
-        JiraClient(settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value())
+        JiraClient(
+            settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value()
+        )
         if settings.jira_url and settings.jira_email and settings.jira_api_token
         else None
     )
@@ -117,7 +121,7 @@ async def serve(settings: Settings) -> None:
 
     bolt = AsyncApp(client=client, logger=logging.getLogger("fixbot.slack"))
     handlers.register(bolt, workflow)
-    socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+    socket_mode = metrics.TimedSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
 
     async def readiness() -> dict[str, bool]:
         connected = await socket_mode.client.is_connected()
@@ -125,7 +129,13 @@ async def serve(settings: Settings) -> None:
 
     runner: web.AppRunner | None = None
     if settings.fixbot_http_port:
-        runner = web.AppRunner(make_http_app(readiness))
+        runner = web.AppRunner(
+            make_http_app(
+                readiness,
+                lambda: metrics.update_queue_lengths(sessions),
+                webhooks=webhook_routes(workflow),
+            )
+        )
         await runner.setup()
         await web.TCPSite(runner, settings.fixbot_http_host, settings.fixbot_http_port).start()
 
@@ -164,7 +174,7 @@ def main() -> int:
         print(f"fixbot: {error}", file=sys.stderr)
         return 2
     scrub_environment()
-    setup_logging(settings.log_format)
+    setup_logging(settings.log_format, Redactor(settings.secret_values()))
     Path("data").mkdir(exist_ok=True)
     asyncio.run(serve(settings))
     return 0

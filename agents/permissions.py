@@ -19,6 +19,8 @@ PLAN_FILE = "PLAN.md"
 
 # Shell syntax that could chain or redirect beyond the one allowed command.
 SHELL_SYNTAX = re.compile(r"[;&|`$<>\n\\]|\(|\)")
+SEARCH_COMMANDS = {"grep", "rg", "ls", "find", "cat", "head", "tail", "wc"}
+FIND_ACTIONS = {"-exec", "-execdir", "-delete", "-ok", "-okdir", "-fprint", "-fprintf", "-fls"}
 READ_ONLY_GIT = {"status", "diff", "log", "show", "blame", "ls-files", "rev-parse", "grep"}
 
 
@@ -39,7 +41,12 @@ def planning_gate(worktree: Path, mcp_tools: Iterable[str] = ()) -> ToolGate:
             )
         if tool.startswith(allowed_mcp) and allowed_mcp:
             return None
-        return f"Refused: the planning step may read the repository and write {PLAN_FILE}, not use {tool}."
+        if tool == "Bash":
+            return _search_refusal(str(tool_input.get("command", "")))
+        return (
+            f"Refused: the planning step may read and search the repository and write "
+            f"{PLAN_FILE}, not use {tool}."
+        )
 
     return gate
 
@@ -68,6 +75,19 @@ def execution_gate(
     return gate
 
 
+def _search_refusal(command: str) -> str | None:
+    """Planning may search the code with plain read-only commands (grep, ls, find, git grep)."""
+    words = command.strip().split() if not SHELL_SYNTAX.search(command) else []
+    if words and words[0] in SEARCH_COMMANDS and not FIND_ACTIONS.intersection(words):
+        return None
+    if len(words) >= 2 and words[0] == "git" and words[1] in READ_ONLY_GIT:
+        return None
+    return (
+        "Refused: the planning step may run only read-only searches (grep, rg, ls, find, "
+        "cat, head, tail, wc, git grep/log/show/diff), without pipes or redirects."
+    )
+
+
 def _command_refusal(command: str, allowed: list[list[str]]) -> str | None:
     words = command.strip().split() if not SHELL_SYNTAX.search(command) else []
     for prefix in allowed:
@@ -85,7 +105,10 @@ def _command_refusal(command: str, allowed: list[list[str]]) -> str | None:
 
 def _path_of(tool_input: dict[str, Any]) -> str:
     return str(
-        tool_input.get("file_path") or tool_input.get("notebook_path") or tool_input.get("path") or "."
+        tool_input.get("file_path")
+        or tool_input.get("notebook_path")
+        or tool_input.get("path")
+        or "."
     )
 
 

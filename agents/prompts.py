@@ -15,4 +15,6 @@ _TAG = re.compile(r"</?\s*untrusted-data[^>]*>", re.IGNORECASE)
 
 def fence(label: str, text: str) -> str:
     """Wrap untrusted text so it cannot close its own fence."""
-    return f'<untrusted-data source="{label}">\n{_TAG.sub("[tag removed]", text)}\n</untrusted-data>'
+    return (
+        f'<untrusted-data source="{label}">\n{_TAG.sub("[tag removed]", text)}\n</untrusted-data>'
+    )

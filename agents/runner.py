@@ -11,6 +11,11 @@ under `options.env` (see claude_agent_sdk/_internal/transport/subprocess_cli.py)
 agent's Bash sees all of it. So `agent_env` overrides every inherited variable that is not
 on `PASSED_THROUGH` with an empty string, which is how Fixbot's secrets (Slack, GitHub,
 Sentry, Jira tokens, the database URL) stay out of the agent's reach.
+
+Claude Code retries 429, 529 and 5xx answers itself: `CLAUDE_CODE_MAX_RETRIES` times
+(default 10) with exponential backoff up to about 40 s, so an `AgentTransientError` for an
+overloaded API comes after about three minutes of trying. `AgentEnvironment.extra` can
+lower that.
 """
 
 from __future__ import annotations
@@ -123,8 +128,8 @@ class AgentEnvironment:
 
     home: Path  # a private HOME for the CLI: its sessions live under home/.claude
     cli_path: str | None = None  # None: the CLI bundled with claude-agent-sdk
-    anthropic_api_key: str | None = None
-    oauth_token: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    oauth_token: str | None = field(default=None, repr=False)
     base_url: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. CLAUDE_CODE_MAX_RETRIES
 
@@ -135,7 +140,7 @@ class AgentEvent:
 
     kind: Literal["tool", "text"]
     summary: str  # "Reading shop/pricing.py", "Running python -m pytest -q"
-    cost_usd: float | None = None  # spend so far, when known
+    cost_usd: float | None = None  # spend so far, when known (Claude Code tells it at the end)
 
 
 @dataclass
@@ -144,8 +149,8 @@ class StepResult:
 
     session_id: str
     outcome: Outcome
-    cost_usd: float
-    input_tokens: int  # all input tokens, cached or not
+    cost_usd: float  # the session's total: a resumed session includes its earlier runs
+    input_tokens: int  # all input tokens of this run, cached or not
     output_tokens: int
     turns: int
     duration_s: float
@@ -201,6 +206,14 @@ async def run_agent_step(
         raise
     except ClaudeSDKError as error:
         raise _translate(error, stderr_tail) from error
+    except Exception as error:
+        # The SDK raises bare Exceptions for control-protocol failures (a timed-out
+        # initialize, an error reply from the CLI); anything more specific is not its own.
+        if type(error) is not Exception:
+            raise
+        raise AgentTransientError(
+            _with_stderr(f"Claude Code failed: {error}", stderr_tail)
+        ) from error
     finally:
         await _close(client)
     if result is None:

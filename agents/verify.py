@@ -68,7 +68,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 async def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:  # noqa: ASYNC109
     """Run a shell command in its own process group; on timeout, kill the whole group."""
     started = time.monotonic()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = _test_env()
     process = await asyncio.create_subprocess_shell(
         command,
         cwd=cwd,
@@ -106,6 +106,29 @@ async def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:
         duration_s=round(time.monotonic() - started, 3),
         timed_out=timed_out,
     )
+
+
+# The repo's tests run code the agent wrote: they get a small allowlist of the environment,
+# never Fixbot's own variables (tokens, the database URL).
+_PASSED_THROUGH = frozenset(
+    {
+        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME",
+        "SHELL", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+        "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    }
+)  # fmt: skip
+
+
+def _test_env() -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in _PASSED_THROUGH or name.startswith("LC_")
+    }
+    env.setdefault("PATH", os.defpath)
+    # CI: test runners neither watch nor prompt. No bytecode: no stray files in the diff.
+    env.update(CI="true", PYTHONDONTWRITEBYTECODE="1")
+    return env
 
 
 async def _read_tail(stream: asyncio.StreamReader, output: bytearray) -> None:
@@ -157,7 +180,7 @@ def test_files(paths: list[str]) -> list[str]:
     return [path for path in paths if _is_test(PurePosixPath(path))]
 
 
-# Not a test run on its own (pytest would find no test in it).
+# Named like a test: tell pytest not to collect it where a test module imports it.
 test_files.__test__ = False  # type: ignore[attr-defined]
 
 

@@ -37,8 +37,8 @@ _SAFE_CONFIG = (
     "tag.gpgsign=false",
 )
 
-# Caches that test runs leave behind; kept out of `git add -A` through the mirror's
-# info/exclude, which every worktree of it shares.
+# Caches that test runs leave behind, kept out of `git add -A` and changed_files through
+# the mirror's info/exclude, which every worktree of it shares.
 _EXCLUDES = (
     "__pycache__/",
     "*.py[cod]",
@@ -229,6 +229,7 @@ class Workspaces:
         path = self.worktree_path(branch)
         async with self._lock(mirror):
             await self._update_mirror(repo, mirror)
+            await git("worktree", "prune", cwd=mirror)  # forget directories deleted by hand
             upstream = f"refs/remotes/origin/{repo.default_branch}"
             existing = await _worktree_branches(mirror)
             if existing.get(path) == branch:
@@ -275,11 +276,11 @@ class Workspaces:
         for path in sorted(self.tasks.iterdir()):
             if not path.is_dir() or path.stat().st_mtime > cutoff:
                 continue
-            branch = await _run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=path)
-            if branch.exit_code == 0:
-                base = Worktree(path, branch.stdout.strip(), "")
-                await self.remove(base)
-            else:
+            mirror = await self._mirror_of(path)
+            head = await _run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=path)
+            if mirror is not None and head.exit_code == 0:
+                await self.remove(Worktree(path, head.stdout.strip(), ""))
+            else:  # not one of our worktrees any more: just the directory
                 await remove_tree(path)
             removed.append(path)
         for mirror in self._all_mirrors():
@@ -310,14 +311,14 @@ class Workspaces:
                 "config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*", cwd=staging
             )
             await git("fetch", "--quiet", "--prune", "origin", cwd=staging, timeout=NETWORK_TIMEOUT)
-            (staging / "info").mkdir(exist_ok=True)
-            (staging / "info" / "exclude").write_text("\n".join(_EXCLUDES) + "\n")
             staging.rename(mirror)
-            return
-        current = (await git("remote", "get-url", "origin", cwd=mirror)).strip()
-        if current != repo.clone_url:
-            await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
-        await git("fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT)
+        else:
+            current = (await git("remote", "get-url", "origin", cwd=mirror)).strip()
+            if current != repo.clone_url:
+                await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
+            await git("fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT)
+        (mirror / "info").mkdir(exist_ok=True)
+        (mirror / "info" / "exclude").write_text("\n".join(_EXCLUDES) + "\n")
 
     async def _mirror_of(self, path: Path) -> Path | None:
         try:

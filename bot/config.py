@@ -40,18 +40,18 @@ class RepoConfig(BaseModel):
 class Concurrency(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    planning: int = Field(2, ge=1)
-    execution: int = Field(2, ge=1)
+    planning: int = Field(default=2, ge=1)
+    execution: int = Field(default=2, ge=1)
 
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task_budget_usd: float = Field(5.0, gt=0)
-    daily_budget_usd: float = Field(100.0, gt=0)
-    planning_timeout_s: float = Field(900, gt=0)
-    execution_timeout_s: float = Field(2700, gt=0)
-    plan_ttl_hours: float = Field(72, gt=0)
+    task_budget_usd: float = Field(default=5.0, gt=0)
+    daily_budget_usd: float = Field(default=100.0, gt=0)
+    planning_timeout_s: float = Field(default=900, gt=0)
+    execution_timeout_s: float = Field(default=2700, gt=0)
+    plan_ttl_hours: float = Field(default=72, gt=0)
 
 
 class McpServer(BaseModel):
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///data/fixbot.db")
     fixbot_config: Path = Path("fixbot.yml")
     fixbot_workdir: Path = Path("data/work")
-    fixbot_http_port: int = Field(8080, ge=0, le=65535)
+    fixbot_http_port: int = Field(default=8080, ge=0, le=65535)
     fixbot_http_host: str = "127.0.0.1"
     sentry_url: str = "https://sentry.io"
     sentry_auth_token: SecretStr | None = None
@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     concurrency: Concurrency = Concurrency()
     limits: Limits = Limits()
     mcp_servers: dict[str, McpServer] = {}
+    github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` comments count
+    jira_label: str = "fixbot"  # Jira issues created with this label become tasks
+    question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -226,9 +229,7 @@ def _check_yaml(path: Path) -> None:
 
 def _explain(error: ValidationError, yaml_file: Path | None) -> str:
     lines = []
-    env_fields = {
-        name for name, field in Settings.model_fields.items() if name not in _YAML_KEYS
-    }
+    env_fields = {name for name, field in Settings.model_fields.items() if name not in _YAML_KEYS}
     for problem in error.errors():
         location = [str(part) for part in problem["loc"]]
         head = location[0] if location else "?"
@@ -238,7 +239,9 @@ def _explain(error: ValidationError, yaml_file: Path | None) -> str:
                 how = HINTS.get(variable, "see .env.example")
                 lines.append(f"{variable} is not set: set it in the environment or .env to {how}.")
             else:
-                lines.append(f"{variable} {problem['msg'].lower()}: fix it in the environment or .env.")
+                lines.append(
+                    f"{variable} {problem['msg'].lower()}: fix it in the environment or .env."
+                )
         else:
             key = ".".join(location)
             where = yaml_file or "fixbot.yml"
@@ -254,4 +257,7 @@ _YAML_KEYS = {
     "concurrency",
     "limits",
     "mcp_servers",
+    "github_approvers",
+    "jira_label",
+    "question_timeout_s",
 }

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+log = logging.getLogger(__name__)
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+MetricsRefresh = Callable[[], Awaitable[None]]
 
 
-def make_http_app(readiness: ReadinessCheck) -> web.Application:
-    """`/healthz` (the process answers), `/readyz` (database and Slack), `/metrics`."""
+def make_http_app(
+    readiness: ReadinessCheck,
+    refresh_metrics: MetricsRefresh | None = None,
+    webhooks: Sequence[web.RouteDef] = (),
+) -> web.Application:
+    """`/healthz` (the process answers), `/readyz` (database and Slack), `/metrics`.
+
+    `refresh_metrics` runs before each scrape, for gauges read from the database.
+    """
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -22,10 +33,16 @@ def make_http_app(readiness: ReadinessCheck) -> web.Application:
         return web.json_response({"ok": ready, **checks}, status=200 if ready else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
+        if refresh_metrics is not None:
+            try:
+                await refresh_metrics()
+            except Exception:  # a scrape still answers with what the process counted
+                log.warning("refreshing metrics from the database failed", exc_info=True)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_routes(webhooks)  # POST /webhooks/{sentry,github,jira}: bot/webhooks.py
     return app

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from agents.runner import AgentTransientError
+from bot import logs, metrics
 from bot.config import Settings
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
@@ -111,22 +112,33 @@ class WorkerPool:
         )
         step = asyncio.current_task()
         assert step is not None
+        # This runs in the job's own asyncio task: the tags end with it, no reset needed.
+        logs.bind(task_id=job.task_id, agent=metrics.agent_label(job.kind))
+        counted = metrics.StepMetrics(job.kind)
+        log.info(
+            "%s step started", job.kind, extra={"data": {"job": job.id, "attempt": job.attempts}}
+        )
         heartbeat = asyncio.create_task(self._heartbeat(job, step))
         try:
             async with asyncio.timeout(timeout):
                 await self.run_job(job)
         except TimeoutError:
+            counted.ended("failed", "timeout")
             await self.queue.finish(job.id, FAILED, "timed out")
             await self.on_failure(
-                job.task_id, f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped."
+                job.task_id,
+                f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped.",
             )
         except AgentTransientError as error:
+            counted.ended("failed", "agent_transient")
             await self._retry_or_fail(job, str(error))
         except asyncio.CancelledError:
+            counted.ended("interrupted" if self._stopping else "cancelled")
             if self._stopping:
                 raise  # shutting down: the lease expires and another worker resumes the job
             await self.queue.finish(job.id, CANCELLED)
         except Exception as error:
+            counted.ended("failed", "internal")
             log.exception("job %s failed", job.id)
             await self.queue.finish(job.id, FAILED, str(error))
             await self.on_failure(job.task_id, "Fixbot hit an internal error running this step.")
@@ -135,6 +147,8 @@ class WorkerPool:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+            await counted.finish(self.queue.sessions, job)
+            log.info("%s step ended: %s", job.kind, counted.status, extra={"data": {"job": job.id}})
 
     async def _retry_or_fail(self, job: Job, error: str) -> None:
         if job.attempts >= job.max_attempts:

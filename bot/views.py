@@ -521,8 +521,126 @@ def home_view(tasks: list[Task], user: str) -> dict[str, Any]:
         blocks.append(_section("No tasks yet. Type `/fix SHOP-1A` in a channel to start one."))
     for task in tasks[: MAX_HOME_BLOCKS - 1]:
         mine = " · yours" if task.requested_by == user else ""
-        line = f"*{escape(task.ref_key)}* {_one_line(task.title, 120)}\n{state_words(task.state)}{mine}"
+        title = _one_line(task.title, 120)
+        line = f"*{escape(task.ref_key)}* {title}\n{state_words(task.state)}{mine}"
         if task.pr_url:
             line += f" · {link(task.pr_url, 'pull request')}"
         blocks.append(_section(line))
     return {"type": "home", "blocks": [block.to_dict() for block in blocks]}
+
+
+# ---------------------------------------------------------------------------- conversation
+
+
+def alert_offer(
+    alert_id: int, title: str | None, ref: str, *, regression_of: str | None
+) -> Message:
+    """Fixbot's answer to an alert: what it saw, and a `Plan a fix` button."""
+    what = _one_line(title or ref, 300)
+    lines = [f":mag: Sentry issue {_inline_code(ref)}: *{what}*"]
+    if regression_of:
+        lines.append(f":leftwards_arrow_with_hook: {regression_note(regression_of).text}")
+    actions = ActionsBlock(
+        block_id=f"alert:{alert_id}",
+        elements=[_button("Plan a fix", "plan_alert", str(alert_id), "primary")],
+    )
+    return _message(f"Sentry issue {ref}: {what}", [_section("\n".join(lines)), actions])
+
+
+def alert_offer_taken(title: str | None, ref: str, user: str | None) -> Message:
+    """The offer once someone (or auto_plan) started planning."""
+    what = _one_line(title or ref, 300)
+    who = ""
+    if user:
+        who = f" by <@{user}>" if _SLACK_USER.match(user) else f" by {escape(user)}"
+    line = f":mag: Sentry issue {_inline_code(ref)}: *{what}*\n:hourglass: Planning started{who}."
+    return _message(f"Planning {ref}", [_section(line)])
+
+
+def seen_again(repeats: int) -> Message:
+    """The one note, edited in place, that counts an alert's repeats."""
+    line = f":repeat: Seen again ({repeats})"
+    return _message(line, [_context(line)])
+
+
+def regression_note(pr_url: str) -> Message:
+    line = f"This issue came back after Fixbot fixed it in {link(pr_url, pr_url)}."
+    return _message(line, [_section(f":leftwards_arrow_with_hook: {line}")])
+
+
+def revising_message(user: str, feedback: str) -> Message:
+    """A reply became feedback: the plan is being revised."""
+    who = f"<@{user}>" if _SLACK_USER.match(user) else escape(user)
+    quote = _fit(escape(" ".join(feedback.split())), 1500)
+    line = f":pencil2: Revising the plan with {who}'s feedback:\n> {quote}"
+    return _message("Revising the plan", [_section(line)])
+
+
+def feedback_kept(state: str) -> Message:
+    """A reply while a step runs: kept for the next step."""
+    line = (
+        f":memo: Noted. The task is {state_words(state).split(' ', 1)[-1].lower()}; "
+        "I'll pass this on to the next step."
+    )
+    return _message(line, [_context(line)])
+
+
+def question_message(question: str, approvers: Sequence[str], timeout_s: float) -> Message:
+    """An agent's question in the thread, who may answer, and for how long it waits."""
+    who = (
+        " or ".join(f"<@{a}>" for a in approvers if _SLACK_USER.match(a))
+        if approvers
+        else "anyone here"
+    )
+    body = _fit(escape(question.strip()), 2500)
+    line = (
+        f":question: *The agent asks:*\n{body}\n_Reply in this thread ({who}); it waits "
+        f"{fmt_duration(timeout_s)} and then carries on with its best assumption._"
+    )
+    return _message(f"The agent asks: {_one_line(question, 1000)}", [_section(line)])
+
+
+def answer_passed(user: str) -> Message:
+    line = f":speech_balloon: Thanks <@{user}>, I passed your answer to the agent."
+    return _message(line, [_context(line)])
+
+
+def question_unanswered() -> Message:
+    line = ":hourglass: No answer in time; the agent carries on with its best assumption."
+    return _message(line, [_context(line)])
+
+
+def pull_request_closed(pr_url: str, *, merged: bool, by: str | None) -> Message:
+    who = f" by {escape(by)}" if by else ""
+    if merged:
+        line = f":tada: Pull request {link(pr_url, pr_url)} was merged{who}. Task done."
+    else:
+        line = (
+            f":heavy_multiplication_x: Pull request {link(pr_url, pr_url)} "
+            f"was closed without merging{who}."
+        )
+    return _message(line, [_section(line)])
+
+
+def task_status(task: Task) -> Message:
+    """`@fixbot status`: where the task is."""
+    line = f"{state_words(task.state)} · {_reference(task)}"
+    if task.plan_version:
+        line += f" · plan v{task.plan_version}"
+    line += f" · spent {fmt_cost(task.cost_usd)}"
+    if task.pr_url:
+        line += f" · {link(task.pr_url, 'pull request')}"
+    return _message(line, [_section(line)])
+
+
+MENTION_HELP = (
+    "In a task's thread: `@fixbot approve`, `reject`, `cancel`, `retry`, `status`, `help`. "
+    "In any thread: `@fixbot fix` starts a task from the thread (name the repository with "
+    "`repo:owner/name` unless only one is configured). A reply in the thread while a plan "
+    "waits for approval revises the plan."
+)
+
+
+def note(text: str) -> Message:
+    """A short line of Fixbot's own mrkdwn in a thread."""
+    return _message(text, [_section(text)])

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agents.ask import ASK_TOOL, ask_server
+from agents.ask import SERVER as ASK_SERVER
 from agents.execution import execution_step
-from agents.planning import PlanningInput, planning_step, read_plan
+from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from agents.verify import Verification, verify_fix
 from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
@@ -30,17 +32,18 @@ from bot.config import RepoConfig, Settings
 from bot.errors import InvalidTransition, NotAllowed, StepFailed
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
-from bot.models import TRANSITIONS, Plan, Reference, RefKind, State
+from bot.models import ACTIVE, TRANSITIONS, Plan, Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
 from bot.thread import SlackThreads
 from storage.queue import JobQueue
-from storage.tables import AgentRun, Job, Task, TaskEvent
+from storage.tables import AgentRun, Job, Question, Task, TaskEvent
 
 log = logging.getLogger(__name__)
 
 PLANNING, EXECUTION = "planning", "execution"
+QUESTION_POLL_S = 0.5  # how often a waiting agent question looks for an answer
 SKILLS = Path(__file__).resolve().parent.parent / "skills"
 
 # Lower runs first: manual requests and fatal alerts, then errors, then the rest.
@@ -224,7 +227,9 @@ class Workflow:
                 .values(state=to, **(values or {}))
             )
             if not changed.rowcount:  # type: ignore[attr-defined]
-                raise InvalidTransition("Someone else acted on this task just now; nothing changed.")
+                raise InvalidTransition(
+                    "Someone else acted on this task just now; nothing changed."
+                )
             session.add(
                 TaskEvent(
                     task_id=task_id,
@@ -257,7 +262,9 @@ class Workflow:
         except InvalidTransition:
             log.info("job %s for task %s is stale; skipping", job.id, task.id)
         except UnmappedProject as error:
-            await self.fail(task.id, str(error), message=views.unmapped_project_message(error.project))
+            await self.fail(
+                task.id, str(error), message=views.unmapped_project_message(error.project)
+            )
         except StepFailed as error:
             await self.fail(task.id, str(error), output=getattr(error, "output", None))
 
@@ -283,6 +290,8 @@ class Workflow:
         await self._update_parent(task)
 
     async def _plan(self, task: Task, job: Job) -> None:
+        if task.state == State.REVISING:
+            return await self._revise(task, job)
         if task.state == State.QUEUED:
             task = await self.transition(task.id, State.PLANNING, detail={"job": job.id})
         elif task.state != State.PLANNING:
@@ -336,7 +345,7 @@ class Workflow:
             ref=task.ref_key,
             repo=repo,
             plan_markdown=task.plan_markdown,
-            feedback=(),
+            feedback=tuple(task.feedback or ()),
             plugins=(SKILLS,),
             mcp_servers=self._mcp_servers(read_only=False),
             budget_usd=self._budget_left(task),
@@ -370,6 +379,7 @@ class Workflow:
     async def _run_step(self, task: Task, job: Job, step: AgentStep, label: str) -> StepResult:
         """Run an agent step behind a live status message, and record it in agent_runs."""
         assert task.thread_ts is not None
+        step = self._with_ask_tool(task, step)
         status = StatusMessage(self.threads, task.channel_id, task.thread_ts, label)
         await status.start()
 
@@ -380,7 +390,9 @@ class Workflow:
         try:
             result = await self.run_agent(step, self.agent_env, on_event)
         except BaseException as error:
-            await status.finish("cancelled" if isinstance(error, asyncio.CancelledError) else "failed")
+            await status.finish(
+                "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
+            )
             await self._record_run(task, job, step.name, None, started, error=str(error))
             raise
         await self._record_run(task, job, step.name, result, started)
@@ -443,7 +455,12 @@ class Workflow:
         owner, name = repo.name.split("/")
         thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
         body = views.pull_request_body(
-            task, plan, thread_url=thread_url, red=None, green=None, cost_usd=task.cost_usd,
+            task,
+            plan,
+            thread_url=thread_url,
+            red=None,
+            green=None,
+            cost_usd=task.cost_usd,
             duration_s=None,
         )
         pull = await self.github.ensure_pull_request(
@@ -522,9 +539,7 @@ class Workflow:
     async def publish_home(self, user: str) -> None:
         """Publish the App Home dashboard for `user`."""
         async with self.sessions() as session:
-            tasks = list(
-                await session.scalars(select(Task).order_by(Task.id.desc()).limit(20))
-            )
+            tasks = list(await session.scalars(select(Task).order_by(Task.id.desc()).limit(20)))
         await self.threads.publish_home(user, views.home_view(tasks, user))
 
     # Helpers
@@ -570,14 +585,18 @@ class Workflow:
             return
         plan = Plan.model_validate(task.plan)
         message = views.plan_decided(
-            task, plan, plan_url=f"{task.pr_url}/files" if task.pr_url else None,
-            cost_usd=task.cost_usd, note=note,
+            task,
+            plan,
+            plan_url=f"{task.pr_url}/files" if task.pr_url else None,
+            cost_usd=task.cost_usd,
+            note=note,
         )
         await self.threads.update(task.channel_id, task.plan_message_ts, message)
 
     async def _update_parent(self, task: Task) -> None:
-        if task.thread_ts is not None:
-            await self.threads.update(task.channel_id, task.thread_ts, views.parent_message(task))
+        parent_ts = task.parent_ts or task.thread_ts  # parent_ts: a task in an alert's thread
+        if parent_ts is not None:
+            await self.threads.update(task.channel_id, parent_ts, views.parent_message(task))
 
     async def _show_queue_place(self, task: Task, job: Job) -> None:
         ahead = await self.queue.ahead_of(job)
@@ -601,14 +620,252 @@ class Workflow:
             raise InvalidTransition(f"There is no task {task_id}.")
         return task
 
+    # Conversation
+
+    async def task_in_thread(self, channel: str, thread_ts: str) -> Task | None:
+        """The task whose thread this is (the newest, when an alert came back)."""
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(Task)
+                .where(Task.channel_id == channel, Task.thread_ts == thread_ts)
+                .order_by(Task.id.desc())
+                .limit(1)
+            )
+
+    async def create_task_in_thread(
+        self,
+        ref: Reference,
+        *,
+        channel: str,
+        thread_ts: str,
+        user: str | None,
+        priority: int = PRIORITY_ERROR,
+    ) -> Task:
+        """Like `create_task`, in an existing thread (an alert's): Fixbot's status is a reply."""
+        async with self.sessions.begin() as session:
+            task = Task(
+                state=State.QUEUED,
+                ref_kind=ref.kind,
+                ref_key=ref.key,
+                ref_url=ref.url,
+                title=ref.key if ref.kind != RefKind.TEXT else ref.key[:150],
+                repo=ref.repo,
+                requested_by=user,
+                priority=priority,
+                channel_id=channel,
+                thread_ts=thread_ts,
+            )
+            session.add(task)
+            await session.flush()
+            session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
+        parent_ts = await self.threads.post(
+            channel, views.parent_message(task), thread_ts=thread_ts
+        )
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Task).where(Task.id == task.id).values(parent_ts=parent_ts)
+            )
+            job = JobQueue.enqueue(session, task.id, PLANNING, priority)
+        task.parent_ts = parent_ts
+        await self._show_queue_place(task, job)
+        self.job_added()
+        return task
+
+    async def take_reply(self, task: Task, user: str, text: str) -> None:
+        """A person's reply in a task's thread: an answer, a revision request, or a note."""
+        if await self._answer_question(task, user, text):
+            await self.threads.post(
+                task.channel_id, views.answer_passed(user), thread_ts=task.thread_ts
+            )
+            return
+        state = State(task.state)
+        if state == State.AWAITING_APPROVAL:
+            try:
+                await self.transition(
+                    task.id,
+                    State.REVISING,
+                    actor=user,
+                    expect={State.AWAITING_APPROVAL},
+                    values={"feedback": [*(task.feedback or []), text]},
+                    detail={"feedback": text[:500]},
+                    enqueue=PLANNING,
+                )
+            except InvalidTransition:
+                return await self.take_reply(await self._fresh(task), user, text)
+            await self.threads.post(
+                task.channel_id, views.revising_message(user, text), thread_ts=task.thread_ts
+            )
+            await self._update_parent(await self._fresh(task))
+        elif state in ACTIVE or state == State.FAILED:
+            async with self.sessions.begin() as session:
+                fresh = await self._get(session, task.id)
+                fresh.feedback = [*(fresh.feedback or []), text]
+            await self.threads.post(
+                task.channel_id, views.feedback_kept(state), thread_ts=task.thread_ts
+            )
+
+    async def _revise(self, task: Task, job: Job) -> None:
+        """Planning again with the thread's feedback, resuming the planning session."""
+        repo = self._repo(task)
+        assert task.branch and task.plan is not None
+        worktree = await self.workspaces.prepare(repo, task.branch)
+        async with self.sessions() as session:
+            resume = await session.scalar(
+                select(AgentRun.session_id)
+                .where(
+                    AgentRun.task_id == task.id,
+                    AgentRun.step == "planning",
+                    AgentRun.session_id.is_not(None),
+                )
+                .order_by(AgentRun.id.desc())
+                .limit(1)
+            )
+        given = PlanningInput(
+            ref=task.ref_key,
+            repo=repo.name,
+            test_command=repo.test_command,
+            context=task.context,
+            feedback=tuple(task.feedback or ()),
+            previous_plan=task.plan_markdown,
+        )
+        step = planning_step(
+            worktree.path,
+            given,
+            plugins=(SKILLS,),
+            mcp_servers=self._mcp_servers(read_only=True),
+            budget_usd=self._budget_left(task),
+            resume_session_id=resume,
+        )
+        result = await self._run_step(task, job, step, "Revising the plan")
+        plan, markdown = read_plan(worktree.path, result)
+        if markdown == task.plan_markdown:  # the agent returned the plan but left PLAN.md
+            markdown = render_plan(plan)
+            (worktree.path / "PLAN.md").write_text(markdown)
+        await self._close_plan(task, views.decision_note("superseded", None, _now()))
+        plan_url = await self._publish_plan(task, repo, worktree.path, plan, markdown)
+        task = await self.transition(
+            task.id,
+            State.AWAITING_APPROVAL,
+            values={
+                "plan": plan.model_dump(),
+                "plan_markdown": markdown,
+                "plan_version": task.plan_version + 1,
+                "feedback": [],
+            },
+        )
+        message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
+        plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        await self._save(task, plan_message_ts=plan_ts)
+        await self._update_parent(task)
+
+    def _with_ask_tool(self, task: Task, step: AgentStep) -> AgentStep:
+        """Give a step the `ask_in_thread` tool, bound to this task's thread."""
+
+        async def ask(question: str) -> str | None:
+            return await self.ask_in_thread(task, question)
+
+        return replace(
+            step,
+            mcp_servers={**step.mcp_servers, ASK_SERVER: ask_server(ask)},
+            allowed_tools=[*step.allowed_tools, ASK_TOOL],
+        )
+
+    async def ask_in_thread(self, task: Task, question: str) -> str | None:
+        """Post an agent's question in the thread; the answer, or None after the timeout."""
+        timeout = self.settings.question_timeout_s
+        message = views.question_message(question, self.settings.approvers, timeout)
+        ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        async with self.sessions.begin() as session:
+            asked = Question(task_id=task.id, question=question, message_ts=ts)
+            session.add(asked)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(QUESTION_POLL_S)
+            async with self.sessions() as session:
+                answer = await session.scalar(
+                    select(Question.answer).where(Question.id == asked.id)
+                )
+            if answer is not None:
+                return answer
+        async with self.sessions.begin() as session:
+            # Closed unanswered: a late reply becomes feedback instead.
+            await session.execute(
+                update(Question)
+                .where(Question.id == asked.id, Question.answer.is_(None))
+                .values(answer="", answered_at=_now())
+            )
+        await self.threads.post(
+            task.channel_id, views.question_unanswered(), thread_ts=task.thread_ts
+        )
+        return None
+
+    async def _answer_question(self, task: Task, user: str, text: str) -> bool:
+        approvers = self.settings.approvers
+        if approvers and user not in approvers:
+            return False
+        async with self.sessions.begin() as session:
+            open_id = await session.scalar(
+                select(Question.id)
+                .where(Question.task_id == task.id, Question.answer.is_(None))
+                .order_by(Question.id.desc())
+                .limit(1)
+            )
+            if open_id is None:
+                return False
+            changed = await session.execute(
+                update(Question)
+                .where(Question.id == open_id, Question.answer.is_(None))
+                .values(answer=text, answered_by=user, answered_at=_now())
+            )
+            return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+    async def approve_as(self, task_id: int, actor: str) -> Task:
+        """Approve for someone checked elsewhere (a GitHub approver): what Approve does."""
+        task = await self.transition(
+            task_id,
+            State.APPROVED,
+            actor=actor,
+            expect={State.AWAITING_APPROVAL},
+            values={"decided_by": actor},
+            enqueue=EXECUTION,
+        )
+        await self._close_plan(task, views.decision_note("Approved", actor, _now()))
+        return task
+
+    async def task_for_pull(self, repo: str, number: int) -> Task | None:
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(Task)
+                .where(Task.repo == repo, Task.pr_number == number)
+                .order_by(Task.id.desc())
+                .limit(1)
+            )
+
+    async def pull_request_closed(self, task: Task, *, merged: bool, by: str | None) -> None:
+        """The task's pull request was merged or closed: the thread is told."""
+        if task.pr_url is None:
+            return
+        message = views.pull_request_closed(task.pr_url, merged=merged, by=by)
+        await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        if not merged and not State(task.state).finished and task.state != State.FAILED:
+            try:
+                await self.transition(
+                    task.id, State.CANCELLED, actor=by, detail={"pull_request": "closed"}
+                )
+            except InvalidTransition:
+                return
+            await self._update_parent(await self._fresh(task))
+
+    async def _fresh(self, task: Task) -> Task:
+        async with self.sessions() as session:
+            return await self._get(session, task.id)
+
 
 class VerificationFailed(StepFailed):
     """Fixbot's own red→green check did not hold; nothing was pushed."""
 
     def __init__(self, verification: Verification) -> None:
-        super().__init__(
-            f"Verification failed: {verification.reason}. Nothing was pushed."
-        )
+        super().__init__(f"Verification failed: {verification.reason}. Nothing was pushed.")
         failing = verification.suite or verification.green or verification.red
         self.output = failing.output if failing is not None else None
 

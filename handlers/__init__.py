@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.workflow import Workflow
-from handlers import actions, commands, home
+from handlers import actions, commands, home, messages
 
 
 def register(app: AsyncApp, workflow: Workflow) -> None:
@@ -13,3 +13,4 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
     commands.register(app, workflow)
     actions.register(app, workflow)
     home.register(app, workflow)
+    messages.register(app, workflow)

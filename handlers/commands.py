@@ -17,8 +17,6 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
         await ack()
         try:
             ref = parse_reference(command.get("text", ""), workflow.settings)
-            await workflow.create_task(
-                ref, channel=command["channel_id"], user=command["user_id"]
-            )
+            await workflow.create_task(ref, channel=command["channel_id"], user=command["user_id"])
         except FixbotError as error:
             await respond(text=str(error), response_type="ephemeral")

@@ -1,8 +1,8 @@
 """The durable job queue: jobs are rows, claimed under a lease that a heartbeat renews.
 
-One implementation serves SQLite and PostgreSQL. A claim picks the best queued job
-(`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers) and takes it with
-a conditional UPDATE, so two workers can never both own a job.
+One implementation serves SQLite and PostgreSQL. A claim is one UPDATE that picks the best
+queued job in a subquery (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers)
+and takes it only if it is still queued, so two workers can never both own a job.
 """
 
 from __future__ import annotations
@@ -41,19 +41,21 @@ class JobQueue:
     async def claim(self, kinds: Iterable[str]) -> Job | None:
         """Take the most urgent runnable job of these kinds, or None."""
         now = utcnow()
+        # One statement, so the pick and the take share one write transaction. On SQLite,
+        # a separate SELECT ran outside it and could pick a job another worker then took,
+        # and the claim came back empty while runnable jobs remained.
+        best = (
+            select(Job.id)
+            .where(Job.status == QUEUED, Job.kind.in_(list(kinds)), Job.run_after <= now)
+            .order_by(Job.priority, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         async with self.sessions.begin() as session:
-            candidate = await session.scalar(
-                select(Job.id)
-                .where(Job.status == QUEUED, Job.kind.in_(list(kinds)), Job.run_after <= now)
-                .order_by(Job.priority, Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            if candidate is None:
-                return None
             claimed = await session.execute(
                 update(Job)
-                .where(Job.id == candidate, Job.status == QUEUED)
+                .where(Job.id == best, Job.status == QUEUED)
                 .values(
                     status=RUNNING,
                     lease_owner=self.owner,

@@ -11,8 +11,12 @@ from world import (
     FIXED_PRICING,
     NEW_TEST,
     World,
+    git,
     plan_data,
     seed_sentry_issue,
+)
+from world import (
+    SHOP_PRICING as SHOP_PRICING_UNCHANGED,
 )
 
 from agents.workspace import branch_name
@@ -46,7 +50,12 @@ def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING
     test_command = world.config["repos"][0]["test_command"]
     world.model.script(
         [
-            [tool("Write", {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST})],
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+                )
+            ],
             [tool("Bash", {"command": test_command})],
             [tool("Write", {"file_path": str(worktree / "shop/pricing.py"), "content": fix})],
             [tool("Bash", {"command": test_command})],
@@ -84,7 +93,7 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     drafts = world.github.pulls("acme/shop")
     assert len(drafts) == 1 and drafts[0].draft
 
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="U_BOB")
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
     done = await world.slack.wait_for(
         lambda: next((m for m in thread()[1:] if "Pull request ready" in m["text"]), None),
         timeout=90,
@@ -102,3 +111,159 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     assert [run[0] for run in runs] == ["planning", "execution"]
     assert all(run[1] and run[2] > 0 for run in runs)
     assert world.model.unexpected == []
+    dumps = [path.read_text() for path in (world.workdir / "tasks").glob("env-*.txt")]
+    assert len(dumps) >= 3  # the agent's two runs and Fixbot's own red, green and suite runs
+    # The Anthropic key is the one secret Claude Code itself needs (interface.md).
+    for secret in ("xoxb-local", "xapp-local", "github-token", "sentry-token"):
+        assert not any(secret in dump for dump in dumps), secret
+
+
+async def start_plan(world: World, ref: str = "SHOP-1") -> tuple[str, dict[str, Any]]:
+    """Type /fix and wait for the plan; returns the thread ts and the plan message."""
+    await world.slack.slash_command(ref)
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    plan = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
+        timeout=60,
+        what="the plan",
+    )
+    return parent["ts"], plan
+
+
+def message(world: World, thread_ts: str, ts: str) -> dict[str, Any]:
+    return next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == ts)
+
+
+def thread_texts(world: World, thread_ts: str) -> list[str]:
+    return [message["text"] for message in world.slack.thread(CHANNEL, thread_ts)]
+
+
+async def test_reject_ends_the_task_and_pushes_nothing_more(world: World) -> None:
+    seed_sentry_issue(world)
+    script_planning(world)
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+    heads_before = git_heads(world)
+
+    await world.slack.click_button(CHANNEL, plan["ts"], "reject", user="UBOB01")
+    await world.slack.wait_for(
+        lambda: "Rejected" in world.slack.thread(CHANNEL, thread_ts)[0]["text"]
+    )
+    await world.slack.wait_for(lambda: not buttons(message(world, thread_ts, plan["ts"])))
+    updated = message(world, thread_ts, plan["ts"])
+    assert "Rejected by <@UBOB01>" in str(updated["blocks"])
+    assert git_heads(world) == heads_before
+
+
+async def test_only_approvers_may_approve_and_a_second_click_changes_nothing(world: World) -> None:
+    world.config["approvers"] = ["ULEAD01"]
+    seed_sentry_issue(world)
+    script_planning(world)
+    script_execution(world)
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UMAL01")
+    refusal = await world.slack.wait_for(lambda: world.slack.ephemerals("UMAL01"))
+    assert "approvers" in refusal[-1]["text"]
+    assert buttons(next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"]))
+
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01")
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01", value=None)
+    second = await world.slack.wait_for(lambda: world.slack.ephemerals("ULEAD01"))
+    assert "already approved" in second[-1]["text"]
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)), timeout=90
+    )
+    assert len(world.github.pulls("acme/shop")) == 1
+
+
+async def test_red_verification_pushes_nothing_and_retry_works(world: World) -> None:
+    seed_sentry_issue(world)
+    script_planning(world)
+    script_execution(world, fix=SHOP_PRICING_UNCHANGED)
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+    branch = branch_name("SHOP-1", TITLE)
+    pushed_plan = git_heads(world)[branch]
+
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    failure = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
+        ),
+        timeout=90,
+        what="the failure report",
+    )
+    assert "Verification failed" in failure["text"]
+    assert "Cancel" in buttons(failure)
+    assert git_heads(world)[branch] == pushed_plan  # nothing of the fix was pushed
+    assert world.github.pulls("acme/shop")[0].draft
+
+    script_execution(world)
+    await world.slack.click_button(CHANNEL, failure["ts"], "retry", user="UBOB01")
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)), timeout=90
+    )
+    assert not world.github.pulls("acme/shop")[0].draft
+
+
+async def test_bad_references_get_an_ephemeral_answer_and_no_task(world: World) -> None:
+    await world.start_app()
+    cases = {
+        "": "needs something to fix",
+        "hello world": "repo:owner/name",
+        "broken checkout repo:acme/unknown": "not in fixbot.yml",
+        "https://example.com/nothing": "not a Sentry or GitHub issue URL",
+        "https://github.com/other/repo/issues/3": "not in fixbot.yml",
+    }
+    for text_typed, expected in cases.items():
+        seen = len(world.slack.ephemerals("U_TYPO"))
+        await world.slack.slash_command(text_typed, user="U_TYPO")
+        answer = await world.slack.wait_for(lambda s=seen: world.slack.ephemerals("U_TYPO")[s:])
+        assert expected in answer[-1]["text"], (text_typed, answer[-1]["text"])
+        assert "Accepted forms" in answer[-1]["text"] or "fixbot.yml" in answer[-1]["text"]
+    assert world.slack.messages(CHANNEL) == []
+    db = sqlite3.connect(world.root / "fixbot.db")
+    assert db.execute("select count(*) from tasks").fetchone()[0] == 0
+
+
+async def test_planning_may_not_edit_source_files(world: World) -> None:
+    seed_sentry_issue(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
+    world.model.script(
+        [
+            [tool("Write", {"file_path": str(worktree / "shop/pricing.py"), "content": "x = 1\n"})],
+            [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
+            [structured(plan_data())],
+        ],
+        match="Plan a fix for SHOP-1",
+    )
+    await world.start_app()
+    _, plan = await start_plan(world)
+    assert buttons(plan)[:2] == ["Approve", "Reject"]
+    refusals = [r for r in world.model.tool_results() if "may only write PLAN.md" in str(r)]
+    assert refusals, world.model.tool_results()
+    assert (worktree / "shop/pricing.py").read_text() != "x = 1\n"
+
+
+async def test_unmapped_sentry_project_says_how_to_map_it(world: World) -> None:
+    world.sentry.add_issue(short_id="BILLING-7", project="billing-api", title="KeyError")
+    await world.start_app()
+    await world.slack.slash_command("BILLING-7")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    reply = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, parent["ts"])[1:] if "billing-api" in str(m)),
+            None,
+        ),
+        timeout=30,
+    )
+    assert "sentry_projects" in str(reply["blocks"])
+
+
+def git_heads(world: World) -> dict[str, str]:
+    refs = git(
+        "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads", cwd=world.origin
+    )
+    return dict(line.split() for line in refs.splitlines())

@@ -153,6 +153,37 @@ async def test_structured_output_comes_back_as_a_dict(
     assert model.unexpected == []
 
 
+@pytest.mark.parametrize(
+    ("limits", "outcome"),
+    [({"max_turns": 1}, "error_max_turns"), ({"max_budget_usd": 0.01}, "error_max_budget")],
+)
+async def test_a_step_that_hits_its_limit_says_which(
+    model: ScriptedModel,
+    environment: AgentEnvironment,
+    repo: Path,
+    limits: dict[str, Any],
+    outcome: str,
+) -> None:
+    # Each scripted request costs about $0.05 at the CLI's default model's prices.
+    model.script(
+        [[tool("Write", {"file_path": str(repo / "a.txt"), "content": "a"})], [text("Done.")]],
+        match="TASK-limits",
+    )
+    step = AgentStep(
+        name="execution",
+        prompt="Do TASK-limits.",
+        cwd=repo,
+        can_use_tool=allow_everything,
+        **limits,
+    )
+
+    result = await run_agent_step(step, environment)
+
+    assert result.outcome == outcome
+    assert result.error
+    assert model.unexpected == []
+
+
 async def test_a_brief_overload_is_retried_by_claude_code(
     model: ScriptedModel, environment: AgentEnvironment, repo: Path
 ) -> None:

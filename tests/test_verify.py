@@ -127,6 +127,19 @@ def is_running(pid: str) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+async def test_commands_get_no_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "github-token-value")
+    monkeypatch.setenv("LC_ALL", "C")
+
+    result = await run_command("env", tmp_path, timeout=30)
+
+    assert "github-token-value" not in result.output
+    assert "LC_ALL=C" in result.output
+    assert "CI=true" in result.output
+
+
 async def test_run_command_keeps_the_tail_of_long_output(tmp_path: Path) -> None:
     command = f"{shlex.quote(sys.executable)} -c \"print('x' * 100_000); print('the end')\""
     result = await run_command(command, tmp_path, timeout=30)

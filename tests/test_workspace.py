@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import timedelta
@@ -18,15 +19,14 @@ from agents.workspace import (
     commit_all,
     git,
     push,
+    remove_tree,
 )
 from bot.config import RepoConfig
 
 
 async def commit_to(origin: Path, scratch: Path, files: dict[str, str], message: str) -> str:
-    """Commit `files` on origin's main through a scratch clone; return the new sha."""
-    if not scratch.exists():
-        await git("clone", "--quiet", str(origin), str(scratch), cwd=origin.parent)
-    await git("pull", "--quiet", "origin", "main", cwd=scratch)
+    """Commit `files` on origin's main through a fresh clone at `scratch`; return the sha."""
+    await git("clone", "--quiet", str(origin), str(scratch), cwd=origin.parent)
     for name, text in files.items():
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         (scratch / name).write_text(text)
@@ -80,6 +80,28 @@ async def test_two_tasks_share_one_mirror(
             "rev-parse", "--path-format=absolute", "--git-common-dir", cwd=worktree.path
         )
         assert Path(common.strip()) == workspaces.mirror_path(repo)
+
+
+async def test_concurrent_prepares_share_the_first_clone(
+    workspaces: Workspaces, repo: RepoConfig
+) -> None:
+    first, second = await asyncio.gather(
+        workspaces.prepare(repo, "fixbot/shop-1-a"), workspaces.prepare(repo, "fixbot/shop-2-b")
+    )
+    assert first.base_commit == second.base_commit
+    assert [path.name for path in (workspaces.root / "mirrors").iterdir()] == ["acme__shop.git"]
+
+
+async def test_prepare_recovers_from_a_worktree_deleted_by_hand(
+    workspaces: Workspaces, repo: RepoConfig
+) -> None:
+    worktree = await workspaces.prepare(repo, "fixbot/shop-1-fix")
+    await remove_tree(worktree.path)
+
+    again = await workspaces.prepare(repo, "fixbot/shop-1-fix")
+
+    assert again == worktree
+    assert (again.path / "app.py").exists()
 
 
 async def test_next_prepare_sees_new_commits(
@@ -154,7 +176,7 @@ async def test_push_replaces_fixbots_own_commits_but_not_others(
     theirs = (await git("rev-parse", "HEAD", cwd=human)).strip()
     (worktree.path / "app.py").write_text("three\n")
     await commit_all(worktree.path, "attempt three")
-    with pytest.raises(GitError, match="has commits by ann@example.com"):
+    with pytest.raises(GitError, match=r"has commits by ann@example\.com"):
         await push(worktree.path, repo.clone_url, worktree.branch, token=None)
     assert await origin_sha(origin, "refs/heads/fixbot/shop-1-fix") == theirs
 
@@ -211,12 +233,15 @@ async def test_remove_takes_the_worktree_and_branch_away(
 async def test_cleanup_removes_only_old_worktrees(workspaces: Workspaces, repo: RepoConfig) -> None:
     old = await workspaces.prepare(repo, "fixbot/shop-1-old")
     fresh = await workspaces.prepare(repo, "fixbot/shop-2-fresh")
+    stray = workspaces.root / "tasks" / "half-made"
+    stray.mkdir()
     week_ago = time.time() - 7 * 24 * 3600
-    os.utime(old.path, (week_ago, week_ago))
+    for path in (old.path, stray):
+        os.utime(path, (week_ago, week_ago))
 
     removed = await workspaces.cleanup(timedelta(days=3))
 
-    assert removed == [old.path]
+    assert removed == [old.path, stray]
     assert not old.path.exists()
     assert fresh.path.exists()
     assert await git("branch", "--list", old.branch, cwd=workspaces.mirror_path(repo)) == ""

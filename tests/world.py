@@ -33,13 +33,13 @@ def apply_discount(price: float, percent: float) -> float:
     return price - price * percent
 '''
 
-SHOP_TEST = '''\
+SHOP_TEST = """\
 from shop.pricing import apply_discount
 
 
 def test_no_discount():
     assert apply_discount(100.0, 0) == 100.0
-'''
+"""
 
 FIXED_PRICING = '''\
 def apply_discount(price: float, percent: float) -> float:
@@ -47,13 +47,22 @@ def apply_discount(price: float, percent: float) -> float:
     return price - price * percent / 100
 '''
 
-NEW_TEST = '''\
+NEW_TEST = """\
 from shop.pricing import apply_discount
 
 
 def test_percent_is_a_percentage():
     assert apply_discount(200.0, 10) == 180.0
-'''
+"""
+
+
+ENV_DUMP_CONFTEST = """\
+import os
+import pathlib
+
+dump = pathlib.Path(__file__).resolve().parent.parent / f"env-{os.getpid()}.txt"
+dump.write_text("\\n".join(f"{k}={v}" for k, v in sorted(os.environ.items())))
+"""
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -78,7 +87,9 @@ def make_shop_repo(root: Path) -> Path:
     (source / "shop" / "__init__.py").write_text("")
     (source / "shop" / "pricing.py").write_text(SHOP_PRICING)
     (source / "tests" / "test_pricing.py").write_text(SHOP_TEST)
-    (source / "conftest.py").write_text("")
+    # Every test run leaves a dump of its environment beside the checkout, so tests can
+    # prove that no Fixbot secret reaches the agent's Bash or Fixbot's own test runs.
+    (source / "conftest.py").write_text(ENV_DUMP_CONFTEST)
     git("init", "-q", "-b", "main", cwd=source)
     git("add", "-A", cwd=source)
     git("commit", "-q", "-m", "Shop with a discount bug", cwd=source)

@@ -25,10 +25,24 @@ How requests are told apart:
   appears in the system prompt or first user message (scripts without ``match`` come
   last); later requests of that session continue the same script, a resumed session too.
   A request that no script expects, or that comes after its script ran out, is answered
-  with HTTP 500 (and ``x-should-retry: false``) and recorded in ``model.unexpected``.
-- ``POST /v1/messages`` without tools is a side request the CLI makes on its own (a
-  title or summary with a small model, say): it gets a short text answer.
-- ``POST /v1/messages/count_tokens`` gets a size estimate; anything else gets ``{}``.
+  with HTTP 500 and ``x-should-retry: false`` (so the CLI gives up at once) and recorded
+  in ``model.unexpected``.
+- ``POST /v1/messages`` without tools is a side request the CLI makes on its own: with
+  ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC`` unset it asks for a session title (the
+  prompt included, so ``match`` alone cannot tell it apart; JSON via
+  ``output_config.format``). It gets a short answer, JSON that fits when asked for.
+- ``POST /v1/messages/count_tokens`` gets a size estimate; anything else (the CLI's
+  ``HEAD /api/hello`` probe, say) gets ``{}``.
+
+What the CLI (2.1.x) does with the answers:
+
+- Structured output (``--json-schema``, the SDK's ``output_format``) is a tool named
+  ``StructuredOutput`` whose input is the answer. The run ends when the model calls it:
+  ``[[structured({...})]]`` is a whole script. A text-only answer gets a nudge instead
+  ("You MUST call the StructuredOutput tool"), as a further request.
+- 529 and 429 are retried by the CLI itself, ``CLAUDE_CODE_MAX_RETRIES`` times (default
+  10) with exponential backoff from about 0.5 s to about 40 s; ``retry-after`` is honoured
+  on 429 but not on 529. A persistent overload takes three minutes with the defaults.
 
 Every answer reports usage (about one token per four characters), so the CLI computes a
 cost. ``model.requests`` holds every parsed ``/v1/messages`` body; ``model.log`` one line
@@ -37,11 +51,10 @@ per HTTP request of any kind.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -112,13 +125,13 @@ def structured(data: Mapping[str, Any]) -> ToolUse:
     return ToolUse(STRUCTURED_OUTPUT_TOOL, dict(data))
 
 
-def overloaded(times: int | None = 1, *, retry_after: float | None = 0) -> Failure:
-    """HTTP 529 ``overloaded_error``; ``retry_after`` (seconds) keeps the CLI's retries fast."""
-    return Failure(529, "overloaded_error", "Overloaded", retry_after, times)
+def overloaded(times: int | None = 1) -> Failure:
+    """HTTP 529 ``overloaded_error``, for ``times`` requests in a row (None: for good)."""
+    return Failure(529, "overloaded_error", "Overloaded", None, times)
 
 
 def rate_limited(retry_after: float = 0, times: int | None = 1) -> Failure:
-    """HTTP 429 ``rate_limit_error`` with a ``retry-after`` header."""
+    """HTTP 429 ``rate_limit_error`` with a ``retry-after`` header (seconds)."""
     return Failure(
         429,
         "rate_limit_error",
@@ -171,18 +184,17 @@ class LoggedRequest:
     body: Any = None
 
 
-@dataclass
 class ScriptedModel:
     """A local Anthropic Messages API that answers the Claude Code CLI from scripts."""
 
-    host: str = "127.0.0.1"
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    log: list[LoggedRequest] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    scripts: list[Script] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
-    _port: int = 0
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.scripts: list[Script] = []
+        self.requests: list[dict[str, Any]] = []  # every /v1/messages body
+        self.log: list[LoggedRequest] = []  # every HTTP request
+        self.unexpected: list[str] = []  # main-conversation requests no script expected
+        self._runner: web.AppRunner | None = None
+        self._port = 0
 
     # Lifecycle
 
@@ -252,9 +264,8 @@ class ScriptedModel:
             self._record(request, "side", session_id, body)
             return await self._answer(request, body, [Text(_side_reply(body))])
 
-        async with self._lock:
-            script = self._script_for(body, session_id)
-            turn = script.next_turn() if script is not None else None
+        script = self._script_for(body, session_id)
+        turn = script.next_turn() if script is not None else None
         if turn is None:
             self._record(request, "unexpected", session_id, body)
             return self._unexpected(body, script)

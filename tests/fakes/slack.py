@@ -334,7 +334,7 @@ class LocalSlack:
         """Number of open Socket Mode connections."""
         return sum(1 for socket in self._sockets if not socket.closed)
 
-    async def wait_connected(self, n: int = 1, timeout: float = 10) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, n: int = 1, timeout: float = 10) -> None:
         """Wait until at least ``n`` Socket Mode connections are open."""
         await self.wait_for(
             lambda: self.connected >= n, timeout=timeout, what=f"{n} Socket Mode connection(s)"
@@ -523,7 +523,7 @@ class LocalSlack:
             event["view"] = copy.deepcopy(self._home_views[user])
         self._deliver_event(event)
 
-    async def request_refresh(self, timeout: float = 10) -> None:  # noqa: ASYNC109
+    async def request_refresh(self, timeout: float = 10) -> None:
         """Ask every connection to reconnect, as Slack does; returns once they have."""
         old_sockets = [socket for socket in self._sockets if not socket.closed]
         message = {
@@ -579,7 +579,7 @@ class LocalSlack:
     async def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 10,  # noqa: ASYNC109 (a polling deadline, the documented surface)
+        timeout: float = 10,
         *,
         what: str | None = None,
     ) -> T:

@@ -1,0 +1,667 @@
+"""The `fixbot` command: run the bot, check its set-up, and look after tasks from a terminal.
+
+    fixbot run                      # the same as `python app.py`
+    fixbot doctor                   # one line per setting and dependency, and what to do
+    fixbot tasks list [--state S] [--limit N]
+    fixbot tasks show ID            # the task, its events, its agent runs and spend
+    fixbot tasks create REF [--channel C]
+    fixbot tasks requeue ID         # a failed task goes back to the queue
+    fixbot tasks cancel ID
+    fixbot tasks transcript ID [--step planning|execution]
+
+Task commands go through the workflow's own transitions, exactly as Slack's buttons do.
+Errors a person can fix (an unknown id, a task in the wrong state, a bad reference) are
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.config import HINTS, Settings, load_settings, scrub_environment
+from bot.errors import ConfigError, FixbotError
+from bot.models import State
+from bot.redact import Redactor
+from storage.tables import AgentRun, Task, TaskEvent
+
+Sessions = async_sessionmaker[AsyncSession]
+
+ACTOR = "cli"  # who task_events say acted, for what is done from here
+CHECK_TIMEOUT_S = 20.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """Something the person can fix; printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `fixbot` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        import app
+
+        return app.main()
+    try:
+        if args.command == "doctor":
+            return asyncio.run(doctor())
+        return asyncio.run(_tasks(args))
+    except (CliError, FixbotError) as error:
+        print(f"fixbot: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except SlackApiError as error:
+        print(f"fixbot: Slack answered {error.response.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fixbot", description="Fixbot: production errors into reviewed pull requests."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="connect to Slack and serve (the same as python app.py)")
+    commands.add_parser("doctor", help="check every setting and dependency")
+    tasks = commands.add_parser("tasks", help="list, show and act on tasks")
+    actions = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="recent tasks, newest first")
+    listing.add_argument("--state", choices=[state.value for state in State])
+    listing.add_argument("--limit", type=int, default=20)
+    actions.add_parser("show", help="a task, its events, agent runs and spend").add_argument(
+        "id", type=int
+    )
+    create = actions.add_parser("create", help="like /fix REF, from a terminal")
+    create.add_argument("ref", nargs="+", help="Sentry short id or URL, Jira key, issue URL, …")
+    create.add_argument("--channel", help="where the thread goes (default: first alert channel)")
+    actions.add_parser("requeue", help="send a failed task back to the queue").add_argument(
+        "id", type=int
+    )
+    actions.add_parser("cancel", help="stop a task wherever it is").add_argument("id", type=int)
+    transcript = actions.add_parser("transcript", help="a step's Claude Code session")
+    transcript.add_argument("id", type=int)
+    transcript.add_argument("--step", choices=["planning", "execution"])
+    return parser
+
+
+# ---------------------------------------------------------------------------- doctor
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `fixbot doctor`: ok True (✓), False (✗) or None (skipped)."""
+
+    ok: bool | None
+    name: str
+    detail: str
+
+    def __str__(self) -> str:
+        mark = {True: "✓", False: "✗", None: "–"}[self.ok]
+        return f"{mark} {self.name}: {self.detail}"
+
+
+async def doctor() -> int:
+    """Print one line per check; 0 when none failed."""
+    failed = False
+    async for check in _checks():
+        print(check, flush=True)
+        failed |= check.ok is False
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _checks() -> AsyncIterator[Check]:
+    settings: Settings | None = None
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        yield Check(False, "settings", _one_line(str(error)))
+    else:
+        where = settings.fixbot_config if settings.fixbot_config.is_file() else "no fixbot.yml"
+        yield Check(True, "settings", f"loaded ({where}; repositories: {len(settings.repos)})")
+    scrub_environment()
+    yield await _check_git()
+    yield await _check_claude(settings.claude_cli_path if settings else None)
+    if settings is None:
+        for name in ("slack bot token", "slack app token", "database", "repositories"):
+            yield Check(None, name, "skipped: fix the settings first")
+        return
+    redact = Redactor(settings.secret_values())
+    yield _check_claude_credentials(settings)
+    for name, probe in (
+        ("slack bot token", _check_slack_bot),
+        ("slack app token", _check_slack_app),
+        ("database", _check_database),
+    ):
+        yield await _guarded(name, probe(settings), redact)
+    if not settings.repos:
+        yield Check(False, "repositories", "none configured: add `repos:` to fixbot.yml")
+    for repo in settings.repos:
+        yield await _guarded(
+            f"repo {repo.name}", _check_repo(settings, repo.name, repo.clone_url), redact
+        )
+    async for check in _check_services(settings, redact):
+        yield check
+
+
+async def _guarded(name: str, probe: Awaitable[Check], redact: Callable[[str], str]) -> Check:
+    """Run a check; whatever it raises becomes its ✗ line, never a traceback."""
+    try:
+        check = await asyncio.wait_for(probe, CHECK_TIMEOUT_S * 2)
+    except TimeoutError:
+        return Check(False, name, f"no answer within {CHECK_TIMEOUT_S * 2:.0f} s")
+    except Exception as error:  # a check that broke is a failed check, said in one line
+        return Check(False, name, redact(f"{type(error).__name__}: {_one_line(str(error))}"))
+    return Check(check.ok, check.name, redact(check.detail))
+
+
+async def _check_git() -> Check:
+    if shutil.which("git") is None:
+        return Check(False, "git", "not found on PATH: install git (apt-get install git)")
+    code, output = await _run(["git", "--version"])
+    if code != 0:
+        return Check(False, "git", f"`git --version` failed: {output}")
+    return Check(True, "git", output)
+
+
+async def _check_claude(cli_path: str | None) -> Check:
+    try:
+        path = cli_path or _bundled_claude()
+    except Exception as error:  # the SDK's CLINotFoundError, or a broken install
+        return Check(
+            False,
+            "claude code",
+            f"{_one_line(str(error))}: reinstall claude-agent-sdk or set CLAUDE_CLI_PATH",
+        )
+    with tempfile.TemporaryDirectory(prefix="fixbot-doctor-") as home:
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": home,
+            "DISABLE_AUTOUPDATER": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
+        code, output = await _run([path, "--version"], env=env)
+    if code != 0:
+        return Check(
+            False, "claude code", f"`{path} --version` failed ({output}): check CLAUDE_CLI_PATH"
+        )
+    return Check(True, "claude code", f"{output} ({path})")
+
+
+def _bundled_claude() -> str:
+    """The CLI path claude-agent-sdk would run: its bundled binary, else `claude` on PATH."""
+    from claude_agent_sdk import ClaudeAgentOptions
+    from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
+
+    return SubprocessCLITransport(prompt="", options=ClaudeAgentOptions())._find_cli()
+
+
+def _check_claude_credentials(settings: Settings) -> Check:
+    if settings.anthropic_api_key or settings.claude_code_oauth_token:
+        which = "ANTHROPIC_API_KEY" if settings.anthropic_api_key else "CLAUDE_CODE_OAUTH_TOKEN"
+        base = f" via {settings.anthropic_base_url}" if settings.anthropic_base_url else ""
+        return Check(True, "claude credentials", f"{which} is set{base}")
+    return Check(
+        False,
+        "claude credentials",
+        "neither ANTHROPIC_API_KEY nor CLAUDE_CODE_OAUTH_TOKEN is set: set one "
+        "(an API key from console.anthropic.com, or `claude setup-token`)",
+    )
+
+
+async def _check_slack_bot(settings: Settings) -> Check:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=int(CHECK_TIMEOUT_S),
+    )
+    try:
+        auth = await client.auth_test()
+    except SlackApiError as error:
+        return Check(
+            False,
+            "slack bot token",
+            f"Slack refused SLACK_BOT_TOKEN ({error.response.get('error')}): "
+            f"set it to {HINTS['SLACK_BOT_TOKEN']}",
+        )
+    except Exception as error:  # the network: aiohttp, DNS, TLS, timeouts
+        return _unreachable("slack bot token", settings.slack_api_url, error, "SLACK_API_URL")
+    return Check(True, "slack bot token", f"auth.test: @{auth.get('user')} in {auth.get('team')}")
+
+
+async def _check_slack_app(settings: Settings) -> Check:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(base_url=settings.slack_api_url, timeout=int(CHECK_TIMEOUT_S))
+    try:
+        await client.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
+    except SlackApiError as error:
+        return Check(
+            False,
+            "slack app token",
+            f"Slack refused SLACK_APP_TOKEN ({error.response.get('error')}): "
+            f"set it to {HINTS['SLACK_APP_TOKEN']}",
+        )
+    except Exception as error:
+        return _unreachable("slack app token", settings.slack_api_url, error, "SLACK_API_URL")
+    return Check(True, "slack app token", "apps.connections.open: Socket Mode can connect")
+
+
+async def _check_database(settings: Settings) -> Check:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from storage.db import MIGRATIONS, create_engine, ping
+
+    url = make_url(settings.database_url.get_secret_value())
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not await asyncio.to_thread(Path(url.database).exists):
+            return Check(True, "database", f"{shown}: no file yet; Fixbot creates it on start")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = create_engine(url.render_as_string(hide_password=False))
+    try:
+        if not await asyncio.wait_for(ping(engine), CHECK_TIMEOUT_S):
+            return Check(
+                False, "database", f"{shown} does not answer: check DATABASE_URL and the server"
+            )
+        async with engine.connect() as connection:
+            current = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+    if current == head:
+        return Check(True, "database", f"{shown}: schema at {head}")
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if current is not None and current not in known:
+        return Check(
+            False,
+            "database",
+            f"{shown} is at revision {current}, which this Fixbot does not know: "
+            "run the Fixbot version that wrote it, or a newer one",
+        )
+    return Check(
+        True,
+        "database",
+        f"{shown}: schema at {current or 'nothing'}; Fixbot migrates to {head} on start",
+    )
+
+
+async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
+    from agents.workspace import GitError, _auth_config, git
+
+    token = settings.github_token.get_secret_value() if settings.github_token else None
+    with tempfile.TemporaryDirectory(prefix="fixbot-doctor-") as cwd:
+        try:
+            await git(
+                "ls-remote",
+                clone_url,
+                "HEAD",
+                cwd=Path(cwd),
+                timeout=CHECK_TIMEOUT_S,
+                extra_config=_auth_config(clone_url, token),
+            )
+        except GitError as error:
+            return Check(
+                False,
+                f"repo {name}",
+                f"{clone_url} is not reachable ({_one_line(str(error))}): check clone_url in "
+                "fixbot.yml and that GITHUB_TOKEN may read it",
+            )
+    return Check(True, f"repo {name}", f"{clone_url} answers")
+
+
+async def _check_services(settings: Settings, redact: Callable[[str], str]) -> AsyncIterator[Check]:
+    from bot.integrations.github import GitHubClient
+    from bot.integrations.jira import JiraClient
+    from bot.integrations.sentry import SentryClient
+
+    if settings.sentry_auth_token and settings.sentry_org:
+        sentry = SentryClient(
+            settings.sentry_url, settings.sentry_auth_token.get_secret_value(), settings.sentry_org
+        )
+        yield await _service("sentry", sentry, "SENTRY_AUTH_TOKEN and SENTRY_ORG", redact)
+    else:
+        yield Check(None, "sentry", "skipped: not configured (SENTRY_AUTH_TOKEN, SENTRY_ORG)")
+    if settings.github_token:
+        github = GitHubClient(settings.github_api_url, settings.github_token.get_secret_value())
+        yield await _service("github", github, "GITHUB_TOKEN and GITHUB_API_URL", redact)
+    else:
+        yield Check(None, "github", "skipped: not configured (GITHUB_TOKEN)")
+    if settings.jira_url and settings.jira_email and settings.jira_api_token:
+        jira = JiraClient(
+            settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value()
+        )
+        yield await _service("jira", jira, "JIRA_URL, JIRA_EMAIL and JIRA_API_TOKEN", redact)
+    else:
+        yield Check(None, "jira", "skipped: not configured (JIRA_URL, JIRA_EMAIL, JIRA_API_TOKEN)")
+
+
+async def _service(name: str, client: Any, variables: str, redact: Callable[[str], str]) -> Check:
+    try:
+        who = await asyncio.wait_for(client.check(), CHECK_TIMEOUT_S)
+    except Exception as error:  # IntegrationError carries the vendor's words; or the network
+        detail = _one_line(str(error)) or type(error).__name__
+        return Check(False, name, redact(f"{detail}: check {variables}"))
+    finally:
+        await client.aclose()
+    return Check(True, name, redact(f"authenticated ({who})"))
+
+
+def _unreachable(name: str, url: str, error: Exception, variable: str) -> Check:
+    reason = _one_line(str(error)) or type(error).__name__
+    return Check(False, name, f"cannot reach {url} ({reason}): check {variable} and the network")
+
+
+async def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run a short command with a timeout; returns its exit status and first output line."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as error:
+        return 127, str(error)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return 124, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
+    lines = output.decode(errors="replace").strip().splitlines()
+    return process.returncode or 0, lines[0] if lines else ""
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+async def _tasks(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+    scrub_environment()
+    async with _database(settings) as sessions:
+        if args.action == "list":
+            await _list(sessions, args.state, args.limit)
+        elif args.action == "show":
+            await _show(sessions, args.id)
+        elif args.action == "transcript":
+            await _transcript(settings, sessions, args.id, args.step)
+        else:
+            await _act(settings, sessions, args)
+    return EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Sessions]:
+    from storage.db import create_engine, migrate, sessionmaker
+
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        await migrate(engine)  # as the app does on start: the CLI may come first
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _list(sessions: Sessions, state: str | None, limit: int) -> None:
+    query = select(Task).order_by(Task.id.desc()).limit(max(1, limit))
+    if state is not None:
+        query = query.where(Task.state == state)
+    async with sessions() as session:
+        tasks = list(await session.scalars(query))
+    if not tasks:
+        print("no tasks" + (f" in state {state}" if state else ""))
+        return
+    rows = [
+        [
+            str(task.id),
+            task.state,
+            task.ref_key[:30],
+            task.repo or "-",
+            f"${task.cost_usd:.2f}",
+            _when(task.created_at),
+            task.title[:60],
+        ]
+        for task in tasks
+    ]
+    _table(["ID", "STATE", "REF", "REPO", "SPEND", "CREATED", "TITLE"], rows)
+
+
+async def _show(sessions: Sessions, task_id: int) -> None:
+    async with sessions() as session:
+        task = await _task(session, task_id)
+        events = list(
+            await session.scalars(
+                select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+            )
+        )
+        runs = list(
+            await session.scalars(
+                select(AgentRun).where(AgentRun.task_id == task_id).order_by(AgentRun.id)
+            )
+        )
+    print(f"Task {task.id} · {task.state} · {task.ref_kind} {task.ref_key}")
+    print(f"  title:        {task.title}")
+    facts = {
+        "repository": task.repo,
+        "reference": task.ref_url,
+        "branch": task.branch,
+        "pull request": task.pr_url,
+        "requested by": task.requested_by,
+        "decided by": task.decided_by,
+        "thread": f"{task.channel_id} {task.thread_ts}" if task.thread_ts else task.channel_id,
+        "plan version": str(task.plan_version) if task.plan_version else None,
+        "failure": task.failure,
+        "created": _when(task.created_at),
+        "updated": _when(task.updated_at),
+    }
+    for label, value in facts.items():
+        if value:
+            print(f"  {label + ':':<13} {_one_line(value)}")
+    print("\nEvents")
+    for event in events:
+        move = f"{event.from_state or '·'} → {event.to_state}"
+        detail = f"  {json.dumps(event.detail)}" if event.detail else ""
+        print(f"  {_when(event.at)}  {move:<32} by {event.actor or 'fixbot'}{detail}")
+    print("\nAgent runs")
+    if not runs:
+        print("  none")
+    for run in runs:
+        print(
+            f"  {_when(run.started_at)}  {run.step:<9} {run.outcome:<16} ${run.cost_usd:.4f}  "
+            f"{run.input_tokens} in / {run.output_tokens} out tokens  {run.turns} turns  "
+            f"{run.duration_s:.1f} s  session {run.session_id or '-'}"
+        )
+        if run.error:
+            print(f"      error: {_one_line(run.error)}")
+    spend = sum(run.cost_usd for run in runs)
+    print(f"\nTotal spend: ${spend:.4f} over {len(runs)} agent run(s)")
+
+
+async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace) -> None:
+    """create / requeue / cancel: through the workflow, as Slack's buttons go."""
+    from bot.refs import parse_reference
+    from bot.workflow import Decision
+
+    if args.action == "create":
+        ref = parse_reference(" ".join(args.ref), settings)
+        channel = args.channel or next(iter(settings.alert_channels), None)
+        if channel is None:
+            raise CliError("say where the thread goes: --channel C…, or set alert_channels")
+    async with _workflow(settings, sessions) as workflow:
+        if args.action == "create":
+            task = await workflow.create_task(ref, channel=channel, user=ACTOR)
+            print(f"created task {task.id} ({ref.kind} {ref.key}) in {channel}; planning is queued")
+            return
+        decide = workflow.retry if args.action == "requeue" else workflow.cancel
+        try:
+            task = await decide(Decision(args.id, ACTOR))
+        except SlackApiError as error:  # the transition is made; only the thread note failed
+            print(
+                f"fixbot: task {args.id} was {args.action}ed, but Slack refused the note in its "
+                f"thread ({error.response.get('error')})",
+                file=sys.stderr,
+            )
+            return
+        if task.state == State.CANCELLED:
+            print(f"task {task.id} is cancelled")
+        else:
+            print(f"task {task.id} is {task.state} again; its step is queued")
+
+
+@contextlib.asynccontextmanager
+async def _workflow(settings: Settings, sessions: Sessions) -> AsyncIterator[Any]:
+    import app
+    from agents.runner import AgentEnvironment
+    from agents.workspace import Workspaces
+    from bot.sources import Sources
+    from bot.thread import SlackThreads
+    from bot.workflow import Workflow
+    from storage.queue import JobQueue
+
+    client = app.slack_client(settings)
+    redactor = Redactor(settings.secret_values())
+    workdir = settings.fixbot_workdir.resolve()
+    owner = f"{socket.gethostname()}-{ACTOR}"
+    workflow = Workflow(
+        settings,
+        sessions,
+        JobQueue(sessions, owner),
+        SlackThreads(client, redactor),
+        # Creating, requeueing and cancelling reach no vendor: the app's workers do.
+        Sources(settings, None, None, None),
+        Workspaces(workdir),
+        AgentEnvironment(home=workdir / "claude-home"),
+        github=None,
+        jira=None,
+        redactor=redactor,
+    )
+    try:
+        yield workflow
+    finally:
+        if client.session is not None:
+            await client.session.close()
+
+
+async def _transcript(
+    settings: Settings, sessions: Sessions, task_id: int, step: str | None
+) -> None:
+    async with sessions() as session:
+        await _task(session, task_id)
+        query = select(AgentRun).where(AgentRun.task_id == task_id).order_by(AgentRun.id)
+        if step is not None:
+            query = query.where(AgentRun.step == step)
+        runs = [run for run in await session.scalars(query) if run.session_id]
+    if not runs:
+        raise CliError(f"task {task_id} has no {step or 'agent'} run with a Claude Code session")
+    projects = settings.fixbot_workdir.resolve() / "claude-home" / ".claude" / "projects"
+    redact = Redactor(settings.secret_values())
+    for number, run in enumerate(runs):
+        if number:
+            print()
+        print(
+            f"=== {run.step} · session {run.session_id} · {run.outcome} · ${run.cost_usd:.4f} · "
+            f"{run.turns} turns · {run.duration_s:.1f} s"
+        )
+        path = next(projects.rglob(f"{run.session_id}.jsonl"), None)
+        if path is None:
+            print(f"(no transcript under {projects}: it lives on the machine that ran the step)")
+            continue
+        for line in _render_transcript(path):
+            print(redact(line))
+
+
+def _render_transcript(path: Path) -> Iterator[str]:
+    """The conversation in a session file: prompts, text, tool calls and their results."""
+    for raw in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("type") not in ("user", "assistant") or entry.get("isMeta"):
+            continue
+        message = entry.get("message") or {}
+        role = message.get("role", entry["type"])
+        content = message.get("content")
+        if isinstance(content, str):
+            yield f"[{role}] {_clip(content, 2000)}"
+            continue
+        for block in content or []:
+            kind = block.get("type")
+            if kind == "text" and block.get("text", "").strip():
+                yield f"[{role}] {_clip(block['text'], 2000)}"
+            elif kind == "tool_use":
+                arguments = json.dumps(block.get("input", {}), ensure_ascii=False)
+                yield f"  → {block.get('name')} {_clip(arguments, 300)}"
+            elif kind == "tool_result":
+                mark = "error: " if block.get("is_error") else ""
+                yield f"  ← {mark}{_clip(_result_text(block), 300)}"
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+async def _task(session: AsyncSession, task_id: int) -> Task:
+    task = await session.scalar(select(Task).where(Task.id == task_id))
+    if task is None:
+        raise CliError(f"there is no task {task_id}")
+    return task
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ⏎ ".join(line for line in text.strip().splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Prometheus metrics, served at `/metrics`.
+
+The reference system's agent metrics (`ai_agent_*`, with `agent` = "planning" or
+"executor"), and Fixbot's own: Slack acknowledgement latency, Slack API errors by
+method, agent spend and active steps. Counters are per process; the queue length is read
+from the jobs table at scrape time, so every replica reports the same shared queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.models import State
+from storage.queue import QUEUED
+from storage.tables import AgentRun, Job, Task
+
+log = logging.getLogger(__name__)
+
+# The reference system's names for the two steps.
+AGENTS = {"planning": "planning", "execution": "executor"}
+QUEUES = ("planning", "execution")
+
+TASKS_STARTED = Counter("ai_agent_tasks_started_total", "Agent steps started.", ["agent"])
+TASKS_COMPLETED = Counter(
+    "ai_agent_tasks_completed_total",
+    "Agent steps ended, by how: success, failed, cancelled, interrupted (shutdown).",
+    ["agent", "status"],
+)
+TASK_DURATION = Histogram(
+    "ai_agent_task_duration_seconds",
+    "Wall time of an agent step, from claim to end.",
+    ["agent", "status"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600),
+)
+QUEUE_LENGTH = Gauge(
+    "ai_agent_queue_length", "Jobs waiting to be claimed, by kind.", ["queue_name"]
+)
+ERRORS = Counter(
+    "ai_agent_errors_total",
+    "Agent steps that went wrong: timeout, agent_transient, step_failed, internal.",
+    ["agent", "error_type"],
+)
+SLACK_ACK_SECONDS = Histogram(
+    "fixbot_slack_ack_seconds",
+    "From a Socket Mode envelope reaching the app to its acknowledgement being sent.",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
+)
+SLACK_API_ERRORS = Counter(
+    "fixbot_slack_api_errors_total",
+    "Slack Web API attempts that failed (ok: false, an HTTP error, or no answer).",
+    ["method"],
+)
+AGENT_SPEND = Counter(
+    "fixbot_agent_spend_usd_total", "What Claude Code steps cost, in US dollars.", ["agent"]
+)
+ACTIVE_STEPS = Gauge("fixbot_active_steps", "Agent steps running in this process.")
+
+
+def agent_label(kind: str) -> str:
+    """The `agent` label for a job kind."""
+    return AGENTS.get(kind, kind)
+
+
+class StepMetrics:
+    """One job's step: counted as started when made; `finish` records how it ended."""
+
+    def __init__(self, kind: str) -> None:
+        self.agent = agent_label(kind)
+        self.started = time.monotonic()
+        self.status = "success"
+        self.error_type: str | None = None
+        TASKS_STARTED.labels(self.agent).inc()
+        ACTIVE_STEPS.inc()
+
+    def ended(self, status: str, error_type: str | None = None) -> None:
+        """Say how the step ended (the default is success)."""
+        self.status, self.error_type = status, error_type
+
+    async def finish(self, sessions: async_sessionmaker[AsyncSession], job: Job) -> None:
+        """Record the outcome and the spend; a task the workflow failed counts as failed."""
+        try:
+            task_state, spend = await _job_facts(sessions, job)
+        except Exception:  # the database is gone: the counts below still matter
+            log.warning("could not read job %s's outcome for metrics", job.id, exc_info=True)
+            task_state, spend = None, 0.0
+        finally:
+            ACTIVE_STEPS.dec()
+        if self.status == "success" and task_state == State.FAILED:
+            self.ended("failed", "step_failed")
+        elif self.status == "success" and task_state == State.CANCELLED:
+            self.ended("cancelled")
+        duration = time.monotonic() - self.started
+        TASKS_COMPLETED.labels(self.agent, self.status).inc()
+        TASK_DURATION.labels(self.agent, self.status).observe(duration)
+        if self.error_type is not None:
+            ERRORS.labels(self.agent, self.error_type).inc()
+        if spend:
+            AGENT_SPEND.labels(self.agent).inc(spend)
+
+
+async def _job_facts(
+    sessions: async_sessionmaker[AsyncSession], job: Job
+) -> tuple[str | None, float]:
+    async with sessions() as session:
+        state = await session.scalar(select(Task.state).where(Task.id == job.task_id))
+        spend = await session.scalar(
+            select(func.coalesce(func.sum(AgentRun.cost_usd), 0.0)).where(AgentRun.job_id == job.id)
+        )
+    return state, float(spend or 0.0)
+
+
+async def update_queue_lengths(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Set `ai_agent_queue_length` from the jobs table (called before each scrape)."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Job.kind, func.count()).where(Job.status == QUEUED).group_by(Job.kind)
+        )
+        counts: dict[str, int] = {kind: count for kind, count in rows.tuples()}
+    for name in {*QUEUES, *counts}:
+        QUEUE_LENGTH.labels(name).set(counts.get(name, 0))
+
+
+class SlackErrorCounter(AsyncRetryHandler):
+    """Counts failed Slack Web API attempts by method; never asks for a retry itself.
+
+    slack_sdk asks its retry handlers in order and stops at the first that says yes, so
+    this one goes first in `retry_handlers` to see every attempt.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_retry_count=0)
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if error is not None or (response is not None and _failed(response)):
+            SLACK_API_ERRORS.labels(_method(request.url)).inc()
+        return False
+
+    async def _can_retry_async(self, **_: Any) -> bool:  # never reached: see above
+        return False
+
+
+def _failed(response: HttpResponse) -> bool:
+    if response.status_code >= 400:
+        return True
+    return isinstance(response.body, dict) and response.body.get("ok") is False
+
+
+def _method(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "unknown"
+
+
+class TimedSocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode handler, timing each envelope from arrival to its ack.
+
+    The clock starts when the Socket Mode client hands the envelope to Bolt and stops
+    once the acknowledgement is written to the socket: the part of Slack's 3 s the app
+    controls (network time to and from Slack is not in it).
+    """
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        started = time.monotonic()
+        try:
+            await super().handle(client, req)
+        finally:
+            SLACK_ACK_SECONDS.labels(req.type).observe(time.monotonic() - started)

@@ -1,0 +1,234 @@
+"""Signed webhooks: `POST /webhooks/sentry`, `/webhooks/github`, `/webhooks/jira`.
+
+Each checks its signature against the raw body first (a bad or missing one is 401 and
+nothing else happens), then records the delivery id (a replay of a handled delivery is a
+200 no-op), then acts:
+
+- Sentry (integration platform, `Sentry-Hook-Signature`: HMAC-SHA256 hex of the body with
+  the client secret; `Request-ID`): an `issue` created or regressed is an alert in the
+  first alert channel.
+- GitHub (`X-Hub-Signature-256: sha256=…`; `X-GitHub-Delivery`): a task's pull request
+  closed (merged or not) tells its thread; an `@fixbot approve` comment on it from an
+  approver approves the plan.
+- Jira (`JIRA_WEBHOOK_SECRET`: Jira's own `X-Hub-Signature: sha256=…`, or the secret itself
+  in `X-Fixbot-Webhook-Secret` or `?secret=`; `X-Atlassian-Webhook-Identifier`): an issue
+  created with the `jira_label` label becomes a task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+from sqlalchemy.exc import IntegrityError
+
+from bot.alerts import recognise_webhook
+from bot.conversation import conversation_for
+from bot.errors import FixbotError
+from bot.models import Reference, RefKind
+from bot.workflow import PRIORITY_ERROR, Workflow
+from storage.tables import WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+APPROVE_COMMENT = re.compile(r"(?:^|\s)@fixbot\s+approve\b", re.IGNORECASE)
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def webhook_routes(workflow: Workflow) -> list[web.RouteDef]:
+    """The three webhook routes, for `make_http_app`."""
+    hooks = Webhooks(workflow)
+    return [
+        web.post("/webhooks/sentry", hooks.sentry),
+        web.post("/webhooks/github", hooks.github),
+        web.post("/webhooks/jira", hooks.jira),
+    ]
+
+
+def hmac_sha256(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Webhooks:
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.settings = workflow.settings
+        self.conversation = conversation_for(workflow)
+
+    # Sentry
+
+    async def sentry(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = _hmac_or_none(self.settings.sentry_webhook_secret, body)
+        given = request.headers.get("Sentry-Hook-Signature", "")
+        if expected is None or not hmac.compare_digest(expected, given):
+            return _unauthorized()
+        payload = _json(body)
+        delivery = request.headers.get("Request-ID") or hashlib.sha256(body).hexdigest()
+        if payload is None:
+            return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+        if not await self._first_delivery("sentry", delivery):
+            return _replayed()
+        if request.headers.get("Sentry-Hook-Resource") != "issue":
+            return _ignored("not an issue webhook")
+        alert = recognise_webhook(payload)
+        if alert is None:
+            return _ignored("neither created nor regressed")
+        if not self.settings.alert_channels:
+            return _ignored("no alert_channels to post in")
+        channel = self.settings.alert_channels[0]
+        await self.conversation.on_alert(alert, channel=channel, message_ts=None)
+        return _ok()
+
+    # GitHub
+
+    async def github(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = _hmac_or_none(self.settings.github_webhook_secret, body)
+        given = request.headers.get("X-Hub-Signature-256", "")
+        if expected is None or not hmac.compare_digest(f"sha256={expected}", given):
+            return _unauthorized()
+        payload = _json(body)
+        if payload is None:
+            return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+        delivery = request.headers.get("X-GitHub-Delivery") or hashlib.sha256(body).hexdigest()
+        if not await self._first_delivery("github", delivery):
+            return _replayed()
+        event = request.headers.get("X-GitHub-Event", "")
+        repo = str(_dig(payload, "repository", "full_name") or "")
+        if event == "pull_request" and payload.get("action") == "closed":
+            pull = payload.get("pull_request") or {}
+            task = await self.workflow.task_for_pull(repo, int(pull.get("number") or 0))
+            if task is None:
+                return _ignored("not a Fixbot pull request")
+            merged = bool(pull.get("merged"))
+            by = _dig(pull, "merged_by", "login") if merged else None
+            by = by or _dig(payload, "sender", "login")
+            await self.workflow.pull_request_closed(task, merged=merged, by=by)
+            return _ok()
+        if event == "issue_comment" and payload.get("action") == "created":
+            issue = payload.get("issue") or {}
+            comment = str(_dig(payload, "comment", "body") or "")
+            if not issue.get("pull_request") or not APPROVE_COMMENT.search(comment):
+                return _ignored("not an approval on a pull request")
+            task = await self.workflow.task_for_pull(repo, int(issue.get("number") or 0))
+            if task is None:
+                return _ignored("not a Fixbot pull request")
+            login = str(_dig(payload, "comment", "user", "login") or "")
+            if not self._github_approver(login):
+                return web.json_response({"ok": False, "error": "not an approver"}, status=200)
+            try:
+                await self.workflow.approve_as(task.id, f"{login} on GitHub")
+            except FixbotError as error:
+                return web.json_response({"ok": False, "error": str(error)})
+            return _ok()
+        return _ignored(f"event {event or 'unknown'} is not one Fixbot acts on")
+
+    def _github_approver(self, login: str) -> bool:
+        allowed = {name.lower() for name in self.settings.github_approvers}
+        if allowed:
+            return login.lower() in allowed
+        return not self.settings.approvers  # no list anywhere: anyone may approve
+
+    # Jira
+
+    async def jira(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not self._jira_signed(request, body):
+            return _unauthorized()
+        payload = _json(body)
+        if payload is None:
+            return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+        delivery = (
+            request.headers.get("X-Atlassian-Webhook-Identifier")
+            or hashlib.sha256(body).hexdigest()
+        )
+        if not await self._first_delivery("jira", delivery):
+            return _replayed()
+        if payload.get("webhookEvent") != "jira:issue_created":
+            return _ignored("not an issue created")
+        issue = payload.get("issue") or {}
+        key = str(issue.get("key") or "")
+        fields = issue.get("fields") or {}
+        labels = [str(label).lower() for label in fields.get("labels") or []]
+        if self.settings.jira_label.lower() not in labels:
+            return _ignored(f"no `{self.settings.jira_label}` label")
+        project = key.rpartition("-")[0]
+        repo = next((r for r in self.settings.repos if project in r.jira_projects), None)
+        if repo is None or not self.settings.alert_channels:
+            return _ignored("project not mapped to a repository, or no alert channel")
+        base = self.settings.jira_url
+        url = f"{base.rstrip('/')}/browse/{key}" if base else None
+        ref = Reference(RefKind.JIRA, key, url=url, repo=repo.name)
+        await self.workflow.create_task(
+            ref, channel=self.settings.alert_channels[0], user=None, priority=PRIORITY_ERROR
+        )
+        return _ok()
+
+    def _jira_signed(self, request: web.Request, body: bytes) -> bool:
+        secret = self.settings.jira_webhook_secret
+        if secret is None:
+            return False
+        value = secret.get_secret_value()
+        signature = request.headers.get("X-Hub-Signature", "")
+        if signature:
+            return hmac.compare_digest(f"sha256={hmac_sha256(value, body)}", signature)
+        given = request.headers.get("X-Fixbot-Webhook-Secret") or request.query.get("secret", "")
+        return bool(given) and hmac.compare_digest(given, value)
+
+    # Replays
+
+    async def _first_delivery(self, source: str, delivery: str) -> bool:
+        """Record a delivery id; False when it was handled before."""
+        try:
+            async with self.workflow.sessions.begin() as session:
+                session.add(WebhookDelivery(source=source, delivery_id=delivery[:200]))
+        except IntegrityError:
+            log.info("replayed %s webhook %s ignored", source, delivery)
+            return False
+        return True
+
+
+def _hmac_or_none(secret: SecretStr | None, body: bytes) -> str | None:
+    return hmac_sha256(secret.get_secret_value(), body) if secret is not None else None
+
+
+def _json(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _dig(data: Mapping[str, Any], *keys: str) -> Any:
+    value: Any = data
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"ok": False, "error": "bad or missing signature"}, status=401)
+
+
+def _replayed() -> web.Response:
+    return web.json_response({"ok": True, "replayed": True})
+
+
+def _ignored(reason: str) -> web.Response:
+    return web.json_response({"ok": True, "ignored": reason})
+
+
+def _ok() -> web.Response:
+    return web.json_response({"ok": True})

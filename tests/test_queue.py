@@ -1,0 +1,272 @@
+"""The durable job queue, the same suite on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import pytest
+from postgres import database_url, postgres_database, postgres_server  # noqa: F401
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from storage.db import create_engine, migrate, sessionmaker
+from storage.queue import CANCELLED, DONE, QUEUED, RUNNING, JobQueue
+from storage.tables import Job, Task, utcnow
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> Sessions:
+    return sessionmaker(engine)
+
+
+@pytest.fixture
+async def task_id(sessions: Sessions) -> int:
+    return await add_task(sessions)
+
+
+async def add_task(sessions: Sessions) -> int:
+    """The smallest task row a job can point at."""
+    async with sessions.begin() as session:
+        task = Task(state="queued", ref_kind="text", ref_key="SHOP-1", title="x", channel_id="C1")
+        session.add(task)
+        await session.flush()
+        return task.id
+
+
+async def enqueue(
+    sessions: Sessions,
+    task_id: int,
+    kind: str = "plan",
+    priority: int = 1,
+    run_after: datetime | None = None,
+) -> Job:
+    async with sessions.begin() as session:
+        job = JobQueue.enqueue(session, task_id, kind, priority)
+        if run_after is not None:
+            job.run_after = run_after
+    return job
+
+
+async def job_row(sessions: Sessions, job_id: int) -> Job:
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+async def claimed_id(queue: JobQueue, kinds: list[str]) -> int | None:
+    job = await queue.claim(kinds)
+    return None if job is None else job.id
+
+
+async def test_claims_by_priority_then_first_in_first_out(sessions: Sessions, task_id: int) -> None:
+    low = await enqueue(sessions, task_id, priority=2)
+    first = await enqueue(sessions, task_id, priority=1)
+    second = await enqueue(sessions, task_id, priority=1)
+    urgent = await enqueue(sessions, task_id, priority=0)
+    queue = JobQueue(sessions, "worker-1")
+
+    order = [await claimed_id(queue, ["plan"]) for _ in range(5)]
+
+    assert order == [urgent.id, first.id, second.id, low.id, None]
+
+
+async def test_claims_only_the_kinds_asked_for(sessions: Sessions, task_id: int) -> None:
+    plan = await enqueue(sessions, task_id, kind="plan", priority=0)
+    execute = await enqueue(sessions, task_id, kind="execute", priority=5)
+    queue = JobQueue(sessions, "worker-1")
+
+    assert await claimed_id(queue, ["execute"]) == execute.id
+    assert await claimed_id(queue, ["execute"]) is None
+    assert await claimed_id(queue, ["review"]) is None
+    assert await claimed_id(queue, ["execute", "plan"]) == plan.id
+
+
+async def test_a_job_waits_for_its_run_after(sessions: Sessions, task_id: int) -> None:
+    later = await enqueue(sessions, task_id, priority=0, run_after=utcnow() + timedelta(hours=1))
+    now = await enqueue(sessions, task_id, priority=9)
+    queue = JobQueue(sessions, "worker-1")
+
+    assert await claimed_id(queue, ["plan"]) == now.id
+    assert await claimed_id(queue, ["plan"]) is None
+    async with sessions.begin() as session:
+        job = await session.get(Job, later.id)
+        assert job is not None
+        job.run_after = utcnow() - timedelta(seconds=1)
+    assert await claimed_id(queue, ["plan"]) == later.id
+
+
+async def test_a_claimed_job_is_not_claimed_again(sessions: Sessions, task_id: int) -> None:
+    job = await enqueue(sessions, task_id)
+    first, second = JobQueue(sessions, "worker-1"), JobQueue(sessions, "worker-2")
+
+    claimed = await first.claim(["plan"])
+
+    assert claimed is not None and claimed.id == job.id
+    assert (claimed.status, claimed.lease_owner, claimed.attempts) == (RUNNING, "worker-1", 1)
+    assert await second.claim(["plan"]) is None
+    assert await first.claim(["plan"]) is None
+
+
+async def test_simultaneous_claims_each_find_a_job(
+    database_url: str,  # noqa: F811
+    sessions: Sessions,
+    task_id: int,
+) -> None:
+    """A claim never comes back empty-handed while runnable jobs remain."""
+    job_ids = [(await enqueue(sessions, task_id)).id for _ in range(8)]
+    engines = [create_engine(database_url) for _ in range(4)]
+    queues = [JobQueue(sessionmaker(e), f"worker-{n}") for n, e in enumerate(engines)]
+    try:
+        claimed = await asyncio.gather(*(claimed_id(q, ["plan"]) for q in queues for _ in range(2)))
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+
+    assert set(claimed) == set(job_ids)
+
+
+async def claim_until_empty(queue: JobQueue, claims: list[tuple[str, int]]) -> None:
+    while (job := await queue.claim(["plan"])) is not None:
+        claims.append((queue.owner, job.id))
+
+
+@pytest.mark.parametrize("owners", [2, 4])
+async def test_concurrent_owners_claim_every_job_exactly_once(
+    database_url: str,  # noqa: F811
+    sessions: Sessions,
+    task_id: int,
+    owners: int,
+) -> None:
+    job_ids = [(await enqueue(sessions, task_id, priority=n % 3)).id for n in range(50)]
+    # Each owner is its own engine (a replica, or a process), with three claim loops.
+    engines = [create_engine(database_url) for _ in range(owners)]
+    queues = [JobQueue(sessionmaker(e), f"worker-{n}") for n, e in enumerate(engines)]
+    claims: list[tuple[str, int]] = []
+    try:
+        await asyncio.gather(*(claim_until_empty(q, claims) for q in queues for _ in range(3)))
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+
+    duplicates = [job_id for job_id, n in Counter(i for _, i in claims).items() if n > 1]
+    assert duplicates == []
+    assert sorted(i for _, i in claims) == sorted(job_ids)
+    async with sessions() as session:
+        rows = (await session.execute(select(Job.id, Job.status, Job.lease_owner))).all()
+    assert {(i, RUNNING, owner) for owner, i in claims} == {tuple(row) for row in rows}
+
+
+async def test_claims_per_second_with_four_owners(
+    database_url: str,  # noqa: F811
+    sessions: Sessions,
+    task_id: int,
+) -> None:
+    jobs = 400
+    async with sessions.begin() as session:
+        for n in range(jobs):
+            JobQueue.enqueue(session, task_id, "plan", n % 3)
+    engines = [create_engine(database_url) for _ in range(4)]
+    queues = [JobQueue(sessionmaker(e), f"worker-{n}") for n, e in enumerate(engines)]
+    claims: list[tuple[str, int]] = []
+    try:
+        await asyncio.gather(*(q.claim(["plan"]) for q in queues))  # warm the pools
+        claims.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(claim_until_empty(q, claims) for q in queues for _ in range(2)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+
+    assert len(claims) == len({i for _, i in claims}) == jobs - 4
+    engine_name = database_url.split(":", 1)[0]
+    print(f"\n{engine_name}: {len(claims) / elapsed:.0f} claims/s (4 owners, {len(claims)} jobs)")
+
+
+async def test_heartbeat_renews_until_the_task_is_cancelled(
+    sessions: Sessions, task_id: int
+) -> None:
+    await enqueue(sessions, task_id)
+    queue = JobQueue(sessions, "worker-1", lease=timedelta(seconds=30))
+    job = await queue.claim(["plan"])
+    assert job is not None and job.lease_expires_at is not None
+    await asyncio.sleep(0.01)
+
+    assert await queue.heartbeat(job.id) is True
+    renewed = (await job_row(sessions, job.id)).lease_expires_at
+    assert renewed is not None and renewed > job.lease_expires_at
+    assert await JobQueue(sessions, "worker-2").heartbeat(job.id) is False
+
+    async with sessions.begin() as session:
+        await queue.cancel_for_task(session, task_id)
+
+    assert await queue.heartbeat(job.id) is False
+    assert await queue.status_of(job.id) == CANCELLED
+
+
+async def test_reclaim_expired_requeues_only_expired_leases(
+    sessions: Sessions, task_id: int
+) -> None:
+    stalled = await enqueue(sessions, task_id, priority=0)
+    healthy = await enqueue(sessions, task_id, priority=1)
+    waiting = await enqueue(sessions, task_id, priority=2)
+    short = JobQueue(sessions, "stalled-worker", lease=timedelta(milliseconds=50))
+    long = JobQueue(sessions, "healthy-worker", lease=timedelta(minutes=5))
+    assert await claimed_id(short, ["plan"]) == stalled.id
+    assert await claimed_id(long, ["plan"]) == healthy.id
+    await asyncio.sleep(0.1)
+
+    assert await long.reclaim_expired() == 1
+
+    assert await long.status_of(stalled.id) == QUEUED
+    assert (await job_row(sessions, stalled.id)).lease_owner is None
+    assert await long.status_of(healthy.id) == RUNNING
+    assert await long.status_of(waiting.id) == QUEUED
+    assert await short.heartbeat(stalled.id) is False
+    again = await long.claim(["plan"])
+    assert again is not None
+    assert (again.id, again.lease_owner, again.attempts) == (stalled.id, "healthy-worker", 2)
+
+
+async def test_retry_later_requeues_after_the_delay(sessions: Sessions, task_id: int) -> None:
+    job = await enqueue(sessions, task_id)
+    queue = JobQueue(sessions, "worker-1")
+    assert await claimed_id(queue, ["plan"]) == job.id
+
+    await queue.retry_later(job.id, timedelta(milliseconds=300), "rate limited")
+
+    row = await job_row(sessions, job.id)
+    assert (row.status, row.last_error, row.lease_owner) == (QUEUED, "rate limited", None)
+    assert await queue.claim(["plan"]) is None
+    await asyncio.sleep(0.4)
+    again = await queue.claim(["plan"])
+    assert again is not None and (again.id, again.attempts) == (job.id, 2)
+
+
+async def test_ahead_of_counts_running_and_earlier_queued_jobs_of_its_kind(
+    sessions: Sessions, task_id: int
+) -> None:
+    a = await enqueue(sessions, task_id, priority=1)
+    b = await enqueue(sessions, task_id, priority=1)
+    urgent = await enqueue(sessions, task_id, priority=0)
+    await enqueue(sessions, task_id, kind="execute", priority=0)
+    last = await enqueue(sessions, task_id, priority=1)
+    queue = JobQueue(sessions, "worker-1")
+
+    assert [await queue.ahead_of(j) for j in (urgent, a, b, last)] == [0, 1, 2, 3]
+    assert await claimed_id(queue, ["plan"]) == urgent.id
+    assert [await queue.ahead_of(j) for j in (a, b, last)] == [1, 2, 3]  # running still counts
+    await queue.finish(urgent.id, DONE)
+    assert [await queue.ahead_of(j) for j in (a, b, last)] == [0, 1, 2]
