@@ -116,6 +116,7 @@ async def serve(settings: Settings) -> None:
         jira=jira,
         redactor=redactor,
         job_added=lambda: pool.wake(),
+        task_stopped=lambda task_id: pool.cancel_task_jobs(task_id),
     )
     pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail)
 

@@ -7,8 +7,13 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.errors import FixbotError
 from bot.redact import Redactor, redact_blocks
 from bot.views import Message
+
+
+class SlackUnavailable(FixbotError):
+    """Slack refused or could not take a message Fixbot had to post."""
 
 
 class SlackThreads:
@@ -20,12 +25,19 @@ class SlackThreads:
 
     async def post(self, channel: str, message: Message, *, thread_ts: str | None = None) -> str:
         """Post a message (a reply when `thread_ts` is given); returns its ts."""
-        response = await self.client.chat_postMessage(
-            channel=channel,
-            thread_ts=thread_ts,
-            unfurl_links=False,
-            **self._content(message),
-        )
+        try:
+            response = await self.client.chat_postMessage(
+                channel=channel,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+                **self._content(message),
+            )
+        except SlackApiError as error:
+            reason = error.response.get("error", "unknown error")
+            raise SlackUnavailable(
+                f"Slack refused my message in <#{channel}> ({reason}); "
+                "invite @fixbot to the channel and try again."
+            ) from None
         return str(response["ts"])
 
     async def update(self, channel: str, ts: str, message: Message) -> None:

@@ -371,14 +371,18 @@ _VERB_FORMS |= {"expire": "expired", "cancel": "cancelled", "canceled": "cancell
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
 
 
+def who(user: str) -> str:
+    """A person as a Slack mention, or their escaped name when not a Slack user id ("cli")."""
+    return f"<@{user}>" if _SLACK_USER.match(user) else escape(user)
+
+
 def decision_note(verb: str, user: str | None, at: datetime) -> str:
     """ ":white_check_mark: Approved by <@U1> at 14:03 UTC" (times in UTC; naive means UTC)."""
     key = verb.strip().lower()
     key = _VERB_FORMS.get(key, key)
     words = _DECISIONS.get(key, f":information_source: {escape(verb.strip().capitalize())}")
     if user:
-        who = f"<@{user}>" if _SLACK_USER.match(user) else escape(user)
-        words += f" by {who}"
+        words += f" by {who(user)}"
     moment = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return f"{words} at {moment:%H:%M} UTC"
 

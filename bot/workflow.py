@@ -36,7 +36,7 @@ from bot.models import ACTIVE, TRANSITIONS, Plan, Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
-from bot.thread import SlackThreads
+from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import JobQueue
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
 
@@ -76,6 +76,7 @@ class Workflow:
         jira: JiraClient | None,
         redactor: Redactor,
         job_added: Callable[[], None] = lambda: None,
+        task_stopped: Callable[[int], None] = lambda task_id: None,
         run_agent: Callable[..., Awaitable[StepResult]] = run_agent_step,
     ) -> None:
         self.settings = settings
@@ -89,6 +90,7 @@ class Workflow:
         self.jira = jira
         self.redact = redactor
         self.job_added = job_added
+        self.task_stopped = task_stopped  # cancels this replica's running step of a task at once
         self.run_agent = run_agent
 
     # Triggers
@@ -112,7 +114,11 @@ class Workflow:
             session.add(task)
             await session.flush()
             session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
-        task.thread_ts = await self.threads.post(channel, views.parent_message(task))
+        try:
+            task.thread_ts = await self.threads.post(channel, views.parent_message(task))
+        except SlackUnavailable as error:
+            await self.transition(task.id, State.FAILED, values={"failure": str(error)})
+            raise
         async with self.sessions.begin() as session:
             await session.execute(
                 update(Task).where(Task.id == task.id).values(thread_ts=task.thread_ts)
@@ -169,7 +175,7 @@ class Workflow:
         )
         await self.threads.post(
             task.channel_id,
-            views.ended_message(f":repeat: Retry requested by <@{decision.user}>."),
+            views.ended_message(f":repeat: Retry requested by {views.who(decision.user)}."),
             thread_ts=task.thread_ts,
         )
         await self._update_parent(task)
@@ -183,9 +189,10 @@ class Workflow:
         task = await self.transition(
             decision.task_id, State.CANCELLED, actor=decision.user, expect=active
         )
+        self.task_stopped(task.id)
         await self.threads.post(
             task.channel_id,
-            views.ended_message(f":no_entry_sign: Cancelled by <@{decision.user}>."),
+            views.ended_message(f":no_entry_sign: Cancelled by {views.who(decision.user)}."),
             thread_ts=task.thread_ts,
         )
         await self._update_parent(task)

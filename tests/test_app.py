@@ -69,4 +69,3 @@ async def test_health_readiness_and_clean_shutdown(world: World) -> None:
         assert "python_info" in (await client.get("/metrics")).text
     assert await world.stop_app(signal.SIGTERM) == 0
     assert "Traceback" not in world.app_log()
-
