@@ -153,6 +153,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: no new work; letting running steps finish")
     await socket_mode.close_async()
     await pool.stop(SHUTDOWN_GRACE_S)
+    await workflow.home.aclose()
     if runner is not None:
         await runner.cleanup()
     for service in (sentry, github, jira):

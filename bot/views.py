@@ -31,6 +31,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.dashboard import Dashboard, TaskSummary
 from bot.models import Plan, RefKind, State
 from bot.redact import redact_blocks
 from storage.tables import Task
@@ -368,7 +369,7 @@ _DECISIONS: dict[str, str] = {
 }
 _VERB_FORMS = {"approve": "approved", "reject": "rejected", "supersede": "superseded"}
 _VERB_FORMS |= {"expire": "expired", "cancel": "cancelled", "canceled": "cancelled"}
-_SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9_]+$")
 
 
 def who(user: str) -> str:
@@ -518,19 +519,123 @@ def pull_request_body(
     return body
 
 
-def home_view(tasks: list[Task], user: str) -> dict[str, Any]:
-    """The App Home dashboard: recent tasks, newest first, with their state."""
+def home_view(dashboard: Dashboard, user: str, *, is_approver: bool) -> dict[str, Any]:
+    """The App Home dashboard: what runs, what waits, what needs a decision, what it costs.
+
+    Each list is capped and the recent tasks are paged (`home_page` buttons), so the view
+    keeps within Slack's 100 blocks however many tasks there are.
+    """
     blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text="Fixbot"))]
-    if not tasks:
-        blocks.append(_section("No tasks yet. Type `/fix SHOP-1A` in a channel to start one."))
-    for task in tasks[: MAX_HOME_BLOCKS - 1]:
-        mine = " · yours" if task.requested_by == user else ""
-        title = _one_line(task.title, 120)
-        line = f"*{escape(task.ref_key)}* {title}\n{state_words(task.state)}{mine}"
-        if task.pr_url:
-            line += f" · {link(task.pr_url, 'pull request')}"
-        blocks.append(_section(line))
+    blocks += _home_stats(dashboard)
+    blocks.append(DividerBlock())
+    blocks.append(_section("*Running now*"))
+    running = [
+        f"{_home_task(task)} · {state_words(task.state)} for "
+        f"{fmt_duration((dashboard.now - task.since).total_seconds())} · {fmt_cost(task.cost_usd)}"
+        for task in dashboard.running
+    ]
+    blocks.append(_home_lines(running, "Nothing is running."))
+    blocks.append(_section(f"*Queue* ({dashboard.queue_total})"))
+    queued = [
+        f"{place}. {_home_task(job.task)} · {escape(job.kind)}"
+        for place, job in enumerate(dashboard.queue, start=1)
+    ]
+    blocks.append(_home_lines(queued, "The queue is empty.", dashboard.queue_total))
+    blocks.append(DividerBlock())
+    blocks.append(_section(f"*Plans awaiting approval* ({dashboard.awaiting_total})"))
+    if not dashboard.awaiting:
+        blocks.append(_context("No plan is waiting for a decision."))
+    for task in dashboard.awaiting:
+        blocks.append(_section(f"{_home_task(task)} · plan v{task.plan_version}"))
+        if is_approver:
+            value = f"{task.id}:{task.plan_version}"
+            blocks.append(
+                ActionsBlock(
+                    block_id=f"home_plan:{task.id}:{task.plan_version}",
+                    elements=[
+                        _button("Approve", "approve", value, "primary"),
+                        _button("Reject", "reject", value, "danger"),
+                    ],
+                )
+            )
+    if dashboard.awaiting_total > len(dashboard.awaiting):
+        more = dashboard.awaiting_total - len(dashboard.awaiting)
+        blocks.append(_context(f"…and {more} more waiting."))
+    blocks.append(DividerBlock())
+    blocks.append(_section("*My tasks*"))
+    mine = [_home_outcome(task) for task in dashboard.mine]
+    blocks.append(_home_lines(mine, f"Nothing requested by {who(user)} yet."))
+    blocks.append(DividerBlock())
+    blocks.append(_section(f"*Recent tasks* (page {dashboard.page + 1} of {dashboard.pages})"))
+    if not dashboard.recent:
+        blocks.append(_context("No tasks yet. Type `/fix SHOP-1A` in a channel to start one."))
+    blocks += [_section(_home_outcome(task)) for task in dashboard.recent]
+    paging = []
+    if dashboard.page > 0:
+        paging.append(_button("Newer", "home_page", str(dashboard.page - 1)))
+    if dashboard.page + 1 < dashboard.pages:
+        paging.append(_button("Older", "home_page", str(dashboard.page + 1)))
+    if paging:
+        blocks.append(ActionsBlock(block_id="home_paging", elements=paging))
+    if len(blocks) > MAX_HOME_BLOCKS:  # only if the caps above change: keep the paging
+        blocks = [*blocks[: MAX_HOME_BLOCKS - 2], _context("_(more was cut to fit Slack)_")]
+        blocks += [ActionsBlock(block_id="home_paging", elements=paging)] if paging else []
     return {"type": "home", "blocks": [block.to_dict() for block in blocks]}
+
+
+def thread_url(channel: str, thread_ts: str) -> str:
+    """A task's thread, built without a network call (what chat.getPermalink returns)."""
+    return f"https://slack.com/archives/{channel}/p{thread_ts.replace('.', '')}"
+
+
+def _home_task(task: TaskSummary) -> str:
+    """`*SHOP-1* title`, linked to the task's thread when it has one."""
+    key = _one_line(task.ref_key, 60)
+    title = _one_line(task.title, 100) if task.title != task.ref_key else ""
+    if task.thread_ts:
+        key = link(thread_url(task.channel_id, task.thread_ts), " ".join(task.ref_key.split())[:60])
+    return f"*{key}* {title}".rstrip()
+
+
+def _home_outcome(task: TaskSummary) -> str:
+    line = f"{_home_task(task)}\n{state_words(task.state)} · {fmt_cost(task.cost_usd)}"
+    if task.requested_by:
+        line += f" · by {who(task.requested_by)}"
+    if task.pr_url:
+        line += f" · {link(task.pr_url, 'pull request')}"
+    return line
+
+
+def _home_lines(lines: Sequence[str], empty: str, total: int | None = None) -> Block:
+    """Lines in one section (fewer blocks than one each), or a quiet note when there are none."""
+    if not lines:
+        return _context(empty)
+    text = "\n".join(lines)
+    if total is not None and total > len(lines):
+        text += f"\n…and {total - len(lines)} more."
+    return _section(text)
+
+
+def _home_stats(dashboard: Dashboard) -> list[Block]:
+    stats = dashboard.stats
+    rate = "–" if stats.success_rate is None else f"{stats.success_rate:.0%}"
+    to_plan = "–" if stats.median_to_plan_s is None else fmt_duration(stats.median_to_plan_s)
+    to_pr = (
+        "–"
+        if stats.median_to_pull_request_s is None
+        else fmt_duration(stats.median_to_pull_request_s)
+    )
+    week_budget = dashboard.daily_budget_usd * 7
+    return [
+        _section(
+            f"*Last 7 days:* {rate} succeeded ({stats.succeeded} of {stats.finished} finished) · "
+            f"median time to plan {to_plan}, to pull request {to_pr}\n"
+            f"*Spend:* today {fmt_cost(stats.spend_today_usd)} of "
+            f"{fmt_cost(dashboard.daily_budget_usd)} · this week "
+            f"{fmt_cost(stats.spend_week_usd)} of {fmt_cost(week_budget)} · "
+            f"{fmt_cost(dashboard.task_budget_usd)} a task at most"
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------- conversation

@@ -29,6 +29,7 @@ from agents.verify import Verification, verify_fix
 from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
 from bot import views
 from bot.config import RepoConfig, Settings
+from bot.dashboard import HomeRefresher, load_dashboard
 from bot.errors import InvalidTransition, NotAllowed, StepFailed
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
@@ -92,6 +93,8 @@ class Workflow:
         self.job_added = job_added
         self.task_stopped = task_stopped  # cancels this replica's running step of a task at once
         self.run_agent = run_agent
+        # Republishes App Home, debounced, for people who opened it lately.
+        self.home = HomeRefresher(self._publish_home_page)
 
     # Triggers
 
@@ -114,6 +117,7 @@ class Workflow:
             session.add(task)
             await session.flush()
             session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
+        self.home.changed()
         try:
             task.thread_ts = await self.threads.post(channel, views.parent_message(task))
         except SlackUnavailable as error:
@@ -183,12 +187,7 @@ class Workflow:
 
     async def cancel(self, decision: Decision) -> Task:
         """Stop the task wherever it is; its jobs are cancelled with it."""
-        async with self.sessions() as session:
-            task = await self._get(session, decision.task_id)
-        active = {State(task.state)} - set(views_finished())
-        task = await self.transition(
-            decision.task_id, State.CANCELLED, actor=decision.user, expect=active
-        )
+        task = await self.transition(decision.task_id, State.CANCELLED, actor=decision.user)
         self.task_stopped(task.id)
         await self.threads.post(
             task.channel_id,
@@ -220,37 +219,46 @@ class Workflow:
         enqueue: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> Task:
-        """Move a task to `to` if allowed; raises InvalidTransition (a no-op) otherwise."""
-        async with self.sessions.begin() as session:
-            task = await self._get(session, task_id)
-            current = State(task.state)
-            if plan_version is not None and plan_version != task.plan_version:
-                raise InvalidTransition("That plan was superseded by a newer one; nothing changed.")
-            if (expect is not None and current not in expect) or to not in TRANSITIONS[current]:
-                raise InvalidTransition(_already(current))
-            changed = await session.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.state == current)
-                .values(state=to, **(values or {}))
-            )
-            if not changed.rowcount:  # type: ignore[attr-defined]
-                raise InvalidTransition(
-                    "Someone else acted on this task just now; nothing changed."
+        """Move a task to `to` if allowed; raises InvalidTransition (a no-op) otherwise.
+
+        The UPDATE only applies if the state is still the one checked; when another click
+        or replica moved the task first, the check runs again against the new state.
+        """
+        for _attempt in range(3):
+            async with self.sessions.begin() as session:
+                task = await self._get(session, task_id)
+                current = State(task.state)
+                if plan_version is not None and plan_version != task.plan_version:
+                    raise InvalidTransition(
+                        "That plan was superseded by a newer one; nothing changed."
+                    )
+                if (expect is not None and current not in expect) or to not in TRANSITIONS[current]:
+                    raise InvalidTransition(_already(current))
+                changed = await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.state == current)
+                    .values(state=to, **(values or {}))
                 )
-            session.add(
-                TaskEvent(
-                    task_id=task_id,
-                    from_state=current,
-                    to_state=to,
-                    actor=actor,
-                    detail=detail or {},
+                if not changed.rowcount:  # type: ignore[attr-defined]
+                    continue  # moved under us: check again
+                session.add(
+                    TaskEvent(
+                        task_id=task_id,
+                        from_state=current,
+                        to_state=to,
+                        actor=actor,
+                        detail=detail or {},
+                    )
                 )
-            )
-            if to in views_finished() or to == State.FAILED:
-                await self.queue.cancel_for_task(session, task_id)
-            if enqueue is not None:
-                JobQueue.enqueue(session, task_id, enqueue, task.priority)
+                if to in views_finished() or to == State.FAILED:
+                    await self.queue.cancel_for_task(session, task_id)
+                if enqueue is not None:
+                    JobQueue.enqueue(session, task_id, enqueue, task.priority)
+                break
+        else:
+            raise InvalidTransition("Someone else acted on this task just now; nothing changed.")
         await session_refresh(self.sessions, task)
+        self.home.changed()
         if enqueue is not None:
             self.job_added()
         return task
@@ -543,11 +551,16 @@ class Workflow:
         if path.exists():
             await self.workspaces.remove(Worktree(path, task.branch, task.base_commit or ""))
 
-    async def publish_home(self, user: str) -> None:
-        """Publish the App Home dashboard for `user`."""
-        async with self.sessions() as session:
-            tasks = list(await session.scalars(select(Task).order_by(Task.id.desc()).limit(20)))
-        await self.threads.publish_home(user, views.home_view(tasks, user))
+    async def publish_home(self, user: str, page: int = 0) -> None:
+        """Publish the App Home dashboard for `user`, and keep it fresh while they look."""
+        self.home.opened(user, page)
+        await self._publish_home_page(user, page)
+
+    async def _publish_home_page(self, user: str, page: int) -> None:
+        dashboard = await load_dashboard(self.sessions, user, self.settings, page)
+        approvers = self.settings.approvers
+        view = views.home_view(dashboard, user, is_approver=not approvers or user in approvers)
+        await self.threads.publish_home(user, view)
 
     # Helpers
 

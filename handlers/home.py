@@ -1,10 +1,10 @@
-"""The App Home tab: the dashboard, published when someone opens it."""
+"""The App Home tab: the dashboard, published when someone opens it or turns its page."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot.workflow import Workflow
 
@@ -14,3 +14,9 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
     async def home_opened(event: dict[str, Any]) -> None:
         if event.get("tab") == "home":
             await workflow.publish_home(event["user"])
+
+    @app.action("home_page")
+    async def home_page(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        value = str(body["actions"][0].get("value", "0"))
+        await workflow.publish_home(body["user"]["id"], int(value) if value.isdigit() else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -168,8 +169,11 @@ async def test_only_approvers_may_approve_and_a_second_click_changes_nothing(wor
     assert "approvers" in refusal[-1]["text"]
     assert buttons(next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"]))
 
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01")
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01", value=None)
+    # A double click: both clicks leave before Slack shows the approval.
+    await asyncio.gather(
+        world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01"),
+        world.slack.click_button(CHANNEL, plan["ts"], "approve", user="ULEAD01"),
+    )
     second = await world.slack.wait_for(lambda: world.slack.ephemerals("ULEAD01"))
     assert "already approved" in second[-1]["text"]
     await world.slack.wait_for(
