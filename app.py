@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -46,6 +47,7 @@ from storage.queue import JobQueue
 
 log = logging.getLogger("fixbot")
 
+WORKTREE_MAX_AGE = timedelta(days=7)
 SHUTDOWN_GRACE_S = 20.0  # running steps get this long to finish; exit stays within 30 s
 
 
@@ -103,6 +105,7 @@ async def serve(settings: Settings) -> None:
         oauth_token=_secret(settings.claude_code_oauth_token),
         base_url=settings.anthropic_base_url,
     )
+    workspaces = Workspaces(workdir)
     pool: WorkerPool
     workflow = Workflow(
         settings,
@@ -110,7 +113,7 @@ async def serve(settings: Settings) -> None:
         queue,
         SlackThreads(client, redactor),
         Sources(settings, sentry, github, jira),
-        Workspaces(workdir),
+        workspaces,
         agent_env,
         github=github,
         jira=jira,
@@ -147,12 +150,16 @@ async def serve(settings: Settings) -> None:
 
     await socket_mode.connect_async()
     pool.start()
+    # Failed tasks keep their worktree for inspection; a week later it goes.
+    cleanup = asyncio.create_task(workspaces.cleanup(WORKTREE_MAX_AGE))
     log.info("Fixbot is running", extra={"data": {"owner": owner}})
     await stop.wait()
 
     log.info("stopping: no new work; letting running steps finish")
     await socket_mode.close_async()
     await pool.stop(SHUTDOWN_GRACE_S)
+    cleanup.cancel()
+    await asyncio.gather(cleanup, return_exceptions=True)
     await workflow.home.aclose()
     if runner is not None:
         await runner.cleanup()

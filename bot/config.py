@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     concurrency: Concurrency = Concurrency()
     limits: Limits = Limits()
     mcp_servers: dict[str, McpServer] = {}
+    jira_transition: str | None = "In Review"  # where a Jira issue moves when its PR is ready
     github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` comments count
     jira_label: str = "fixbot"  # Jira issues created with this label become tasks
     question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
@@ -260,4 +261,5 @@ _YAML_KEYS = {
     "github_approvers",
     "jira_label",
     "question_timeout_s",
+    "jira_transition",
 }

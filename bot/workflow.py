@@ -31,6 +31,7 @@ from bot import views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard
 from bot.errors import InvalidTransition, NotAllowed, StepFailed
+from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
 from bot.models import ACTIVE, TRANSITIONS, Plan, Reference, RefKind, State
@@ -343,6 +344,9 @@ class Workflow:
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
         plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         await self._save(task, plan_message_ts=plan_ts)
+        await self._tell_jira(
+            task, f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}"
+        )
         await self._update_parent(task)
 
     async def _execute(self, task: Task, job: Job) -> None:
@@ -524,17 +528,25 @@ class Workflow:
         )
         pull = await self.github.mark_ready_for_review(owner, name, pull.number)
         await self._save(task, pr_number=pull.number, pr_url=pull.html_url)
-        if self.jira is not None and task.ref_kind == RefKind.JIRA:
-            await self._update_jira(task, pull.html_url)
+        summary = Plan.model_validate(task.plan).summary
+        await self._tell_jira(
+            task,
+            f"Fixbot opened a pull request: {pull.html_url}\n\n{summary}",
+            transition=self.settings.jira_transition,
+        )
         return pull.html_url
 
-    async def _update_jira(self, task: Task, pr_url: str) -> None:
-        assert self.jira is not None and task.plan is not None
-        summary = Plan.model_validate(task.plan).summary
-        await self.jira.add_comment(
-            task.ref_key, self.redact(f"Fixbot opened a pull request: {pr_url}\n\n{summary}")
-        )
-        await self.jira.transition(task.ref_key, "In Review")
+    async def _tell_jira(self, task: Task, text: str, *, transition: str | None = None) -> None:
+        """Comment on (and move) the task's Jira issue; a Jira failure is told, not fatal."""
+        if self.jira is None or task.ref_kind != RefKind.JIRA:
+            return
+        try:
+            await self.jira.add_comment(task.ref_key, self.redact(text))
+            if transition:
+                await self.jira.transition(task.ref_key, transition)
+        except IntegrationError as error:
+            note = views.ended_message(f":warning: {views.escape(str(error))}")
+            await self.threads.post(task.channel_id, note, thread_ts=task.thread_ts)
 
     async def _push(self, repo: RepoConfig, worktree: Path, branch: str) -> None:
         token = self.settings.github_token

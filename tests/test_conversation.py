@@ -101,7 +101,7 @@ async def test_a_sentry_alert_offers_a_fix_and_the_button_plans_it(world: World)
     await world.slack.click_button(CHANNEL, offer["ts"], "plan_alert", user="U_BOB")
     plan = await wait_for_plan(world, alert_ts)
     assert buttons(plan)[:2] == ["Approve", "Reject"]
-    assert "Planning started by U_BOB" in json.dumps(world.slack.thread(CHANNEL, alert_ts))
+    assert "Planning started by <@U_BOB>" in json.dumps(world.slack.thread(CHANNEL, alert_ts))
 
     assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
 
@@ -261,7 +261,7 @@ async def test_mention_commands_in_a_task_thread(world: World) -> None:
     )
     await world.slack.mention(CHANNEL, "reject", thread_ts=thread_ts, user="U_BOB")
     await world.slack.wait_for(
-        lambda: "Rejected by U_BOB" in json.dumps(world.slack.thread(CHANNEL, thread_ts)),
+        lambda: "Rejected by <@U_BOB>" in json.dumps(world.slack.thread(CHANNEL, thread_ts)),
         what="the rejection",
     )
     decided = next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"])

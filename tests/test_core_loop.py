@@ -271,3 +271,50 @@ def git_heads(world: World) -> dict[str, str]:
         "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads", cwd=world.origin
     )
     return dict(line.split() for line in refs.splitlines())
+
+
+async def test_a_jira_issue_gets_the_plan_and_the_pull_request(world: World) -> None:
+    world.env.update(
+        JIRA_URL=world.jira.url, JIRA_EMAIL="fixbot@example.com", JIRA_API_TOKEN="jira-token"
+    )
+    world.config["jira_transition"] = "Done"
+    world.jira.add_issue("SHOP-42", "Discounts over 1% make prices negative", labels=["bug"])
+    title = "Discounts over 1% make prices negative"
+    worktree = world.worktree(branch_name("SHOP-42", title))
+    world.model.script(
+        [
+            [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
+            [structured(plan_data())],
+        ],
+        match="Plan a fix for SHOP-42",
+    )
+    test_command = world.config["repos"][0]["test_command"]
+    world.model.script(
+        [
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+                )
+            ],
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
+                )
+            ],
+            [tool("Bash", {"command": test_command})],
+            [text("Done.")],
+        ],
+        match="Implement the approved plan for SHOP-42",
+    )
+    await world.start_app()
+    thread_ts, plan = await start_plan(world, "SHOP-42")
+    await world.slack.wait_for(lambda: len(world.jira.issue("SHOP-42").comments) == 1)
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)), timeout=90
+    )
+    issue = world.jira.issue("SHOP-42")
+    assert len(issue.comments) == 2 and "pull request" in str(issue.comments[-1]).lower()
+    assert issue.status == "Done"
