@@ -112,7 +112,7 @@ class Conversation:
     async def _start(self, row: Alert, alert: SentryAlert, *, user: str | None) -> Task:
         assert row.channel_id and row.message_ts
         ref = Reference(RefKind.SENTRY, alert.ref_key, url=alert.url)
-        task = await self.workflow.create_task_in_thread(
+        task = await self.workflow.create_task(
             ref,
             channel=row.channel_id,
             thread_ts=row.message_ts,
@@ -246,7 +246,7 @@ class Conversation:
                 if task is not None and not State(task.state).finished:
                     return Reply("This thread already has a task; see its messages above.")
                 ref = await self._thread_reference(channel, where, bot_user_id)
-                await self.workflow.create_task_in_thread(
+                await self.workflow.create_task(
                     ref, channel=channel, thread_ts=where, user=user, priority=PRIORITY_URGENT
                 )
                 return None

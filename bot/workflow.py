@@ -100,9 +100,19 @@ class Workflow:
     # Triggers
 
     async def create_task(
-        self, ref: Reference, *, channel: str, user: str | None, priority: int = PRIORITY_URGENT
+        self,
+        ref: Reference,
+        *,
+        channel: str,
+        user: str | None,
+        priority: int = PRIORITY_URGENT,
+        thread_ts: str | None = None,
     ) -> Task:
-        """Record a task, open its thread, and queue its planning step."""
+        """Record a task, open its thread, and queue its planning step.
+
+        With `thread_ts` (an alert's thread) the task lives in that thread and Fixbot's
+        parent message is a reply there (`parent_ts`); otherwise it starts a new thread.
+        """
         async with self.sessions.begin() as session:
             task = Task(
                 state=State.QUEUED,
@@ -114,21 +124,25 @@ class Workflow:
                 requested_by=user,
                 priority=priority,
                 channel_id=channel,
+                thread_ts=thread_ts,
             )
             session.add(task)
             await session.flush()
             session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
         self.home.changed()
         try:
-            task.thread_ts = await self.threads.post(channel, views.parent_message(task))
+            parent_ts = await self.threads.post(
+                channel, views.parent_message(task), thread_ts=thread_ts
+            )
         except SlackUnavailable as error:
             await self.transition(task.id, State.FAILED, values={"failure": str(error)})
             raise
+        placed = {"parent_ts": parent_ts} if thread_ts else {"thread_ts": parent_ts}
         async with self.sessions.begin() as session:
-            await session.execute(
-                update(Task).where(Task.id == task.id).values(thread_ts=task.thread_ts)
-            )
+            await session.execute(update(Task).where(Task.id == task.id).values(**placed))
             job = JobQueue.enqueue(session, task.id, PLANNING, priority)
+        for key, value in placed.items():
+            setattr(task, key, value)
         await self._show_queue_place(task, job)
         self.job_added()
         return task
@@ -663,45 +677,6 @@ class Workflow:
                 .order_by(Task.id.desc())
                 .limit(1)
             )
-
-    async def create_task_in_thread(
-        self,
-        ref: Reference,
-        *,
-        channel: str,
-        thread_ts: str,
-        user: str | None,
-        priority: int = PRIORITY_ERROR,
-    ) -> Task:
-        """Like `create_task`, in an existing thread (an alert's): Fixbot's status is a reply."""
-        async with self.sessions.begin() as session:
-            task = Task(
-                state=State.QUEUED,
-                ref_kind=ref.kind,
-                ref_key=ref.key,
-                ref_url=ref.url,
-                title=ref.key if ref.kind != RefKind.TEXT else ref.key[:150],
-                repo=ref.repo,
-                requested_by=user,
-                priority=priority,
-                channel_id=channel,
-                thread_ts=thread_ts,
-            )
-            session.add(task)
-            await session.flush()
-            session.add(TaskEvent(task_id=task.id, to_state=State.QUEUED, actor=user))
-        parent_ts = await self.threads.post(
-            channel, views.parent_message(task), thread_ts=thread_ts
-        )
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(Task).where(Task.id == task.id).values(parent_ts=parent_ts)
-            )
-            job = JobQueue.enqueue(session, task.id, PLANNING, priority)
-        task.parent_ts = parent_ts
-        await self._show_queue_place(task, job)
-        self.job_added()
-        return task
 
     async def take_reply(self, task: Task, user: str, text: str) -> None:
         """A person's reply in a task's thread: an answer, a revision request, or a note."""
