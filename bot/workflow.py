@@ -152,16 +152,20 @@ class Workflow:
     async def approve(self, decision: Decision) -> Task:
         """Approve the current plan: queue execution, replace the buttons with who and when."""
         self._check_approver(decision.user)
+        return await self.approve_as(decision.task_id, decision.user, decision.plan_version)
+
+    async def approve_as(self, task_id: int, actor: str, plan_version: int | None = None) -> Task:
+        """Approve for someone already checked (here, or a GitHub approver): queue execution."""
         task = await self.transition(
-            decision.task_id,
+            task_id,
             State.APPROVED,
-            actor=decision.user,
+            actor=actor,
             expect={State.AWAITING_APPROVAL},
-            plan_version=decision.plan_version,
-            values={"decided_by": decision.user},
+            plan_version=plan_version,
+            values={"decided_by": actor},
             enqueue=EXECUTION,
         )
-        await self._close_plan(task, views.decision_note("Approved", decision.user, _now()))
+        await self._close_plan(task, views.decision_note("Approved", actor, _now()))
         return task
 
     async def reject(self, decision: Decision) -> Task:
@@ -825,19 +829,6 @@ class Workflow:
                 .values(answer=text, answered_by=user, answered_at=_now())
             )
             return bool(changed.rowcount)  # type: ignore[attr-defined]
-
-    async def approve_as(self, task_id: int, actor: str) -> Task:
-        """Approve for someone checked elsewhere (a GitHub approver): what Approve does."""
-        task = await self.transition(
-            task_id,
-            State.APPROVED,
-            actor=actor,
-            expect={State.AWAITING_APPROVAL},
-            values={"decided_by": actor},
-            enqueue=EXECUTION,
-        )
-        await self._close_plan(task, views.decision_note("Approved", actor, _now()))
-        return task
 
     async def task_for_pull(self, repo: str, number: int) -> Task | None:
         async with self.sessions() as session:
