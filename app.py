@@ -24,12 +24,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import handlers
 from agents.runner import AgentEnvironment
 from agents.workspace import Workspaces
 from bot import metrics
 from bot.config import Settings, load_settings, scrub_environment
+from bot.conversation import Conversation
 from bot.errors import ConfigError
 from bot.http import make_http_app
 from bot.integrations.github import GitHubClient
@@ -65,22 +67,17 @@ def slack_client(settings: Settings) -> AsyncWebClient:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run Fixbot until a stop signal."""
-    engine = create_engine(settings.database_url.get_secret_value())
-    await migrate(engine)
-    sessions = sessionmaker(engine)
-    owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    queue = JobQueue(sessions, owner)
-    await queue.reclaim_expired()
-
-    client = slack_client(settings)
+def build_workflow(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    queue: JobQueue,
+    client: AsyncWebClient,
+) -> Workflow:
+    """The workflow and every client it talks to (the app and the operator CLI share this)."""
     redactor = Redactor(settings.secret_values())
     sentry = (
         SentryClient(
-            settings.sentry_url,
-            settings.sentry_auth_token.get_secret_value(),
-            settings.sentry_org,
+            settings.sentry_url, settings.sentry_auth_token.get_secret_value(), settings.sentry_org
         )
         if settings.sentry_auth_token and settings.sentry_org
         else None
@@ -97,34 +94,45 @@ async def serve(settings: Settings) -> None:
         if settings.jira_url and settings.jira_email and settings.jira_api_token
         else None
     )
-    workdir = settings.fixbot_workdir.resolve()
     agent_env = AgentEnvironment(
-        home=workdir / "claude-home",
+        home=settings.agent_home,
         cli_path=settings.claude_cli_path,
         anthropic_api_key=_secret(settings.anthropic_api_key),
         oauth_token=_secret(settings.claude_code_oauth_token),
         base_url=settings.anthropic_base_url,
     )
-    workspaces = Workspaces(workdir)
-    pool: WorkerPool
-    workflow = Workflow(
+    return Workflow(
         settings,
         sessions,
         queue,
         SlackThreads(client, redactor),
         Sources(settings, sentry, github, jira),
-        workspaces,
+        Workspaces(settings.fixbot_workdir.resolve()),
         agent_env,
         github=github,
         jira=jira,
         redactor=redactor,
-        job_added=lambda: pool.wake(),
-        task_stopped=lambda task_id: pool.cancel_task_jobs(task_id),
     )
+
+
+async def serve(settings: Settings) -> None:
+    """Run Fixbot until a stop signal."""
+    engine = create_engine(settings.database_url.get_secret_value())
+    await migrate(engine)
+    sessions = sessionmaker(engine)
+    owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    queue = JobQueue(sessions, owner)
+    await queue.reclaim_expired()
+
+    client = slack_client(settings)
+    workflow = build_workflow(settings, sessions, queue, client)
+    conversation = Conversation(workflow)
     pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail)
+    workflow.job_added = pool.wake
+    workflow.task_stopped = pool.cancel_task_jobs
 
     bolt = AsyncApp(client=client, logger=logging.getLogger("fixbot.slack"))
-    handlers.register(bolt, workflow)
+    handlers.register(bolt, workflow, conversation)
     socket_mode = metrics.TimedSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
 
     async def readiness() -> dict[str, bool]:
@@ -137,7 +145,7 @@ async def serve(settings: Settings) -> None:
             make_http_app(
                 readiness,
                 lambda: metrics.update_queue_lengths(sessions),
-                webhooks=webhook_routes(workflow),
+                webhooks=webhook_routes(conversation),
             )
         )
         await runner.setup()
@@ -151,7 +159,7 @@ async def serve(settings: Settings) -> None:
     await socket_mode.connect_async()
     pool.start()
     # Failed tasks keep their worktree for inspection; a week later it goes.
-    cleanup = asyncio.create_task(workspaces.cleanup(WORKTREE_MAX_AGE))
+    cleanup = asyncio.create_task(workflow.workspaces.cleanup(WORKTREE_MAX_AGE))
     log.info("Fixbot is running", extra={"data": {"owner": owner}})
     await stop.wait()
 
@@ -160,12 +168,10 @@ async def serve(settings: Settings) -> None:
     await pool.stop(SHUTDOWN_GRACE_S)
     cleanup.cancel()
     await asyncio.gather(cleanup, return_exceptions=True)
-    await workflow.home.aclose()
+    await conversation.aclose()
+    await workflow.aclose()
     if runner is not None:
         await runner.cleanup()
-    for service in (sentry, github, jira):
-        if service is not None:
-            await service.aclose()
     with contextlib.suppress(Exception):
         await client.session.close() if client.session else None
     await engine.dispose()

@@ -400,7 +400,7 @@ async def push(worktree: Path, remote_url: str, branch: str, token: str | None) 
     The branch is Fixbot's: a retry may replace its own earlier commits (forced, with a
     lease on the tip just seen), but commits someone else pushed there are never dropped.
     """
-    config = _auth_config(remote_url, token)
+    config = auth_config(remote_url, token)
     ref = f"refs/heads/{branch}"
     listing = await git(
         "ls-remote", remote_url, ref, cwd=worktree, timeout=NETWORK_TIMEOUT, extra_config=config
@@ -438,7 +438,7 @@ async def push(worktree: Path, remote_url: str, branch: str, token: str | None) 
     )
 
 
-def _auth_config(remote_url: str, token: str | None) -> list[str]:
+def auth_config(remote_url: str, token: str | None) -> list[str]:
     """For https with a token: a basic-auth header for this one call, nothing written."""
     config = ["credential.helper="]
     if token and remote_url.startswith("https://"):

@@ -310,7 +310,7 @@ async def _check_database(settings: Settings) -> Check:
 
 
 async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
-    from agents.workspace import GitError, _auth_config, git
+    from agents.workspace import GitError, auth_config, git
 
     token = settings.github_token.get_secret_value() if settings.github_token else None
     with tempfile.TemporaryDirectory(prefix="fixbot-doctor-") as cwd:
@@ -321,7 +321,7 @@ async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
                 "HEAD",
                 cwd=Path(cwd),
                 timeout=CHECK_TIMEOUT_S,
-                extra_config=_auth_config(clone_url, token),
+                extra_config=auth_config(clone_url, token),
             )
         except GitError as error:
             return Check(
@@ -539,33 +539,15 @@ async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace)
 @contextlib.asynccontextmanager
 async def _workflow(settings: Settings, sessions: Sessions) -> AsyncIterator[Any]:
     import app
-    from agents.runner import AgentEnvironment
-    from agents.workspace import Workspaces
-    from bot.sources import Sources
-    from bot.thread import SlackThreads
-    from bot.workflow import Workflow
     from storage.queue import JobQueue
 
     client = app.slack_client(settings)
-    redactor = Redactor(settings.secret_values())
-    workdir = settings.fixbot_workdir.resolve()
-    owner = f"{socket.gethostname()}-{ACTOR}"
-    workflow = Workflow(
-        settings,
-        sessions,
-        JobQueue(sessions, owner),
-        SlackThreads(client, redactor),
-        # Creating, requeueing and cancelling reach no vendor: the app's workers do.
-        Sources(settings, None, None, None),
-        Workspaces(workdir),
-        AgentEnvironment(home=workdir / "claude-home"),
-        github=None,
-        jira=None,
-        redactor=redactor,
-    )
+    queue = JobQueue(sessions, f"{socket.gethostname()}-{ACTOR}")
+    workflow = app.build_workflow(settings, sessions, queue, client)
     try:
         yield workflow
     finally:
+        await workflow.aclose()
         if client.session is not None:
             await client.session.close()
 
@@ -581,7 +563,7 @@ async def _transcript(
         runs = [run for run in await session.scalars(query) if run.session_id]
     if not runs:
         raise CliError(f"task {task_id} has no {step or 'agent'} run with a Claude Code session")
-    projects = settings.fixbot_workdir.resolve() / "claude-home" / ".claude" / "projects"
+    projects = settings.agent_home / ".claude" / "projects"
     redact = Redactor(settings.secret_values())
     for number, run in enumerate(runs):
         if number:

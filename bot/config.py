@@ -179,6 +179,11 @@ class Settings(BaseSettings):
     def github_enabled(self) -> bool:
         return self.github_token is not None
 
+    @property
+    def agent_home(self) -> Path:
+        """Claude Code's private HOME: its sessions (transcripts) live under it."""
+        return self.fixbot_workdir.resolve() / "claude-home"
+
     def repo(self, name: str) -> RepoConfig | None:
         return next((repo for repo in self.repos if repo.name.lower() == name.lower()), None)
 

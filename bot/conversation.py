@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -310,14 +309,3 @@ def _alert_line(alert: SentryAlert) -> str:
     ref = views.link(alert.url, alert.ref_key) if alert.url else views.escape(alert.ref_key)
     verb = "regressed" if alert.regressed else "new issue"
     return f":rotating_light: Sentry {verb} {ref}: *{what}*"
-
-
-_conversations: weakref.WeakKeyDictionary[Workflow, Conversation] = weakref.WeakKeyDictionary()
-
-
-def conversation_for(workflow: Workflow) -> Conversation:
-    """The one Conversation of a workflow (shared by Slack handlers and webhooks)."""
-    found = _conversations.get(workflow)
-    if found is None:
-        found = _conversations[workflow] = Conversation(workflow)
-    return found

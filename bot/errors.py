@@ -23,3 +23,7 @@ class InvalidTransition(FixbotError):
 
 class StepFailed(FixbotError):
     """An agent step or Fixbot's own checks after it did not succeed."""
+
+    def __init__(self, message: str, *, output: str | None = None) -> None:
+        super().__init__(message)
+        self.output = output  # command output worth showing with the reason

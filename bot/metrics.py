@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.models import State
 from storage.queue import QUEUED
-from storage.tables import AgentRun, Job, Task
+from storage.tables import Job, Task
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,13 @@ class StepMetrics:
         self.status, self.error_type = status, error_type
 
     async def finish(self, sessions: async_sessionmaker[AsyncSession], job: Job) -> None:
-        """Record the outcome and the spend; a task the workflow failed counts as failed."""
+        """Record the outcome; a task the workflow failed counts as failed."""
         try:
-            task_state, spend = await _job_facts(sessions, job)
+            async with sessions() as session:
+                task_state = await session.scalar(select(Task.state).where(Task.id == job.task_id))
         except Exception:  # the database is gone: the counts below still matter
             log.warning("could not read job %s's outcome for metrics", job.id, exc_info=True)
-            task_state, spend = None, 0.0
+            task_state = None
         finally:
             ACTIVE_STEPS.dec()
         if self.status == "success" and task_state == State.FAILED:
@@ -108,19 +109,6 @@ class StepMetrics:
         TASK_DURATION.labels(self.agent, self.status).observe(duration)
         if self.error_type is not None:
             ERRORS.labels(self.agent, self.error_type).inc()
-        if spend:
-            AGENT_SPEND.labels(self.agent).inc(spend)
-
-
-async def _job_facts(
-    sessions: async_sessionmaker[AsyncSession], job: Job
-) -> tuple[str | None, float]:
-    async with sessions() as session:
-        state = await session.scalar(select(Task.state).where(Task.id == job.task_id))
-        spend = await session.scalar(
-            select(func.coalesce(func.sum(AgentRun.cost_usd), 0.0)).where(AgentRun.job_id == job.id)
-        )
-    return state, float(spend or 0.0)
 
 
 async def update_queue_lengths(sessions: async_sessionmaker[AsyncSession]) -> None:

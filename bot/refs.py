@@ -9,6 +9,7 @@ from bot.config import Settings
 from bot.errors import BadReference
 from bot.integrations.sentry import parse_issue_url
 from bot.models import Reference, RefKind
+from bot.views import inline_code
 
 ACCEPTED_FORMS = (
     "Accepted forms: a Sentry short id (`SHOP-1A`), a Sentry issue URL, a Jira key "
@@ -34,13 +35,13 @@ def parse_reference(text: str, settings: Settings) -> Reference:
     repo_match = REPO_WORD.search(text)
     if repo_match is None:
         raise BadReference(
-            f"`{_quote(text)}` is not a reference I know, and free text needs "
+            f"{inline_code(text, 80)} is not a reference I know, and free text needs "
             f"`repo:owner/name` to say which repository. {ACCEPTED_FORMS}"
         )
     repo = repo_match.group(1)
     if settings.repo(repo) is None:
         raise BadReference(
-            f"The repository `{_quote(repo)}` is not in fixbot.yml's `repos`. "
+            f"The repository {inline_code(repo, 80)} is not in fixbot.yml's `repos`. "
             f"Known: {_known_repos(settings)}."
         )
     description = REPO_WORD.sub(" ", text).strip()
@@ -67,7 +68,9 @@ def _parse_url(url: str, settings: Settings) -> Reference:
                 f"`{repo}` is not in fixbot.yml's `repos`. Known: {_known_repos(settings)}."
             )
         return Reference(RefKind.GITHUB, f"{repo}#{number}", url=url, repo=repo)
-    raise BadReference(f"`{_quote(url)}` is not a Sentry or GitHub issue URL. {ACCEPTED_FORMS}")
+    raise BadReference(
+        f"{inline_code(url, 80)} is not a Sentry or GitHub issue URL. {ACCEPTED_FORMS}"
+    )
 
 
 def _parse_key(key: str, settings: Settings) -> Reference:
@@ -93,9 +96,3 @@ def _parse_key(key: str, settings: Settings) -> Reference:
 
 def _known_repos(settings: Settings) -> str:
     return ", ".join(f"`{repo.name}`" for repo in settings.repos) or "none yet"
-
-
-def _quote(text: str) -> str:
-    """Shorten and neutralise user text before echoing it back."""
-    text = text.replace("`", "'").replace("<", "&lt;").replace(">", "&gt;")
-    return text if len(text) <= 80 else text[:77] + "…"

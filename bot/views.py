@@ -151,8 +151,9 @@ def _code_block(text: str, limit: int, *, rest: str | None = None, tail: bool = 
     return "```\n" + body + "\n```"
 
 
-def _inline_code(text: str) -> str:
-    return "`" + escape(text).replace("`", "'") + "`"
+def inline_code(text: str, limit: int = SECTION_LIMIT) -> str:
+    """Untrusted `text` as inline code: escaped, no backticks to break out, within `limit`."""
+    return "`" + _fit(escape(text).replace("`", "'"), limit) + "`"
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -235,7 +236,7 @@ def parent_message(task: Task) -> Message:
     lines = [f"*{title}*"]
     facts = [
         _reference(task),
-        f"Repository {_inline_code(task.repo) if task.repo else '_unknown_'}",
+        f"Repository {inline_code(task.repo) if task.repo else '_unknown_'}",
     ]
     lines.append(" · ".join(facts))
     status = state
@@ -329,7 +330,7 @@ def _plan_blocks(task: Task, plan: Plan, plan_url: str | None, cost_usd: float) 
 
 def _code_list(label: str, items: Sequence[str], rest: str) -> str:
     head = f"*{label}*\n"
-    body = " ".join(_inline_code(" ".join(item.split())) for item in items if item.strip())
+    body = " ".join(inline_code(" ".join(item.split())) for item in items if item.strip())
     return head + _fit(body, SECTION_LIMIT - len(head), rest)
 
 
@@ -448,7 +449,7 @@ def unmapped_project_message(project: str) -> Message:
         f"    sentry_projects: [{name}]\n"
     )
     text = (
-        f":warning: Sentry project {_inline_code(name)} is not mapped to a repository. "
+        f":warning: Sentry project {inline_code(name)} is not mapped to a repository. "
         "Add it to the repository's `sentry_projects` in `fixbot.yml` and restart Fixbot:"
     )
     blocks = [_section(text), _section(_code_block(snippet, SECTION_LIMIT))]
@@ -646,7 +647,7 @@ def alert_offer(
 ) -> Message:
     """Fixbot's answer to an alert: what it saw, and a `Plan a fix` button."""
     what = _one_line(title or ref, 300)
-    lines = [f":mag: Sentry issue {_inline_code(ref)}: *{what}*"]
+    lines = [f":mag: Sentry issue {inline_code(ref)}: *{what}*"]
     if regression_of:
         lines.append(f":leftwards_arrow_with_hook: {regression_note(regression_of).text}")
     actions = ActionsBlock(
@@ -662,7 +663,7 @@ def alert_offer_taken(title: str | None, ref: str, user: str | None) -> Message:
     who = ""
     if user:
         who = f" by <@{user}>" if _SLACK_USER.match(user) else f" by {escape(user)}"
-    line = f":mag: Sentry issue {_inline_code(ref)}: *{what}*\n:hourglass: Planning started{who}."
+    line = f":mag: Sentry issue {inline_code(ref)}: *{what}*\n:hourglass: Planning started{who}."
     return _message(f"Planning {ref}", [_section(line)])
 
 

@@ -30,10 +30,10 @@ from pydantic import SecretStr
 from sqlalchemy.exc import IntegrityError
 
 from bot.alerts import recognise_webhook
-from bot.conversation import conversation_for
+from bot.conversation import Conversation
 from bot.errors import FixbotError
 from bot.models import Reference, RefKind
-from bot.workflow import PRIORITY_ERROR, Workflow
+from bot.workflow import PRIORITY_ERROR
 from storage.tables import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ APPROVE_COMMENT = re.compile(r"(?:^|\s)@fixbot\s+approve\b", re.IGNORECASE)
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def webhook_routes(workflow: Workflow) -> list[web.RouteDef]:
+def webhook_routes(conversation: Conversation) -> list[web.RouteDef]:
     """The three webhook routes, for `make_http_app`."""
-    hooks = Webhooks(workflow)
+    hooks = Webhooks(conversation)
     return [
         web.post("/webhooks/sentry", hooks.sentry),
         web.post("/webhooks/github", hooks.github),
@@ -58,10 +58,10 @@ def hmac_sha256(secret: str, body: bytes) -> str:
 
 
 class Webhooks:
-    def __init__(self, workflow: Workflow) -> None:
-        self.workflow = workflow
-        self.settings = workflow.settings
-        self.conversation = conversation_for(workflow)
+    def __init__(self, conversation: Conversation) -> None:
+        self.workflow = conversation.workflow
+        self.settings = conversation.workflow.settings
+        self.conversation = conversation
 
     # Sentry
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agents.ask import ASK_TOOL, ask_server
@@ -27,14 +27,14 @@ from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from agents.verify import Verification, verify_fix
 from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
-from bot import views
+from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard
 from bot.errors import InvalidTransition, NotAllowed, StepFailed
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
-from bot.models import ACTIVE, TRANSITIONS, Plan, Reference, RefKind, State
+from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
@@ -77,9 +77,6 @@ class Workflow:
         github: GitHubClient | None,
         jira: JiraClient | None,
         redactor: Redactor,
-        job_added: Callable[[], None] = lambda: None,
-        task_stopped: Callable[[int], None] = lambda task_id: None,
-        run_agent: Callable[..., Awaitable[StepResult]] = run_agent_step,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -91,9 +88,10 @@ class Workflow:
         self.github = github
         self.jira = jira
         self.redact = redactor
-        self.job_added = job_added
-        self.task_stopped = task_stopped  # cancels this replica's running step of a task at once
-        self.run_agent = run_agent
+        # Set by the worker pool of this process: wake idle workers for a new job; cancel a
+        # task's running step here at once (other replicas notice at their next heartbeat).
+        self.job_added: Callable[[], None] = lambda: None
+        self.task_stopped: Callable[[int], None] = lambda task_id: None
         # Republishes App Home, debounced, for people who opened it lately.
         self.home = HomeRefresher(self._publish_home_page)
 
@@ -181,7 +179,7 @@ class Workflow:
         )
         await self._close_plan(task, views.decision_note("Rejected", decision.user, _now()))
         await self._update_parent(task)
-        await self.workspaces_release(task, keep=False)
+        await self._remove_worktree(task)
         return task
 
     async def retry(self, decision: Decision) -> Task:
@@ -269,7 +267,7 @@ class Workflow:
                         detail=detail or {},
                     )
                 )
-                if to in views_finished() or to == State.FAILED:
+                if to in FINISHED or to == State.FAILED:
                     await self.queue.cancel_for_task(session, task_id)
                 if enqueue is not None:
                     JobQueue.enqueue(session, task_id, enqueue, task.priority)
@@ -300,7 +298,7 @@ class Workflow:
                 task.id, str(error), message=views.unmapped_project_message(error.project)
             )
         except StepFailed as error:
-            await self.fail(task.id, str(error), output=getattr(error, "output", None))
+            await self.fail(task.id, str(error), output=error.output)
 
     async def fail(
         self,
@@ -425,7 +423,7 @@ class Workflow:
 
         started = _now()
         try:
-            result = await self.run_agent(step, self.agent_env, on_event)
+            result = await run_agent_step(step, self.agent_env, on_event)
         except BaseException as error:
             await status.finish(
                 "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
@@ -469,6 +467,7 @@ class Workflow:
                     .values(cost_usd=Task.cost_usd + result.cost_usd)
                 )
                 task.cost_usd += result.cost_usd
+                metrics.AGENT_SPEND.labels(metrics.agent_label(step)).inc(result.cost_usd)
             session.add(run)
 
     # Side effects Fixbot does itself
@@ -570,16 +569,20 @@ class Workflow:
         token = self.settings.github_token
         await push(worktree, repo.clone_url, branch, token.get_secret_value() if token else None)
 
-    async def workspaces_release(self, task: Task, *, keep: bool) -> None:
-        """Remove a finished task's worktree (failed ones are kept for inspection)."""
-        if keep or task.branch is None or task.repo is None:
-            return
-        repo = self.settings.repo(task.repo)
-        if repo is None:
+    async def _remove_worktree(self, task: Task) -> None:
+        """Remove an ended task's worktree (failed tasks keep theirs for inspection)."""
+        if task.branch is None:
             return
         path = self.workspaces.worktree_path(task.branch)
         if path.exists():
             await self.workspaces.remove(Worktree(path, task.branch, task.base_commit or ""))
+
+    async def aclose(self) -> None:
+        """Cancel a pending Home republish and close the vendor clients."""
+        await self.home.aclose()
+        for service in (self.sources.sentry, self.github, self.jira):
+            if service is not None:
+                await service.aclose()
 
     async def publish_home(self, user: str, page: int = 0) -> None:
         """Publish the App Home dashboard for `user`, and keep it fresh while they look."""
@@ -674,12 +677,12 @@ class Workflow:
 
     async def task_in_thread(self, channel: str, thread_ts: str) -> Task | None:
         """The task whose thread this is (the newest, when an alert came back)."""
+        return await self._newest_task(Task.channel_id == channel, Task.thread_ts == thread_ts)
+
+    async def _newest_task(self, *conditions: ColumnElement[bool]) -> Task | None:
         async with self.sessions() as session:
             return await session.scalar(
-                select(Task)
-                .where(Task.channel_id == channel, Task.thread_ts == thread_ts)
-                .order_by(Task.id.desc())
-                .limit(1)
+                select(Task).where(*conditions).order_by(Task.id.desc()).limit(1)
             )
 
     async def take_reply(self, task: Task, user: str, text: str) -> None:
@@ -831,13 +834,7 @@ class Workflow:
             return bool(changed.rowcount)  # type: ignore[attr-defined]
 
     async def task_for_pull(self, repo: str, number: int) -> Task | None:
-        async with self.sessions() as session:
-            return await session.scalar(
-                select(Task)
-                .where(Task.repo == repo, Task.pr_number == number)
-                .order_by(Task.id.desc())
-                .limit(1)
-            )
+        return await self._newest_task(Task.repo == repo, Task.pr_number == number)
 
     async def pull_request_closed(self, task: Task, *, merged: bool, by: str | None) -> None:
         """The task's pull request was merged or closed: the thread is told."""
@@ -863,13 +860,11 @@ class VerificationFailed(StepFailed):
     """Fixbot's own red→green check did not hold; nothing was pushed."""
 
     def __init__(self, verification: Verification) -> None:
-        super().__init__(f"Verification failed: {verification.reason}. Nothing was pushed.")
         failing = verification.suite or verification.green or verification.red
-        self.output = failing.output if failing is not None else None
-
-
-def views_finished() -> set[State]:
-    return {State.DONE, State.REJECTED, State.CANCELLED, State.EXPIRED}
+        super().__init__(
+            f"Verification failed: {verification.reason}. Nothing was pushed.",
+            output=failing.output if failing is not None else None,
+        )
 
 
 def _already(state: State) -> str:
@@ -904,6 +899,3 @@ async def session_refresh(sessions: async_sessionmaker[AsyncSession], task: Task
         assert fresh is not None
         for column in Task.__table__.columns.keys():
             setattr(task, column, getattr(fresh, column))
-
-
-__all__ = ["Decision", "Workflow", "timedelta"]

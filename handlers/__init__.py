@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
+from bot.conversation import Conversation
 from bot.workflow import Workflow
 from handlers import actions, commands, home, messages
 
 
-def register(app: AsyncApp, workflow: Workflow) -> None:
+def register(app: AsyncApp, workflow: Workflow, conversation: Conversation) -> None:
     """Attach every listener to the Bolt app."""
     commands.register(app, workflow)
     actions.register(app, workflow)
     home.register(app, workflow)
-    messages.register(app, workflow)
+    messages.register(app, conversation)

@@ -7,8 +7,8 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.errors import FixbotError
 from bot.workflow import Decision, Workflow
+from handlers.answers import answering
 
 
 def register(app: AsyncApp, workflow: Workflow) -> None:
@@ -27,20 +27,12 @@ def _button(verb: Callable[[Decision], Awaitable[Any]]) -> Callable[..., Awaitab
         await ack()
         action = body["actions"][0]
         task_id, _, version = str(action.get("value", "")).partition(":")
-        try:
+        async with answering(respond, "That button does not belong to a task I know."):
             decision = Decision(
                 task_id=int(task_id),
                 user=body["user"]["id"],
                 plan_version=int(version) if version else None,
             )
             await verb(decision)
-        except ValueError:
-            await respond(
-                text="That button does not belong to a task I know.",
-                response_type="ephemeral",
-                replace_original=False,
-            )
-        except FixbotError as error:
-            await respond(text=str(error), response_type="ephemeral", replace_original=False)
 
     return on_click

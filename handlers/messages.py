@@ -10,15 +10,15 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from bot.conversation import conversation_for
+from bot.conversation import Conversation
 from bot.errors import FixbotError
-from bot.workflow import Workflow
+from handlers.answers import answering
 
 HUMAN_SUBTYPES = {None, "thread_broadcast"}
 
 
-def register(app: AsyncApp, workflow: Workflow) -> None:
-    conversation = conversation_for(workflow)
+def register(app: AsyncApp, conversation: Conversation) -> None:
+    workflow = conversation.workflow
 
     @app.event("message")
     async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -72,13 +72,5 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
     @app.action("plan_alert")
     async def plan_alert(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
-        try:
+        async with answering(respond, "That button does not belong to an alert I know."):
             await conversation.plan_alert(int(body["actions"][0]["value"]), body["user"]["id"])
-        except (ValueError, KeyError):
-            await respond(
-                text="That button does not belong to an alert I know.",
-                response_type="ephemeral",
-                replace_original=False,
-            )
-        except FixbotError as error:
-            await respond(text=str(error), response_type="ephemeral", replace_original=False)
