@@ -121,13 +121,12 @@ async def serve(settings: Settings) -> None:
     await migrate(engine)
     sessions = sessionmaker(engine)
     owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    queue = JobQueue(sessions, owner)
-    await queue.reclaim_expired()
+    queue = JobQueue(sessions, owner, lease=timedelta(seconds=settings.limits.job_lease_s))
 
     client = slack_client(settings)
     workflow = build_workflow(settings, sessions, queue, client)
     conversation = Conversation(workflow)
-    pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail)
+    pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail, workflow.sweep)
     workflow.job_added = pool.wake
     workflow.task_stopped = pool.cancel_task_jobs
 

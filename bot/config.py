@@ -52,6 +52,9 @@ class Limits(BaseModel):
     planning_timeout_s: float = Field(default=900, gt=0)
     execution_timeout_s: float = Field(default=2700, gt=0)
     plan_ttl_hours: float = Field(default=72, gt=0)
+    queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
+    job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
+    sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
 
 
 class McpServer(BaseModel):

@@ -24,11 +24,11 @@ from storage.tables import Job
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0  # how often idle workers look for jobs other replicas added
-HEARTBEAT_INTERVAL_S = 5.0
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
 
 JobRunner = Callable[[Job], Awaitable[None]]
+Sweep = Callable[[], Awaitable[None]]
 FailureHandler = Callable[[int, str], Awaitable[None]]
 
 
@@ -41,11 +41,15 @@ class WorkerPool:
         queue: JobQueue,
         run_job: JobRunner,
         on_failure: FailureHandler,
+        sweep: Sweep,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.run_job = run_job
         self.on_failure = on_failure
+        self.sweep = sweep
+        # Three heartbeats a lease: one lost renewal never costs a running job its lease.
+        self.heartbeat_interval_s = queue.lease.total_seconds() / 3
         self._wake = {"planning": asyncio.Event(), "execution": asyncio.Event()}
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
@@ -58,6 +62,7 @@ class WorkerPool:
                 self._workers.append(
                     asyncio.create_task(self._work(kind), name=f"worker-{kind}-{number}")
                 )
+        self._workers.append(asyncio.create_task(self._maintain(), name="maintenance"))
 
     def wake(self) -> None:
         """A job was added in this process: workers look now instead of at the next poll."""
@@ -163,9 +168,20 @@ class WorkerPool:
         log.warning("job %s: transient failure, retrying in %.0f s: %s", job.id, delay, error)
         await self.queue.retry_later(job.id, timedelta(seconds=delay), error)
 
+    async def _maintain(self) -> None:
+        """Take over jobs whose worker died (on any replica), and end stale work."""
+        while not self._stopping:
+            try:
+                if await self.queue.reclaim_expired():
+                    self.wake()
+                await self.sweep()
+            except Exception:
+                log.exception("maintenance failed; trying again later")
+            await asyncio.sleep(self.settings.limits.sweep_interval_s)
+
     async def _heartbeat(self, job: Job, step: asyncio.Task[None]) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            await asyncio.sleep(self.heartbeat_interval_s)
             try:
                 still_ours = await self.queue.heartbeat(job.id)
             except Exception:

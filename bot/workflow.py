@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
-from storage.queue import JobQueue
+from storage.queue import QUEUED, JobQueue
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,12 @@ class Workflow:
         """Run one claimed job to its end; failures end up in the thread, never in silence."""
         async with self.sessions() as session:
             task = await self._get(session, job.task_id)
+        if job.attempts > 1 and task.thread_ts is not None and not State(task.state).finished:
+            note = views.ended_message(
+                f":arrows_counterclockwise: The {job.kind} step was interrupted; "
+                f"running it again (attempt {job.attempts})."
+            )
+            await self.threads.post(task.channel_id, note, thread_ts=task.thread_ts)
         try:
             if job.kind == PLANNING:
                 await self._plan(task, job)
@@ -299,6 +305,49 @@ class Workflow:
             )
         except StepFailed as error:
             await self.fail(task.id, str(error), output=error.output)
+
+    async def sweep(self) -> None:
+        """End stale work: plans nobody approved in time, jobs that waited too long."""
+        limits = self.settings.limits
+        now = _now()
+        async with self.sessions() as session:
+            stale_plans = list(
+                await session.scalars(
+                    select(Task.id).where(
+                        Task.state == State.AWAITING_APPROVAL,
+                        Task.updated_at < now - timedelta(hours=limits.plan_ttl_hours),
+                    )
+                )
+            )
+            stale_jobs = list(
+                await session.scalars(
+                    select(Job.task_id).where(
+                        Job.status == QUEUED,
+                        Job.created_at < now - timedelta(hours=limits.queued_ttl_hours),
+                    )
+                )
+            )
+        for task_id in stale_plans:
+            try:
+                task = await self.transition(task_id, State.EXPIRED, actor="fixbot")
+            except InvalidTransition:
+                continue  # decided on meanwhile
+            await self._close_plan(task, views.decision_note("Expired", None, now))
+            hours = f"{limits.plan_ttl_hours:g}"
+            await self.threads.post(
+                task.channel_id,
+                views.ended_message(
+                    f":hourglass: The plan was not approved within {hours} h and expired. "
+                    "`/fix` starts the task again."
+                ),
+                thread_ts=task.thread_ts,
+            )
+            await self._update_parent(task)
+        for task_id in stale_jobs:
+            await self.fail(
+                task_id,
+                f"The step waited in the queue for more than {limits.queued_ttl_hours:g} h.",
+            )
 
     async def fail(
         self,

@@ -51,6 +51,7 @@ per HTTP request of any kind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -62,12 +63,14 @@ from aiohttp import web
 __all__ = [
     "Failure",
     "LoggedRequest",
+    "Pause",
     "Script",
     "ScriptedModel",
     "Text",
     "ToolUse",
     "Turn",
     "overloaded",
+    "pause",
     "rate_limited",
     "structured",
     "text",
@@ -106,7 +109,14 @@ class Failure:
     times: int | None = 1
 
 
-Block = Text | ToolUse
+@dataclass(frozen=True)
+class Pause:
+    """Not a block: the model takes this long before it answers the turn (a slow model)."""
+
+    seconds: float
+
+
+Block = Text | ToolUse | Pause
 Turn = Sequence[Block] | Failure
 
 
@@ -123,6 +133,11 @@ def tool(name: str, input: Mapping[str, Any]) -> ToolUse:
 def structured(data: Mapping[str, Any]) -> ToolUse:
     """The structured answer of a step run with an output schema (the CLI's tool for it)."""
     return ToolUse(STRUCTURED_OUTPUT_TOOL, dict(data))
+
+
+def pause(seconds: float) -> Pause:
+    """Put in a turn to make the model answer it only after ``seconds``."""
+    return Pause(seconds)
 
 
 def overloaded(times: int | None = 1) -> Failure:
@@ -201,7 +216,8 @@ class ScriptedModel:
     async def __aenter__(self) -> ScriptedModel:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A paused answer must not hold up shutdown: handlers still running get 1 s.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -307,12 +323,16 @@ class ScriptedModel:
     async def _answer(
         self, request: web.Request, body: dict[str, Any], blocks: Sequence[Block]
     ) -> web.StreamResponse:
+        delay = sum(block.seconds for block in blocks if isinstance(block, Pause))
+        if delay:
+            await asyncio.sleep(delay)
+        answered = [block for block in blocks if not isinstance(block, Pause)]
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         model = str(body.get("model", "claude-scripted"))
         input_tokens = _estimate_tokens(body)
-        content = [_content_block(block) for block in blocks]
+        content = [_content_block(block) for block in answered]
         output_tokens = max(1, len(json.dumps(content)) // 4)
-        stop_reason = "tool_use" if any(isinstance(b, ToolUse) for b in blocks) else "end_turn"
+        stop_reason = "tool_use" if any(isinstance(b, ToolUse) for b in answered) else "end_turn"
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -343,12 +363,14 @@ def _normalise_turn(turn: Turn) -> Turn:
     if len(blocks) == 1 and isinstance(blocks[0], Failure):
         return blocks[0]
     for block in blocks:
-        if not isinstance(block, Text | ToolUse):
-            raise TypeError(f"a turn holds text(), tool() or structured() blocks, not {block!r}")
+        if not isinstance(block, Text | ToolUse | Pause):
+            raise TypeError(
+                f"a turn holds text(), tool(), structured() or pause() blocks, not {block!r}"
+            )
     return blocks
 
 
-def _content_block(block: Block) -> dict[str, Any]:
+def _content_block(block: Text | ToolUse) -> dict[str, Any]:
     if isinstance(block, Text):
         return {"type": "text", "text": block.text}
     return {

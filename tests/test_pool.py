@@ -1,0 +1,185 @@
+"""The job pool end to end: cancel, timeout, budget, stale work and crash recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from fakes.anthropic import pause, structured, text, tool
+from test_core_loop import (
+    TITLE,
+    buttons,
+    message,
+    script_execution,
+    script_planning,
+    start_plan,
+    thread_texts,
+)
+from world import CHANNEL, World, plan_data, seed_sentry_issue
+
+from agents.workspace import branch_name
+
+EXECUTION_MATCH = "Implement the approved plan for SHOP-1"
+
+
+def claude_processes(root_pid: int) -> list[int]:
+    """Claude Code processes descended from `root_pid` (the app)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root_pid:
+                return True
+        return False
+
+    return [pid for pid, command in commands.items() if "claude" in command and descends(pid)]
+
+
+async def start_slow_planning(world: World) -> str:
+    """/fix with a model that takes 30 s over its first answer; returns the thread ts."""
+    seed_sentry_issue(world)
+    world.model.script([[pause(30), structured(plan_data())]], match="Plan a fix for SHOP-1")
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    await world.slack.wait_for(
+        lambda: any("Planning" in m["text"] for m in world.slack.thread(CHANNEL, parent["ts"])[1:])
+    )
+    assert world.process is not None
+    await world.slack.wait_for(lambda: claude_processes(world.process.pid), what="Claude Code")
+    return str(parent["ts"])
+
+
+async def test_cancel_stops_a_running_step_within_5_s(world: World) -> None:
+    thread_ts = await start_slow_planning(world)
+    assert world.process is not None
+    started = time.monotonic()
+    await world.slack.mention(CHANNEL, "<@UFIXBOT> cancel", user="UBOB01", thread_ts=thread_ts)
+    await world.slack.wait_for(
+        lambda: not claude_processes(world.process.pid), timeout=5, what="no Claude Code left"
+    )
+    stopped_after = time.monotonic() - started
+    texts = [m["text"] for m in world.slack.thread(CHANNEL, thread_ts)]
+    assert any("Cancelled by <@UBOB01>" in text for text in texts)
+    await world.slack.wait_for(
+        lambda: any(
+            "cancelled" in m["text"].lower() and "Planning" in m["text"]
+            for m in world.slack.thread(CHANNEL, thread_ts)[1:]
+        ),
+        what="the status message's final edit",
+    )
+    assert stopped_after < 5
+
+
+async def test_a_step_past_its_timeout_is_stopped_and_reported(world: World) -> None:
+    world.config["limits"]["planning_timeout_s"] = 3
+    thread_ts = await start_slow_planning(world)
+    assert world.process is not None
+    failure = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
+        ),
+        timeout=15,
+        what="the timeout report",
+    )
+    assert "ran past its 3 s limit" in failure["text"]
+    await world.slack.wait_for(lambda: not claude_processes(world.process.pid), timeout=5)
+
+
+async def test_a_step_that_reaches_the_task_budget_stops_and_says_so(world: World) -> None:
+    world.config["limits"]["task_budget_usd"] = 0.01
+    seed_sentry_issue(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
+    world.model.script(
+        [
+            [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
+            [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
+            [structured(plan_data())],
+        ],
+        match="Plan a fix for SHOP-1",
+    )
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    failure = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, parent["ts"]) if "Retry" in buttons(m)), None
+        ),
+        timeout=30,
+        what="the budget report",
+    )
+    assert "budget of $0.01" in failure["text"]
+    assert not any(buttons(m)[:1] == ["Approve"] for m in world.slack.thread(CHANNEL, parent["ts"]))
+
+
+async def test_an_unapproved_plan_expires(world: World) -> None:
+    world.config["limits"].update(plan_ttl_hours=0.0005, sweep_interval_s=0.5)  # 1.8 s
+    seed_sentry_issue(world)
+    script_planning(world)
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+    await world.slack.wait_for(
+        lambda: any("expired" in t for t in thread_texts(world, thread_ts)), timeout=15
+    )
+    assert buttons(message(world, thread_ts, plan["ts"])) == []
+    assert "Expired" in world.slack.thread(CHANNEL, thread_ts)[0]["text"]
+
+
+async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(world: World) -> None:
+    world.config["concurrency"] = {"planning": 1, "execution": 1}
+    world.config["limits"].update(queued_ttl_hours=0.0005, sweep_interval_s=0.5)
+    thread_ts = await start_slow_planning(world)
+    await world.slack.slash_command("SHOP-2")
+    second = await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2])
+    failure = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, second[0]["ts"]) if "Retry" in buttons(m)),
+            None,
+        ),
+        timeout=15,
+    )
+    assert "waited in the queue" in failure["text"]
+    assert not any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
+
+
+async def test_kill_9_mid_execution_then_restart_ends_with_one_pull_request(
+    world: World,
+) -> None:
+    world.config["limits"].update(job_lease_s=2, sweep_interval_s=0.5)
+    seed_sentry_issue(world)
+    script_planning(world)
+    doomed = world.model.script([[pause(30), text("never answered")]], match=EXECUTION_MATCH)
+    script_execution(world)
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    assert world.process is not None
+    await world.slack.wait_for(lambda: doomed.served, what="the execution step asking the model")
+    os.killpg(world.process.pid, signal.SIGKILL)  # the app and its Claude Code, as a crash does
+    await world.stop_app()
+
+    restarted = time.monotonic()
+    await world.start_app()
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
+        timeout=60,
+        what="the pull request after the restart",
+    )
+    recovery_s = time.monotonic() - restarted
+    assert any("interrupted" in t for t in thread_texts(world, thread_ts))
+    assert len(world.github.pulls("acme/shop")) == 1
+    assert not world.github.pulls("acme/shop")[0].draft
+    print(f"recovered after kill -9 in {recovery_s:.1f} s")
