@@ -46,6 +46,7 @@ from bot.webhooks import webhook_routes
 from bot.workflow import Workflow
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.queue import JobQueue
+from storage.sessions import DatabaseSessionStore
 
 log = logging.getLogger("fixbot")
 
@@ -96,10 +97,16 @@ def build_workflow(
     )
     agent_env = AgentEnvironment(
         home=settings.agent_home,
+        session_store=DatabaseSessionStore(sessions),
         cli_path=settings.claude_cli_path,
         anthropic_api_key=_secret(settings.anthropic_api_key),
         oauth_token=_secret(settings.claude_code_oauth_token),
         base_url=settings.anthropic_base_url,
+        extra=(
+            {"CLAUDE_CODE_MAX_RETRIES": str(settings.claude_code_max_retries)}
+            if settings.claude_code_max_retries is not None
+            else {}
+        ),
     )
     return Workflow(
         settings,

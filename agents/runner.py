@@ -42,11 +42,12 @@ from claude_agent_sdk import (
     PermissionResultAllow,
     PermissionResultDeny,
     ResultMessage,
+    SystemMessage,
     TextBlock,
     ToolPermissionContext,
     ToolUseBlock,
 )
-from claude_agent_sdk.types import PermissionResult, SdkPluginConfig
+from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
 from bot.errors import FixbotError
 
@@ -132,6 +133,8 @@ class AgentEnvironment:
     oauth_token: str | None = field(default=None, repr=False)
     base_url: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. CLAUDE_CODE_MAX_RETRIES
+    # Where transcripts are mirrored and resumed from, so any replica can resume a session.
+    session_store: SessionStore | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,20 @@ class AgentPermanentError(AgentError):
 
 
 EventHandler = Callable[[AgentEvent], Awaitable[None]]
+SessionHandler = Callable[[str], Awaitable[None]]
 
 
 async def run_agent_step(
-    step: AgentStep, env: AgentEnvironment, on_event: EventHandler | None = None
+    step: AgentStep,
+    env: AgentEnvironment,
+    on_event: EventHandler | None = None,
+    on_session: SessionHandler | None = None,
 ) -> StepResult:
     """Run `step` to its end and report how it went.
 
-    Cancelling the awaiting task interrupts Claude Code and ends its process.
+    `on_session` is awaited once with the session id as soon as Claude Code reports it,
+    so a caller can record a running step's session. Cancelling the awaiting task
+    interrupts Claude Code and ends its process.
     """
     stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES_KEPT)
     options = _options(step, env, stderr_tail.append)
@@ -191,11 +200,17 @@ async def run_agent_step(
     client = ClaudeSDKClient(options)
     result: ResultMessage | None = None
     last_text = ""
+    session_reported = False
     try:
         await client.connect()
         await client.query(step.prompt)
         async for message in client.receive_response():
-            if isinstance(message, AssistantMessage):
+            if isinstance(message, SystemMessage) and message.subtype == "init":
+                session_id = message.data.get("session_id")
+                if on_session is not None and session_id and not session_reported:
+                    session_reported = True
+                    await on_session(str(session_id))
+            elif isinstance(message, AssistantMessage):
                 last_text = await _report(message, step.cwd, on_event) or last_text
             elif isinstance(message, ResultMessage):
                 result = message
@@ -232,6 +247,9 @@ def agent_env(env: AgentEnvironment, inherited: Mapping[str, str] | None = None)
     variables.update(
         {
             "HOME": str(env.home),
+            # Named outright (the CLI's default under HOME) so that the SDK, which reads it
+            # from here, finds the transcripts the CLI writes and mirrors them to the store.
+            "CLAUDE_CONFIG_DIR": str(env.home / ".claude"),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
             "ANTHROPIC_API_KEY": env.anthropic_api_key or "",
@@ -314,6 +332,10 @@ def _options(
         max_budget_usd=step.max_budget_usd,
         max_turns=step.max_turns,
         resume=step.resume_session_id,
+        session_store=env.session_store,
+        # Every transcript line reaches the store as it is written, not at the end of the
+        # step: a replica that dies mid-step leaves a session another can resume.
+        session_store_flush="eager",
         model=step.model,
         stderr=on_stderr,
     )

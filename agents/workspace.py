@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import os
 import re
 import signal
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -205,12 +206,14 @@ def _slug(text: str) -> str:
 
 
 class Workspaces:
-    """Mirrors under `root/mirrors`, task worktrees under `root/tasks`."""
+    """Mirrors under `root/mirrors`, task worktrees under `root/tasks`, and under
+    `root/locks` the file locks that keep replicas sharing `root` off each other's git."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.mirrors = self.root / "mirrors"
         self.tasks = self.root / "tasks"
+        self.locks = self.root / "locks"
         self._locks: dict[Path, asyncio.Lock] = {}
 
     def mirror_path(self, repo: RepoConfig) -> Path:
@@ -288,8 +291,14 @@ class Workspaces:
                 await git("worktree", "prune", cwd=mirror)
         return removed
 
-    def _lock(self, mirror: Path) -> asyncio.Lock:
-        return self._locks.setdefault(mirror, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, mirror: Path) -> AsyncIterator[None]:
+        """The mirror to ourselves: tasks here queue on an asyncio lock, and replicas that
+        share the work folder (one volume, as in docker-compose.yml) on a file lock."""
+        async with self._locks.setdefault(mirror, asyncio.Lock()):
+            self.locks.mkdir(parents=True, exist_ok=True)
+            async with _file_lock(self.locks / f"{mirror.name}.lock"):
+                yield
 
     def _all_mirrors(self) -> list[Path]:
         if not self.mirrors.is_dir():
@@ -337,6 +346,26 @@ class Workspaces:
         await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
         await remove_tree(path)
         await git("worktree", "prune", cwd=mirror)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path, timeout: float = NETWORK_TIMEOUT) -> AsyncIterator[None]:  # noqa: ASYNC109
+    """An exclusive flock on `path`, polled so the event loop never blocks; the kernel
+    releases it when its holder dies, so a killed replica never leaves it held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GitError(f"{path} stayed locked for {timeout:g} s") from None
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 async def _worktree_branches(mirror: Path) -> dict[Path, str | None]:

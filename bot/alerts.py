@@ -42,6 +42,7 @@ class SentryAlert:
     title: str | None = None
     project: str | None = None
     regressed: bool = False
+    level: str | None = None  # fatal, error, warning…, when the alert says
 
     @property
     def key(self) -> str:
@@ -84,6 +85,7 @@ def recognise_webhook(payload: Mapping[str, Any]) -> SentryAlert | None:
         title=str(issue.get("title") or "") or None,
         project=str(project.get("slug")) if isinstance(project, Mapping) else None,
         regressed=regressed,
+        level=str(issue.get("level") or "") or None,
     )
 
 

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     claude_code_oauth_token: SecretStr | None = None
     anthropic_base_url: str | None = None
     claude_cli_path: str | None = None
+    # How often Claude Code itself retries an overloaded or rate-limited API before the
+    # step fails and Fixbot's own backoff takes over (None: Claude Code's default, 10).
+    claude_code_max_retries: int | None = Field(default=None, ge=0)
     log_format: str = Field("json", pattern="^(json|console)$")
 
     # From fixbot.yml.

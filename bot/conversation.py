@@ -23,7 +23,7 @@ from bot.alerts import SentryAlert, recognise_message
 from bot.errors import BadReference, FixbotError, InvalidTransition
 from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD
-from bot.workflow import PRIORITY_ERROR, PRIORITY_URGENT, Decision, Workflow
+from bot.workflow import PRIORITY_URGENT, Decision, Workflow, priority_for_level
 from storage.tables import Alert, Task
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Conversation:
             channel=row.channel_id,
             thread_ts=row.message_ts,
             user=user,
-            priority=PRIORITY_URGENT if user else PRIORITY_ERROR,
+            priority=PRIORITY_URGENT if user else priority_for_level(alert.level),
         )
         await self._save_alert(row.id, task_id=task.id)
         if row.offer_ts:

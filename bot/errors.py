@@ -1,5 +1,7 @@
 """Fixbot's named errors. Each carries the sentence a person should see."""
 
+from datetime import datetime
+
 
 class FixbotError(Exception):
     """Base of every error Fixbot expects; `str(error)` is fit to show a person."""
@@ -19,6 +21,14 @@ class NotAllowed(FixbotError):
 
 class InvalidTransition(FixbotError):
     """The task is not in a state where this can happen (a second click, a finished task)."""
+
+
+class DailyBudgetReached(FixbotError):
+    """Today's agent spend reached the daily budget; work waits until `until`."""
+
+    def __init__(self, message: str, *, until: datetime) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class StepFailed(FixbotError):

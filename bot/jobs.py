@@ -18,6 +18,7 @@ from datetime import timedelta
 from agents.runner import AgentTransientError
 from bot import logs, metrics
 from bot.config import Settings
+from bot.errors import DailyBudgetReached
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
 
@@ -134,6 +135,9 @@ class WorkerPool:
                 job.task_id,
                 f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped.",
             )
+        except DailyBudgetReached as wait:
+            counted.ended("waiting")
+            await self.queue.postpone(job.id, wait.until)
         except AgentTransientError as error:
             counted.ended("failed", "agent_transient")
             await self._retry_or_fail(job, str(error))

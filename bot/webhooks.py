@@ -33,7 +33,7 @@ from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
 from bot.errors import FixbotError
 from bot.models import Reference, RefKind
-from bot.workflow import PRIORITY_ERROR
+from bot.workflow import PRIORITY_OTHER
 from storage.tables import WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Webhooks:
         url = f"{base.rstrip('/')}/browse/{key}" if base else None
         ref = Reference(RefKind.JIRA, key, url=url, repo=repo.name)
         await self.workflow.create_task(
-            ref, channel=self.settings.alert_channels[0], user=None, priority=PRIORITY_ERROR
+            ref, channel=self.settings.alert_channels[0], user=None, priority=PRIORITY_OTHER
         )
         return _ok()
 

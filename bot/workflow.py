@@ -9,6 +9,7 @@ coroutine, so any replica can run any step and a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,8 +30,8 @@ from agents.verify import Verification, verify_fix
 from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
-from bot.dashboard import HomeRefresher, load_dashboard
-from bot.errors import InvalidTransition, NotAllowed, StepFailed
+from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
+from bot.errors import DailyBudgetReached, InvalidTransition, NotAllowed, StepFailed
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
@@ -45,11 +46,23 @@ from storage.tables import AgentRun, Job, Question, Task, TaskEvent
 log = logging.getLogger(__name__)
 
 PLANNING, EXECUTION = "planning", "execution"
+RUNNING = "running"  # an agent_runs outcome while the step runs
+RESUME_PROMPT = (
+    "Fixbot was interrupted while you worked on this step. Continue from where you "
+    "stopped: check what is already done (files, test runs) and finish the step."
+)
 QUESTION_POLL_S = 0.5  # how often a waiting agent question looks for an answer
 SKILLS = Path(__file__).resolve().parent.parent / "skills"
 
 # Lower runs first: manual requests and fatal alerts, then errors, then the rest.
 PRIORITY_URGENT, PRIORITY_ERROR, PRIORITY_OTHER = 0, 1, 2
+
+
+def priority_for_level(level: str | None) -> int:
+    """An alert's priority from Sentry's level; an alert with no level counts as an error."""
+    if level == "fatal":
+        return PRIORITY_URGENT
+    return PRIORITY_ERROR if level in (None, "error") else PRIORITY_OTHER
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,10 @@ class Workflow:
                     )
                 )
                 if to in FINISHED or to == State.FAILED:
-                    await self.queue.cancel_for_task(session, task_id)
+                    # DONE and FAILED come from the task's own step, which must live on to
+                    # tell the thread; its heartbeat would stop it if its job were cancelled.
+                    running = to not in (State.DONE, State.FAILED)
+                    await self.queue.cancel_for_task(session, task_id, running=running)
                 if enqueue is not None:
                     JobQueue.enqueue(session, task_id, enqueue, task.priority)
                 break
@@ -287,11 +303,17 @@ class Workflow:
         async with self.sessions() as session:
             task = await self._get(session, job.task_id)
         if job.attempts > 1 and task.thread_ts is not None and not State(task.state).finished:
+            why = (
+                f"failed for a passing reason ({views.escape(job.last_error[:200])})"
+                if job.last_error
+                else "was interrupted"
+            )
             note = views.ended_message(
-                f":arrows_counterclockwise: The {job.kind} step was interrupted; "
+                f":arrows_counterclockwise: The {job.kind} step {why}; "
                 f"running it again (attempt {job.attempts})."
             )
             await self.threads.post(task.channel_id, note, thread_ts=task.thread_ts)
+        await self._check_daily_budget(task)
         try:
             if job.kind == PLANNING:
                 await self._plan(task, job)
@@ -305,6 +327,23 @@ class Workflow:
             )
         except StepFailed as error:
             await self.fail(task.id, str(error), output=error.output)
+
+    async def _check_daily_budget(self, task: Task) -> None:
+        """A step may not start once today's spend reached the daily budget: it waits."""
+        budget = self.settings.limits.daily_budget_usd
+        today = start_of_day(_now())
+        async with self.sessions() as session:
+            spent = await spend_since(session, today)
+        if spent < budget:
+            return
+        until = today + timedelta(days=1)
+        reason = (
+            f"Today's agent spend ({views.fmt_cost(spent)}) reached the daily budget of "
+            f"{views.fmt_cost(budget)}; this step waits until {until:%H:%M} UTC."
+        )
+        note = views.ended_message(f":moneybag: {reason}")
+        await self.threads.post(task.channel_id, note, thread_ts=task.thread_ts)
+        raise DailyBudgetReached(reason, until=until)
 
     async def sweep(self) -> None:
         """End stale work: plans nobody approved in time, jobs that waited too long."""
@@ -464,29 +503,76 @@ class Workflow:
         """Run an agent step behind a live status message, and record it in agent_runs."""
         assert task.thread_ts is not None
         step = self._with_ask_tool(task, step)
-        status = StatusMessage(self.threads, task.channel_id, task.thread_ts, label)
-        await status.start()
+        # The step takes over the message already there: its place in the queue, or the
+        # status of a run that a crash interrupted. A finished step's status stays as it is.
+        status = StatusMessage(
+            self.threads, task.channel_id, task.thread_ts, label, ts=task.status_message_ts
+        )
+        await self._save(task, status_message_ts=await status.start())
 
         async def on_event(event: AgentEvent) -> None:
             await status.show(event.summary, event.cost_usd)
 
         started = _now()
+        interrupted = await self._interrupted_session(job)
+        if interrupted is not None:
+            step = dataclasses.replace(step, prompt=RESUME_PROMPT, resume_session_id=interrupted)
+        run_id: int | None = None
+
+        async def on_session(session_id: str) -> None:
+            # On record while it runs, so that after a crash any replica can resume it.
+            nonlocal run_id
+            async with self.sessions.begin() as session:
+                run = AgentRun(
+                    task_id=task.id,
+                    job_id=job.id,
+                    step=step.name,
+                    session_id=session_id,
+                    outcome=RUNNING,
+                    started_at=started,
+                )
+                session.add(run)
+                await session.flush()
+                run_id = run.id
+
         try:
-            result = await run_agent_step(step, self.agent_env, on_event)
+            result = await run_agent_step(step, self.agent_env, on_event, on_session)
         except BaseException as error:
             await status.finish(
                 "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
             )
-            await self._record_run(task, job, step.name, None, started, error=str(error))
+            # A failed resume is not tried again: the next attempt starts the step afresh.
+            await self._record_run(task, job, step.name, None, started, str(error), run_id)
+            await self._save(task, status_message_ts=None)
             raise
-        await self._record_run(task, job, step.name, result, started)
-        await status.finish(_outcome_words(result.outcome), task.cost_usd + result.cost_usd)
+        await self._record_run(task, job, step.name, result, started, run_id=run_id)
+        await status.finish(_outcome_words(result.outcome), task.cost_usd)
+        await self._save(task, status_message_ts=None)
         if result.outcome == "error_max_budget":
             raise StepFailed(
                 f"The step reached the task budget of ${self.settings.limits.task_budget_usd:.2f} "
                 "and stopped."
             )
         return result
+
+    async def _interrupted_session(self, job: Job) -> str | None:
+        """The Claude Code session this job was running when its worker died, if any.
+
+        Its run is marked interrupted: a session is resumed once, then started afresh.
+        """
+        if job.attempts <= 1:
+            return None
+        async with self.sessions.begin() as session:
+            run = await session.scalar(
+                select(AgentRun)
+                .where(AgentRun.job_id == job.id, AgentRun.outcome == RUNNING)
+                .order_by(AgentRun.id.desc())
+                .limit(1)
+            )
+            if run is None:
+                return None
+            run.outcome = "interrupted"
+            return run.session_id
 
     async def _record_run(
         self,
@@ -496,9 +582,13 @@ class Workflow:
         result: StepResult | None,
         started: datetime,
         error: str | None = None,
+        run_id: int | None = None,
     ) -> None:
+        """How a step ended, on its `running` row when it has one."""
         async with self.sessions.begin() as session:
-            run = AgentRun(task_id=task.id, job_id=job.id, step=step, started_at=started)
+            run = (await session.get(AgentRun, run_id)) if run_id is not None else None
+            if run is None:
+                run = AgentRun(task_id=task.id, job_id=job.id, step=step, started_at=started)
             if result is None:
                 run.outcome, run.error = "error", error
             else:
@@ -651,12 +741,15 @@ class Workflow:
         if not task.context:
             ref = Reference(RefKind(task.ref_kind), task.ref_key, task.ref_url, task.repo)
             context = await self.sources.resolve(ref)
+            # An alert nobody asked for takes the priority of its level from now on.
+            priority = task.priority if task.requested_by else priority_for_level(context.level)
             task = await self._save(
                 task,
                 title=context.title,
                 repo=context.repo,
                 ref_url=context.url,
                 context=context.text,
+                priority=priority,
             )
             await self._update_parent(task)
         return task, self._repo(task)

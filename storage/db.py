@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Replicas that start together migrate one at a time: the first upgrades, the rest find
+# the schema current. Any fixed number works; this one spells "FIXB".
+MIGRATION_LOCK_KEY = 0x46495842
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -47,6 +50,10 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema up to the newest Alembic revision."""
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas share PostgreSQL, not SQLite
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await connection.run_sync(_upgrade)
 
 

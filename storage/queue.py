@@ -8,7 +8,7 @@ and takes it only if it is still queued, so two workers can never both own a job
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -99,6 +99,21 @@ class JobQueue:
                 )
             )
 
+    async def postpone(self, job_id: int, until: datetime) -> None:
+        """Put a job back until `until` without counting the claim as an attempt."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status=QUEUED,
+                    run_after=until,
+                    attempts=Job.attempts - 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+
     async def reclaim_expired(self) -> int:
         """Requeue running jobs whose owner stopped renewing its lease."""
         async with self.sessions.begin() as session:
@@ -109,11 +124,15 @@ class JobQueue:
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    async def cancel_for_task(self, session: AsyncSession, task_id: int) -> None:
-        """Cancel a task's queued or running jobs inside the caller's transaction."""
+    async def cancel_for_task(
+        self, session: AsyncSession, task_id: int, *, running: bool = True
+    ) -> None:
+        """Cancel a task's queued jobs, and unless `running` is False its running ones,
+        inside the caller's transaction (a running job's heartbeat then stops its step)."""
+        statuses = [QUEUED, RUNNING] if running else [QUEUED]
         await session.execute(
             update(Job)
-            .where(Job.task_id == task_id, Job.status.in_([QUEUED, RUNNING]))
+            .where(Job.task_id == task_id, Job.status.in_(statuses))
             .values(status=CANCELLED, finished_at=utcnow())
         )
 

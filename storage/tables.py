@@ -171,3 +171,27 @@ class WebhookDelivery(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("source", "delivery_id", name="uq_webhook_delivery"),)
+
+
+class SessionEntry(Base):
+    """One line of a Claude Code session transcript, mirrored through the SDK's SessionStore.
+
+    `subpath` is '' for the main transcript and e.g. 'subagents/agent-1' for a subagent's;
+    `seq` orders the lines of one transcript.
+    """
+
+    __tablename__ = "session_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_key: Mapped[str] = mapped_column(String(255))
+    session_id: Mapped[str] = mapped_column(String(200))
+    subpath: Mapped[str] = mapped_column(String(255), default="")
+    seq: Mapped[int] = mapped_column(Integer)
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "project_key", "session_id", "subpath", "seq", name="uq_session_entries_seq"
+        ),
+    )

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
-from fakes.anthropic import pause, structured, text, tool
+from fakes.anthropic import overloaded, pause, structured, text, tool
 from test_core_loop import (
     TITLE,
     buttons,
     message,
-    script_execution,
     script_planning,
     start_plan,
     thread_texts,
 )
-from world import CHANNEL, World, plan_data, seed_sentry_issue
+from world import CHANNEL, FIXED_PRICING, NEW_TEST, World, plan_data, seed_sentry_issue
 
 from agents.workspace import branch_name
+from bot.jobs import BACKOFF_BASE_S
 
 EXECUTION_MATCH = "Implement the approved plan for SHOP-1"
 
@@ -161,13 +162,36 @@ async def test_kill_9_mid_execution_then_restart_ends_with_one_pull_request(
     world.config["limits"].update(job_lease_s=2, sweep_interval_s=0.5)
     seed_sentry_issue(world)
     script_planning(world)
-    doomed = world.model.script([[pause(30), text("never answered")]], match=EXECUTION_MATCH)
-    script_execution(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
+    test_command = world.config["repos"][0]["test_command"]
+    doomed = world.model.script(
+        [
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+                )
+            ],
+            [pause(30), text("never answered: the app dies first")],
+            # The restarted app resumes the same Claude Code session from the database.
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
+                )
+            ],
+            [tool("Bash", {"command": test_command})],
+            [text("Done.")],
+        ],
+        match=EXECUTION_MATCH,
+    )
     await world.start_app()
     thread_ts, plan = await start_plan(world)
     await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
     assert world.process is not None
-    await world.slack.wait_for(lambda: doomed.served, what="the execution step asking the model")
+    await world.slack.wait_for(
+        lambda: doomed.served == 2, what="the execution step one turn in, waiting on the model"
+    )
     os.killpg(world.process.pid, signal.SIGKILL)  # the app and its Claude Code, as a crash does
     await world.stop_app()
 
@@ -180,6 +204,77 @@ async def test_kill_9_mid_execution_then_restart_ends_with_one_pull_request(
     )
     recovery_s = time.monotonic() - restarted
     assert any("interrupted" in t for t in thread_texts(world, thread_ts))
+    runs = sqlite3.connect(world.root / "fixbot.db").execute(
+        "select outcome, session_id from agent_runs where step = 'execution' order by id"
+    )
+    (first, first_session), (second, second_session) = runs.fetchall()
+    assert (first, second) == ("interrupted", "success")
+    assert first_session == second_session == doomed.session_id
     assert len(world.github.pulls("acme/shop")) == 1
     assert not world.github.pulls("acme/shop")[0].draft
     print(f"recovered after kill -9 in {recovery_s:.1f} s")
+
+
+async def test_a_task_waits_once_the_daily_budget_is_spent(world: World) -> None:
+    world.config["limits"]["daily_budget_usd"] = 0.1  # one scripted planning step costs more
+    seed_sentry_issue(world)
+    seed_sentry_issue(world, "SHOP-2")
+    script_planning(world)
+    await world.start_app()
+    first_ts, _ = await start_plan(world)
+    await world.slack.slash_command("SHOP-2")
+    second = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2]))[0]
+    note = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, second["ts"]) if "daily budget" in m["text"]),
+            None,
+        )
+    )
+    assert "waits until 00:00 UTC" in note["text"]
+    assert len(world.model.scripts) == 1 and world.model.unexpected == []
+    assert not any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"]))
+    assert any(buttons(m) for m in world.slack.thread(CHANNEL, first_ts))
+
+
+async def test_an_overloaded_model_is_retried_with_backoff(world: World) -> None:
+    world.env["CLAUDE_CODE_MAX_RETRIES"] = "1"  # Claude Code gives up fast; Fixbot backs off
+    seed_sentry_issue(world)
+    world.model.script([overloaded(times=None)], match="Plan a fix for SHOP-1")
+    script_planning(world)
+    await world.start_app()
+    started = time.monotonic()
+    thread_ts, plan = await start_plan(world)
+    waited = time.monotonic() - started
+    texts = thread_texts(world, thread_ts)
+    assert any("passing reason" in t and "attempt 2" in t for t in texts), texts
+    assert buttons(plan)[:2] == ["Approve", "Reject"]
+    assert waited >= BACKOFF_BASE_S / 2  # the first retry waits 2.5–5 s (jitter)
+    print(f"plan after one 529 failure and backoff: {waited:.1f} s")
+
+
+async def test_a_waiting_task_shows_its_place_and_the_same_message_shows_its_start(
+    world: World,
+) -> None:
+    world.config["concurrency"] = {"planning": 1, "execution": 1}
+    seed_sentry_issue(world)
+    seed_sentry_issue(world, "SHOP-2")
+    world.model.script([[pause(3), structured(plan_data())]], match="Plan a fix for SHOP-1")
+    world.model.script([[structured(plan_data())]], match="Plan a fix for SHOP-2")
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1])
+    await world.slack.slash_command("SHOP-2")
+    second = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2]))[0]
+    queued = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, second["ts"]) if "1 ahead" in m["text"]), None
+        )
+    )
+    await world.slack.wait_for(
+        lambda: "Planning" in message(world, second["ts"], queued["ts"])["text"],
+        timeout=20,
+        what="the queued message turned into the step's status",
+    )
+    await world.slack.wait_for(
+        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"])), timeout=20
+    )

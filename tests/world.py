@@ -111,8 +111,8 @@ class World:
     origin: Path
     env: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # by replica
+    log_paths: dict[int, Path] = field(default_factory=dict)  # each replica's latest log
 
     @property
     def workdir(self) -> Path:
@@ -121,40 +121,63 @@ class World:
     def worktree(self, branch: str) -> Path:
         return self.workdir / "tasks" / branch.replace("/", "__")
 
-    async def start_app(self, *, wait: bool = True) -> None:
-        """Start `python app.py` with this world's settings, as a person would."""
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The app's process (replica 0), while it runs."""
+        return self.processes.get(0)
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log_paths.get(0)
+
+    async def start_app(self, *, wait: bool = True, replica: int = 0) -> None:
+        """Start `python app.py` with this world's settings, as a person would.
+
+        Replicas 0, 1, … may run at once on one database, each with its own Socket Mode
+        connection and log; `wait` waits until every running replica is connected.
+        """
+        if replica in self.processes:
+            raise RuntimeError(f"replica {replica} is already running")
         (self.root / "fixbot.yml").write_text(yaml.safe_dump(self.config))
-        self.log_path = self.root / f"app-{len(list(self.root.glob('app-*.log')))}.log"
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
-            cwd=self.root,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        log_path = self.root / f"app-{len(list(self.root.glob('app-*.log')))}.log"
+        self.log_paths[replica] = log_path
+        with log_path.open("wb") as log:
+            self.processes[replica] = subprocess.Popen(
+                [sys.executable, str(ROOT / "app.py")],
+                cwd=self.root,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if wait:
-            await self.slack.wait_connected(n=1, timeout=30)
+            await self.slack.wait_connected(n=len(self.processes), timeout=30)
 
-    async def stop_app(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        """Stop the app; returns its exit code. Kills the whole process group if it hangs."""
-        process = self.process
-        if process is None:
-            return 0
-        self.process = None
-        if process.poll() is None:
-            process.send_signal(sig)
-        try:
-            code = await asyncio.to_thread(process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            code = -9
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return code
+    async def stop_app(
+        self, sig: int = signal.SIGTERM, timeout: float = 30, *, replica: int | None = None
+    ) -> int:
+        """Stop every replica (or just `replica`); returns the exit code, the first nonzero
+        one of several. Kills the whole process group of one that hangs."""
+        chosen = list(self.processes) if replica is None else [replica]
+        stopping = [self.processes.pop(number) for number in chosen if number in self.processes]
+        codes = await asyncio.gather(*(_stop(process, sig, timeout) for process in stopping))
+        return next((code for code in codes if code != 0), 0)
 
-    def app_log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+    def app_log(self, replica: int = 0) -> str:
+        path = self.log_paths.get(replica)
+        return path.read_text(errors="replace") if path else ""
+
+
+async def _stop(process: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        code = await asyncio.to_thread(process.wait, timeout)
+    except subprocess.TimeoutExpired:
+        code = -9
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return code
 
 
 @contextlib.asynccontextmanager
