@@ -1,0 +1,242 @@
+"""Scale-out end to end: Fixbot replicas on one PostgreSQL, each with its own Socket Mode
+connection to the local Slack. Any replica serves any button, every step runs exactly
+once, and a replica that dies holding a job loses it to another once its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fakes.anthropic import pause, structured, text, tool
+from postgres import postgres_database, postgres_server  # noqa: F401
+from sqlalchemy import select
+from test_core_loop import buttons, thread_texts
+from world import CHANNEL, FIXED_PRICING, NEW_TEST, World, plan_data
+
+from agents.workspace import branch_name
+from storage.db import create_engine
+from storage.tables import AgentRun
+
+TASKS = 50  # per throughput run; the module takes about 3 min on two cores
+CONCURRENCY = {"planning": 2, "execution": 2}  # per replica
+RUN_TIMEOUT_S = 240.0
+
+
+def title_of(ref: str) -> str:
+    return f"AssertionError: discount made the price negative in {ref}"
+
+
+def seed_issue(world: World, ref: str) -> None:
+    world.sentry.add_issue(
+        short_id=ref,
+        project="shop-backend",
+        title=title_of(ref),
+        culprit="shop.pricing in apply_discount",
+        exception=("AssertionError", "price -1800.0 is negative"),
+        frames=[
+            {
+                "filename": "shop/pricing.py",
+                "abs_path": "/app/shop/pricing.py",
+                "function": "apply_discount",
+                "lineno": 3,
+                "in_app": True,
+                "context_line": "    return price - price * percent",
+            }
+        ],
+    )
+
+
+def worktree_of(world: World, ref: str) -> Path:
+    return world.worktree(branch_name(ref, title_of(ref)))
+
+
+# The words after the ref keep SHOP-1's scripts from matching SHOP-10's prompts.
+def planning_match(ref: str) -> str:
+    return f"Plan a fix for {ref} in the repository"
+
+
+def execution_match(ref: str) -> str:
+    return f"Implement the approved plan for {ref}."
+
+
+def script_planning(world: World, ref: str) -> None:
+    worktree = worktree_of(world, ref)
+    world.model.script(
+        [
+            [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
+            [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
+            [structured(plan_data())],
+        ],
+        match=planning_match(ref),
+    )
+
+
+def script_execution(world: World, ref: str) -> None:
+    """Every branch gets the same small fix and its test; Fixbot's verification runs them."""
+    worktree = worktree_of(world, ref)
+    world.model.script(
+        [
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+                )
+            ],
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
+                )
+            ],
+            [text(f"Fixed {ref}: percent is now divided by 100.")],
+        ],
+        match=execution_match(ref),
+    )
+
+
+async def start_replicas(world: World, count: int) -> None:
+    """Start `count` replicas at once, as `docker compose up --scale fixbot=N` does."""
+    for replica in range(count):
+        await world.start_app(replica=replica, wait=False)
+    await world.slack.wait_connected(n=count, timeout=60)
+
+
+def diagnosis(world: World) -> str:
+    logs = "\n".join(f"--- replica {r}:\n{world.app_log(r)[-4000:]}" for r in world.log_paths)
+    return f"{logs}\nunexpected model requests: {world.model.unexpected}"
+
+
+async def fix_and_approve_all(world: World, refs: list[str]) -> float:
+    """Type /fix for every ref and approve each plan as it comes; seconds until the last PR."""
+    started = time.monotonic()
+    for ref in refs:
+        await world.slack.slash_command(ref)
+    approved: set[str] = set()
+    while True:
+        threads = [world.slack.thread(CHANNEL, m["ts"]) for m in world.slack.messages(CHANNEL)]
+        for thread in threads:
+            for reply in thread[1:]:
+                assert "Retry" not in buttons(reply), f"{reply['text']}\n{diagnosis(world)}"
+                if buttons(reply)[:1] == ["Approve"] and reply["ts"] not in approved:
+                    approved.add(reply["ts"])
+                    await world.slack.click_button(CHANNEL, reply["ts"], "approve", user="UBOB01")
+        done = sum(any("Pull request ready" in m["text"] for m in t[1:]) for t in threads)
+        if done == len(refs):
+            return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        assert elapsed < RUN_TIMEOUT_S, f"{done}/{len(refs)} pull requests after {elapsed:.0f} s"
+        await asyncio.sleep(0.2)
+
+
+async def agent_runs(world: World) -> list[tuple[int, str, str]]:
+    """(task id, step, outcome) of every agent run Fixbot recorded."""
+    engine = create_engine(world.env["DATABASE_URL"])
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(AgentRun.task_id, AgentRun.step, AgentRun.outcome)
+            )
+            return [(task_id, step, outcome) for task_id, step, outcome in rows]
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def replicas_world(world: World, postgres_database: str) -> World:  # noqa: F811
+    world.env["DATABASE_URL"] = postgres_database
+    world.config["concurrency"] = dict(CONCURRENCY)
+    return world
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_every_task_gets_exactly_one_pull_request(
+    replicas_world: World, replicas: int
+) -> None:
+    world = replicas_world
+    refs = [f"SHOP-{number}" for number in range(1, TASKS + 1)]
+    for ref in refs:
+        seed_issue(world, ref)
+        script_planning(world, ref)
+        script_execution(world, ref)
+    await start_replicas(world, replicas)
+
+    elapsed_s = await fix_and_approve_all(world, refs)
+
+    pulls = world.github.pulls("acme/shop")
+    heads = Counter(pull.head for pull in pulls)
+    duplicates = len(pulls) - len(heads)
+    steps = {r: world.app_log(r).count("step started") for r in range(replicas)}
+    print(
+        f"\n{replicas} replica(s): {TASKS} tasks in {elapsed_s:.1f} s = "
+        f"{TASKS / elapsed_s * 60:.1f} tasks/min; duplicate pull requests: {duplicates}; "
+        f"agent steps per replica: {steps}"
+    )
+    assert duplicates == 0 and len(pulls) == TASKS
+    assert set(heads) == {branch_name(ref, title_of(ref)) for ref in refs}
+    assert not any(pull.draft for pull in pulls)
+    runs = await agent_runs(world)
+    assert Counter(step for _, step, _ in runs) == {"planning": TASKS, "execution": TASKS}
+    assert len({(task_id, step) for task_id, step, _ in runs}) == 2 * TASKS
+    assert {outcome for _, _, outcome in runs} == {"success"}
+    assert world.model.unexpected == []
+    assert all(script.exhausted for script in world.model.scripts)
+    assert sum(steps.values()) == 2 * TASKS
+    assert all(steps.values()), f"a replica did no work: {steps}"
+
+
+async def test_a_replica_killed_holding_a_job_loses_it_to_the_other(
+    replicas_world: World,
+) -> None:
+    world = replicas_world
+    world.config["limits"].update(job_lease_s=2, sweep_interval_s=0.5)
+    ref = "SHOP-1"
+    seed_issue(world, ref)
+    script_planning(world, ref)
+    doomed = world.model.script([[pause(30), text("never answered")]], match=execution_match(ref))
+    script_execution(world, ref)
+    await start_replicas(world, 2)
+
+    await world.slack.slash_command(ref)
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    thread_ts = parent["ts"]
+    plan = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, thread_ts) if buttons(m)), None),
+        timeout=60,
+        what="the plan",
+    )
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    await world.slack.wait_for(lambda: doomed.served, what="the execution step asking the model")
+    [holder] = await world.slack.wait_for(
+        lambda: [r for r in (0, 1) if "execution step started" in world.app_log(r)],
+        what="the replica running the execution step",
+    )
+    survivor = 1 - holder
+    os.killpg(world.processes[holder].pid, signal.SIGKILL)  # the replica and its Claude Code
+    await world.stop_app(replica=holder)
+    killed = time.monotonic()
+
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
+        timeout=60,
+        what="the pull request from the surviving replica",
+    )
+    print(
+        f"\nreplica {survivor} took the job over and finished in {time.monotonic() - killed:.1f} s"
+    )
+    texts = thread_texts(world, thread_ts)
+    assert any("interrupted" in t and "running it again" in t for t in texts), texts
+    assert "execution step started" in world.app_log(survivor)
+    pulls = world.github.pulls("acme/shop")
+    assert len(pulls) == 1 and not pulls[0].draft
+    assert world.model.unexpected == []
+    runs = await agent_runs(world)
+    assert Counter(step for _, step, outcome in runs if outcome == "success") == {
+        "planning": 1,
+        "execution": 1,
+    }
