@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from agents.runner import AgentTransientError
+from agents.runner import AgentPermanentError, AgentTransientError
 from bot import logs, metrics
 from bot.config import Settings
 from bot.errors import DailyBudgetReached
@@ -141,6 +141,10 @@ class WorkerPool:
         except AgentTransientError as error:
             counted.ended("failed", "agent_transient")
             await self._retry_or_fail(job, str(error))
+        except AgentPermanentError as error:  # retrying will not help: say why at once
+            counted.ended("failed", "agent_permanent")
+            await self.queue.finish(job.id, FAILED, str(error))
+            await self.on_failure(job.task_id, f"Claude Code could not run this step: {error}")
         except asyncio.CancelledError:
             counted.ended("interrupted" if self._stopping else "cancelled")
             if self._stopping:

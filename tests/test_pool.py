@@ -8,7 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from fakes.anthropic import overloaded, pause, structured, text, tool
+from fakes.anthropic import Failure, overloaded, pause, structured, text, tool
 from test_core_loop import (
     TITLE,
     buttons,
@@ -278,3 +278,21 @@ async def test_a_waiting_task_shows_its_place_and_the_same_message_shows_its_sta
     await world.slack.wait_for(
         lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"])), timeout=20
     )
+
+
+async def test_a_permanent_model_error_fails_at_once_in_plain_words(world: World) -> None:
+    seed_sentry_issue(world)
+    refusal = Failure(400, "invalid_request_error", "prompt is too long", None, None)
+    rejected = world.model.script([refusal], match="Plan a fix for SHOP-1")
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    failure = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, parent["ts"]) if "Retry" in buttons(m)), None
+        ),
+        timeout=20,
+    )
+    assert "Claude Code could not run this step" in failure["text"]
+    assert rejected.served == 1  # not retried: it would fail the same way
+    assert not any("attempt 2" in t for t in thread_texts(world, parent["ts"]))
