@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -86,31 +87,23 @@ class JobQueue:
 
     async def retry_later(self, job_id: int, delay: timedelta, error: str) -> None:
         """Put a job back in the queue after a transient failure."""
-        async with self.sessions.begin() as session:
-            await session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status=QUEUED,
-                    run_after=utcnow() + delay,
-                    last_error=error,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
+        await self._requeue(job_id, utcnow() + delay, last_error=error)
 
     async def postpone(self, job_id: int, until: datetime) -> None:
         """Put a job back until `until` without counting the claim as an attempt."""
+        await self._requeue(job_id, until, attempts=Job.attempts - 1)
+
+    async def _requeue(self, job_id: int, run_after: datetime, **values: Any) -> None:
         async with self.sessions.begin() as session:
             await session.execute(
                 update(Job)
                 .where(Job.id == job_id)
                 .values(
                     status=QUEUED,
-                    run_after=until,
-                    attempts=Job.attempts - 1,
+                    run_after=run_after,
                     lease_owner=None,
                     lease_expires_at=None,
+                    **values,
                 )
             )
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from world import World, make_world
 
+# The real PostgreSQL (and both-engines) fixtures: database_url, postgres_database, engine…
+pytest_plugins = ["postgres"]
+
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:

@@ -4,7 +4,7 @@ The server comes from Debian's package (`.ci/run` installs it): a throwaway clus
 temporary folder, on 127.0.0.1 and a free port, with fsync off. Without the binaries the
 PostgreSQL tests skip, unless FIXBOT_REQUIRE_POSTGRES=1 (CI), where they fail instead.
 
-Test modules import the fixtures they use: `from postgres import database_url`.
+tests/conftest.py loads this module as a pytest plugin, so every test module can use them.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from storage.db import create_engine, migrate, sessionmaker
 
 PG_BIN = Path(os.environ.get("FIXBOT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
@@ -170,3 +173,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'fixbot.db'}"
     # Looked up lazily so that the SQLite half runs where PostgreSQL is missing.
     return str(request.getfixturevalue("postgres_database"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on each of the two databases in turn."""
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return sessionmaker(engine)

@@ -5,32 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
-from postgres import database_url, postgres_database, postgres_server  # noqa: F401
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.db import create_engine, migrate, sessionmaker
+from storage.db import create_engine, sessionmaker
 from storage.queue import CANCELLED, DONE, QUEUED, RUNNING, JobQueue
 from storage.tables import Job, Task, utcnow
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return sessionmaker(engine)
 
 
 @pytest.fixture
@@ -123,7 +108,7 @@ async def test_a_claimed_job_is_not_claimed_again(sessions: Sessions, task_id: i
 
 
 async def test_simultaneous_claims_each_find_a_job(
-    database_url: str,  # noqa: F811
+    database_url: str,
     sessions: Sessions,
     task_id: int,
 ) -> None:
@@ -146,7 +131,7 @@ async def claim_until_empty(queue: JobQueue, claims: list[tuple[str, int]]) -> N
 
 @pytest.mark.parametrize("owners", [2, 4])
 async def test_concurrent_owners_claim_every_job_exactly_once(
-    database_url: str,  # noqa: F811
+    database_url: str,
     sessions: Sessions,
     task_id: int,
     owners: int,
@@ -170,7 +155,7 @@ async def test_concurrent_owners_claim_every_job_exactly_once(
 
 
 async def test_claims_per_second_with_four_owners(
-    database_url: str,  # noqa: F811
+    database_url: str,
     sessions: Sessions,
     task_id: int,
 ) -> None:

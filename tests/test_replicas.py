@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from fakes.anthropic import pause, structured, text, tool
-from postgres import postgres_database, postgres_server  # noqa: F401
 from sqlalchemy import select
 from test_core_loop import buttons, thread_texts
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, World, plan_data
@@ -148,7 +147,7 @@ async def agent_runs(world: World) -> list[tuple[int, str, str]]:
 
 
 @pytest.fixture
-def replicas_world(world: World, postgres_database: str) -> World:  # noqa: F811
+def replicas_world(world: World, postgres_database: str) -> World:
     world.env["DATABASE_URL"] = postgres_database
     world.config["concurrency"] = dict(CONCURRENCY)
     return world

@@ -10,29 +10,14 @@ from claude_agent_sdk import project_key_for_directory
 from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.types import SessionKey
 from fakes.anthropic import ScriptedModel, text
-from postgres import database_url, postgres_database, postgres_server  # noqa: F401
 from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agents.runner import AgentEnvironment, AgentStep, run_agent_step
-from storage.db import create_engine, migrate, sessionmaker
 from storage.sessions import DatabaseSessionStore
 from storage.tables import SessionEntry
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
-    engine = create_engine(database_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return sessionmaker(engine)
 
 
 @pytest.fixture

@@ -11,12 +11,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from postgres import (  # noqa: F401
-    database_url,
-    postgres_database,
-    postgres_server,
-    postgres_url,
-)
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +20,7 @@ from storage.tables import Base
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
     yield engine
     await engine.dispose()
@@ -81,7 +75,7 @@ async def test_ping_answers_true_for_a_live_database(engine: AsyncEngine) -> Non
     assert await ping(engine) is True
 
 
-async def test_ping_answers_true_for_the_session_postgresql(postgres_url: str) -> None:  # noqa: F811
+async def test_ping_answers_true_for_the_session_postgresql(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     try:
         assert await ping(engine) is True
