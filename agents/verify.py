@@ -264,7 +264,9 @@ async def _run_on_base(
 ) -> CommandResult:
     """Run `command` in a temporary detached worktree at `base_commit` holding `files`."""
     holder = Path(tempfile.mkdtemp(prefix="fixbot-red-"))
-    checkout = holder / "repo"
+    # git names the worktree's admin folder after the basename: a unique one keeps two
+    # verifications running at once from racing for the same folder.
+    checkout = holder / holder.name
     try:
         await git("worktree", "add", "--detach", str(checkout), base_commit, cwd=worktree)
         _copy(worktree, checkout, files)

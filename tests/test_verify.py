@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import sys
 import time
@@ -175,3 +176,23 @@ def test_which_files_are_tests() -> None:
         "pkg/cart/cart_test.go",
         "src/test/java/CartTest.java",
     ]
+
+
+async def test_verifications_of_one_repository_run_side_by_side(
+    repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Two tasks of one repository verified at once (execution concurrency 2)."""
+    path, base = repo
+    checkouts = []
+    for number in (1, 2):
+        checkout = tmp_path / f"task-{number}"
+        await git("worktree", "add", "-b", f"fix-{number}", str(checkout), base, cwd=path)
+        (checkout / "stats.py").write_text(FIXED)
+        (checkout / "tests" / "test_empty.py").write_text(NEW_TEST)
+        checkouts.append(checkout)
+
+    results = await asyncio.gather(
+        *(verify_fix(checkout, base, TEST_COMMAND, timeout=120) for checkout in checkouts)
+    )
+
+    assert [result.ok for result in results] == [True, True], [r.reason for r in results]
