@@ -435,7 +435,22 @@ class Workflow:
         )
         result = await self._run_step(task, job, step, "Planning")
         plan, markdown = read_plan(worktree.path, result)
-        plan_url = await self._publish_plan(task, repo, worktree.path, plan, markdown)
+        task = await self._offer_plan(task, repo, worktree.path, plan, markdown)
+        await self._tell_jira(
+            task, f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}"
+        )
+
+    async def _offer_plan(
+        self,
+        task: Task,
+        repo: RepoConfig,
+        worktree: Path,
+        plan: Plan,
+        markdown: str,
+        **values: Any,
+    ) -> Task:
+        """Publish a new plan version and post it with Approve / Reject."""
+        plan_url = await self._publish_plan(task, repo, worktree, plan, markdown)
         task = await self.transition(
             task.id,
             State.AWAITING_APPROVAL,
@@ -443,15 +458,14 @@ class Workflow:
                 "plan": plan.model_dump(),
                 "plan_markdown": markdown,
                 "plan_version": task.plan_version + 1,
+                **values,
             },
         )
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
         plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         await self._save(task, plan_message_ts=plan_ts)
-        await self._tell_jira(
-            task, f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}"
-        )
         await self._update_parent(task)
+        return task
 
     async def _execute(self, task: Task, job: Job) -> None:
         if task.state == State.APPROVED:
@@ -898,21 +912,7 @@ class Workflow:
             markdown = render_plan(plan)
             (worktree.path / "PLAN.md").write_text(markdown)
         await self._close_plan(task, views.decision_note("superseded", None, _now()))
-        plan_url = await self._publish_plan(task, repo, worktree.path, plan, markdown)
-        task = await self.transition(
-            task.id,
-            State.AWAITING_APPROVAL,
-            values={
-                "plan": plan.model_dump(),
-                "plan_markdown": markdown,
-                "plan_version": task.plan_version + 1,
-                "feedback": [],
-            },
-        )
-        message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
-        plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
-        await self._save(task, plan_message_ts=plan_ts)
-        await self._update_parent(task)
+        await self._offer_plan(task, repo, worktree.path, plan, markdown, feedback=[])
 
     def _with_ask_tool(self, task: Task, step: AgentStep) -> AgentStep:
         """Give a step the `ask_in_thread` tool, bound to this task's thread."""
