@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from agents.workspace import GitError, changed_files, git, remove_tree
+from agents.workspace import changed_files, git, remove_tree
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
@@ -262,26 +262,30 @@ async def _run_on_base(
     command: str,
     timeout: float,  # noqa: ASYNC109
 ) -> CommandResult:
-    """Run `command` in a temporary detached worktree at `base_commit` holding `files`."""
+    """Run `command` in a temporary checkout of `base_commit` holding `files`.
+
+    The checkout is a shared clone, not a worktree of the mirror: it borrows the mirror's
+    objects and writes nothing into it, so fetches and other tasks' worktrees never see
+    it half made.
+    """
     holder = Path(tempfile.mkdtemp(prefix="fixbot-red-"))
-    # git names the worktree's admin folder after the basename: a unique one keeps two
-    # verifications running at once from racing for the same folder.
-    checkout = holder / holder.name
+    checkout = holder / "repo"
     try:
-        await git("worktree", "add", "--detach", str(checkout), base_commit, cwd=worktree)
+        await git(
+            "clone",
+            "--quiet",
+            "--shared",
+            "--no-checkout",
+            str(worktree),
+            str(checkout),
+            cwd=holder,
+        )
+        await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
         _copy(worktree, checkout, files)
         return await run_command(command, checkout, timeout)
     finally:
-        # Shielded: a cancelled verification still takes its worktree away.
-        await asyncio.shield(_remove_base_worktree(worktree, checkout, holder))
-
-
-async def _remove_base_worktree(worktree: Path, checkout: Path, holder: Path) -> None:
-    with contextlib.suppress(GitError):
-        await git("worktree", "remove", "--force", "--force", str(checkout), cwd=worktree)
-    await remove_tree(holder)
-    with contextlib.suppress(GitError):
-        await git("worktree", "prune", cwd=worktree)
+        # Shielded: a cancelled verification still takes its checkout away.
+        await asyncio.shield(remove_tree(holder))
 
 
 # Small local file operations: cheaper inline than a thread.
