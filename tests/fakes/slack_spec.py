@@ -8,7 +8,7 @@ instead of switching the check off.
 Surface:
 
 - ``WebApiSpec.load(path=None) -> WebApiSpec``: read the description
-  (``path``, else ``$FIXBOT_SLACK_SPEC``, else ``../shared/slack/`` beside the repo).
+  (``path``, else ``$FIXBOT_SLACK_SPEC``, else the copy vendored in ``bot/local/slack_api/``).
 - ``WebApiSpec.check(method, arguments) -> SpecProblem | None``: why Slack would
   refuse the call (``unknown_method`` or ``invalid_arguments``), or None.
 - ``check_blocks(blocks, *, limit) -> list[str]``: Block Kit rules Slack enforces,
@@ -27,6 +27,7 @@ from typing import Any
 
 SPEC_FILE_NAME = "web-api-openapi-v2.json"
 SPEC_ENV_VARIABLE = "FIXBOT_SLACK_SPEC"
+VENDORED_SPEC = Path(__file__).resolve().parents[2] / "bot" / "local" / "slack_api" / SPEC_FILE_NAME
 
 # Methods Slack added after the 2021 description, with the arguments they take.
 ADDED_METHODS: dict[str, frozenset[str]] = {
@@ -150,22 +151,11 @@ class WebApiSpec:
 
 
 def default_spec_path() -> Path:
-    """``$FIXBOT_SLACK_SPEC`` if set, else the shared copy beside the repository."""
+    """``$FIXBOT_SLACK_SPEC`` if set, else the copy vendored in the repository."""
     from_environment = os.environ.get(SPEC_ENV_VARIABLE)
     if from_environment:
         return Path(from_environment)
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [
-        repo.parent / "shared" / "slack" / SPEC_FILE_NAME,
-        repo / "shared" / "slack" / SPEC_FILE_NAME,
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"Slack's {SPEC_FILE_NAME} was not found in {', '.join(map(str, candidates))}; "
-        f"set {SPEC_ENV_VARIABLE} to its path"
-    )
+    return VENDORED_SPEC
 
 
 def check_blocks(blocks: object, *, limit: int) -> list[str]:
