@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import handlers
 from agents.runner import AgentEnvironment
+from agents.sandbox import NO_SANDBOX_HELP, Sandbox
 from agents.workspace import Workspaces
 from bot import metrics
 from bot.config import Settings, load_settings, scrub_environment
@@ -107,6 +108,7 @@ def build_workflow(
             if settings.claude_code_max_retries is not None
             else {}
         ),
+        sandbox=Sandbox(settings.sandbox, bwrap=settings.fixbot_bwrap),
     )
     return Workflow(
         settings,
@@ -167,6 +169,7 @@ async def serve(settings: Settings) -> None:
     # Failed tasks keep their worktree for inspection; a week later it goes.
     cleanup = asyncio.create_task(workflow.workspaces.cleanup(WORKTREE_MAX_AGE))
     log.info("Fixbot is running", extra={"data": {"owner": owner}})
+    await _report_sandbox(workflow.agent_env.sandbox)
     await stop.wait()
 
     log.info("stopping: no new work; letting running steps finish")
@@ -182,6 +185,21 @@ async def serve(settings: Settings) -> None:
         await client.session.close() if client.session else None
     await engine.dispose()
     log.info("stopped")
+
+
+async def _report_sandbox(sandbox: Sandbox) -> None:
+    """Say at start whether agents can run confined: an error when they cannot run at all."""
+    if not sandbox.enabled:
+        log.warning(
+            "sandbox: off: agents and test runs are NOT confined; anything an agent is "
+            "tricked into doing runs as Fixbot's user with its network (fixbot.yml `sandbox`)"
+        )
+        return
+    problem = await sandbox.problem()
+    if problem is not None:
+        log.error("no agent can run: %s: %s", problem, NO_SANDBOX_HELP)
+    else:
+        log.info("sandbox: bubblewrap works; agents and test runs are confined")
 
 
 def _secret(value: object) -> str | None:

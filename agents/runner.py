@@ -12,6 +12,12 @@ agent's Bash sees all of it. So `agent_env` overrides every inherited variable t
 on `PASSED_THROUGH` with an empty string, which is how Fixbot's secrets (Slack, GitHub,
 Sentry, Jira tokens, the database URL) stay out of the agent's reach.
 
+The CLI runs in an OS sandbox (agents/sandbox.py): its own PID and network namespaces, a
+read-only system, and writable only the step's worktree and its HOME; a socat bridge
+reaches the Anthropic API and nothing else. Every command its tools run is its child, so
+inside the same sandbox. The SDK starts `cli_path` with arguments, so the CLI is started
+through a small launcher script that execs bubblewrap.
+
 Claude Code retries 429, 529 and 5xx answers itself: `CLAUDE_CODE_MAX_RETRIES` times
 (default 10) with exponential backoff up to about 40 s, so an `AgentTransientError` for an
 overloaded API comes after about three minutes of trying. `AgentEnvironment.extra` can
@@ -22,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
+import shutil
 import signal
 import time
 from collections import deque
@@ -49,6 +57,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
+from agents.sandbox import Endpoint, Sandbox
 from bot.errors import FixbotError
 
 __all__ = [
@@ -62,9 +71,12 @@ __all__ = [
     "StepResult",
     "ToolGate",
     "agent_env",
+    "claude_cli",
     "run_agent_step",
     "summarize_tool_use",
 ]
+
+log = logging.getLogger("fixbot.agents")
 
 ToolGate = Callable[[str, dict[str, Any]], Awaitable[str | None]]
 """Decides a tool call the CLI asks about: None allows it, a string refuses it (the model
@@ -102,6 +114,7 @@ _PASSED_THROUGH_PREFIXES = ("LC_",)
 _TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _INTERRUPT_TIMEOUT_S = 3.0
 _STDERR_LINES_KEPT = 40
+ANTHROPIC_API = "https://api.anthropic.com"
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ class AgentStep:
 class AgentEnvironment:
     """How to start Claude Code; built once from settings."""
 
-    home: Path  # a private HOME for the CLI: its sessions live under home/.claude
+    home: Path  # under it, each task's private HOME for the CLI (sessions in HOME/.claude)
     cli_path: str | None = None  # None: the CLI bundled with claude-agent-sdk
     anthropic_api_key: str | None = field(default=None, repr=False)
     oauth_token: str | None = field(default=None, repr=False)
@@ -135,6 +148,7 @@ class AgentEnvironment:
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. CLAUDE_CODE_MAX_RETRIES
     # Where transcripts are mirrored and resumed from, so any replica can resume a session.
     session_store: SessionStore | None = field(default=None, repr=False)
+    sandbox: Sandbox = field(default_factory=Sandbox)  # what confines the CLI and its tools
 
 
 @dataclass(frozen=True)
@@ -194,8 +208,31 @@ async def run_agent_step(
     so a caller can record a running step's session. Cancelling the awaiting task
     interrupts Claude Code and ends its process.
     """
+    home = task_home(env, step.cwd)
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    if not env.sandbox.enabled:
+        log.warning("the %s agent runs WITHOUT a sandbox (fixbot.yml `sandbox: off`)", step.name)
+    api = Endpoint.parse(env.base_url or ANTHROPIC_API)
+    async with env.sandbox.confine(writable=[step.cwd, home], reach=[api]) as confinement:
+        cli_path = env.cli_path
+        if env.sandbox.enabled:
+            # Resuming from the session store, the SDK sets CLAUDE_CONFIG_DIR to a folder
+            # of its own at start: the launcher binds it too.
+            launcher = confinement.launcher([claude_cli(env.cli_path)], bind_variable=CONFIG_DIR)
+            cli_path = str(launcher)
+        return await _run(step, env, home, cli_path, on_event, on_session)
+
+
+async def _run(
+    step: AgentStep,
+    env: AgentEnvironment,
+    home: Path,
+    cli_path: str | None,
+    on_event: EventHandler | None,
+    on_session: SessionHandler | None,
+) -> StepResult:
     stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES_KEPT)
-    options = _options(step, env, stderr_tail.append)
+    options = _options(step, env, home, cli_path, stderr_tail.append)
     started = time.monotonic()
     client = ClaudeSDKClient(options)
     result: ResultMessage | None = None
@@ -236,9 +273,30 @@ async def run_agent_step(
     return _step_result(result, time.monotonic() - started, last_text)
 
 
-def agent_env(env: AgentEnvironment, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+CONFIG_DIR = "CLAUDE_CONFIG_DIR"
+
+
+def task_home(env: AgentEnvironment, worktree: Path) -> Path:
+    """The CLI's HOME for the task in `worktree`: one task never sees another's sessions."""
+    return env.home / worktree.name
+
+
+def claude_cli(configured: str | None) -> str:
+    """The CLI path claude-agent-sdk would run: `configured`, its bundled binary, else
+    `claude` on PATH."""
+    if configured:
+        return shutil.which(configured) or configured
+    from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
+
+    return SubprocessCLITransport(prompt="", options=ClaudeAgentOptions())._find_cli()
+
+
+def agent_env(
+    env: AgentEnvironment, inherited: Mapping[str, str] | None = None, home: Path | None = None
+) -> dict[str, str]:
     """The variables to lay over the inherited environment of the CLI (`options.env`)."""
     inherited = os.environ if inherited is None else inherited
+    home = env.home if home is None else home
     variables = {
         name: ""
         for name in inherited
@@ -246,10 +304,10 @@ def agent_env(env: AgentEnvironment, inherited: Mapping[str, str] | None = None)
     }
     variables.update(
         {
-            "HOME": str(env.home),
+            "HOME": str(home),
             # Named outright (the CLI's default under HOME) so that the SDK, which reads it
             # from here, finds the transcripts the CLI writes and mirrors them to the store.
-            "CLAUDE_CONFIG_DIR": str(env.home / ".claude"),
+            CONFIG_DIR: str(home / ".claude"),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
             "ANTHROPIC_API_KEY": env.anthropic_api_key or "",
@@ -305,9 +363,12 @@ def summarize_tool_use(name: str, tool_input: Mapping[str, Any], cwd: Path) -> s
 
 
 def _options(
-    step: AgentStep, env: AgentEnvironment, on_stderr: Callable[[str], None]
+    step: AgentStep,
+    env: AgentEnvironment,
+    home: Path,
+    cli_path: str | None,
+    on_stderr: Callable[[str], None],
 ) -> ClaudeAgentOptions:
-    env.home.mkdir(parents=True, exist_ok=True)
     system_prompt: Any = {"type": "preset", "preset": "claude_code"}
     if step.system_prompt:
         system_prompt["append"] = step.system_prompt
@@ -319,8 +380,8 @@ def _options(
     )
     return ClaudeAgentOptions(
         cwd=step.cwd,
-        cli_path=env.cli_path,
-        env=agent_env(env),
+        cli_path=cli_path,
+        env=agent_env(env, home=home),
         system_prompt=system_prompt,
         permission_mode="default",
         allowed_tools=list(step.allowed_tools),

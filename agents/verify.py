@@ -2,7 +2,9 @@
 
 The new tests must fail on the base commit, pass with the fix, and the whole suite must
 pass with the fix. Each run is a shell command in its own process group, bounded by a
-timeout that kills the whole group.
+timeout that kills the whole group, and inside the sandbox (agents/sandbox.py): the code
+under test was written by an agent, so it runs with no network (but the repository's
+`network_allow` hosts), no view of other processes, and only its checkout writable.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import shlex
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from agents.sandbox import Endpoint, Sandbox
 from agents.workspace import changed_files, git, remove_tree
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
@@ -65,14 +69,35 @@ class Verification:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
-async def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:  # noqa: ASYNC109
-    """Run a shell command in its own process group; on timeout, kill the whole group."""
+async def run_command(
+    command: str,
+    cwd: Path,
+    timeout: float,  # noqa: ASYNC109
+    *,
+    sandbox: Sandbox,
+    reach: Sequence[Endpoint] = (),
+) -> CommandResult:
+    """Run a shell command in the sandbox, in its own process group; on timeout, kill the
+    whole group (and with it the sandbox)."""
+    # Inside, HOME is the sandbox's private /tmp: the host's home is not there.
+    home = {"HOME": "/tmp"} if sandbox.enabled else {}
+    async with sandbox.confine(writable=[cwd], reach=reach, setenv=home) as confinement:
+        return await _run_command(
+            command, confinement.argv(["/bin/sh", "-c", command]), cwd, timeout
+        )
+
+
+async def _run_command(
+    command: str,
+    argv: list[str],
+    cwd: Path,
+    timeout: float,  # noqa: ASYNC109
+) -> CommandResult:
     started = time.monotonic()
-    env = _test_env()
-    process = await asyncio.create_subprocess_shell(
-        command,
+    process = await asyncio.create_subprocess_exec(
+        *argv,
         cwd=cwd,
-        env=env,
+        env=_test_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -216,8 +241,12 @@ async def verify_fix(
     base_commit: str,
     test_command: str,
     timeout: float,  # noqa: ASYNC109 (applies to each of the three runs)
+    *,
+    sandbox: Sandbox,
+    reach: Sequence[Endpoint] = (),
 ) -> Verification:
-    """Check the fix in `worktree` against `base_commit` with the repo's test command."""
+    """Check the fix in `worktree` against `base_commit` with the repo's test command,
+    every run in `sandbox` (reaching only `reach`)."""
     changed = _existing(worktree, await changed_files(worktree, base_commit))
     tests = test_files(changed)
     if not tests:
@@ -225,7 +254,10 @@ async def verify_fix(
     targeted = f"{test_command} {shlex.join(tests)}"
     copied = tests + _support_files(changed)
 
-    red = await _run_on_base(worktree, base_commit, copied, targeted, timeout)
+    def run(command: str, cwd: Path) -> Awaitable[CommandResult]:
+        return run_command(command, cwd, timeout, sandbox=sandbox, reach=reach)
+
+    red = await _run_on_base(worktree, base_commit, copied, targeted, run)
     if red.timed_out:
         reason = f"the new tests time out without the fix (after {timeout:g} s)"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
@@ -235,12 +267,12 @@ async def verify_fix(
         reason = f"the new tests did not run without the fix (pytest exit {red.exit_code})"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
 
-    green = await run_command(targeted, worktree, timeout)
+    green = await run(targeted, worktree)
     if not green.passed:
         reason = f"the new tests {_failure(green, timeout)} with the fix"
         return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
 
-    suite = await run_command(test_command, worktree, timeout)
+    suite = await run(test_command, worktree)
     return Verification(
         ok=suite.passed,
         reason=(
@@ -260,7 +292,7 @@ async def _run_on_base(
     base_commit: str,
     files: list[str],
     command: str,
-    timeout: float,  # noqa: ASYNC109
+    run: Callable[[str, Path], Awaitable[CommandResult]],
 ) -> CommandResult:
     """Run `command` in a temporary checkout of `base_commit` holding `files`.
 
@@ -282,7 +314,7 @@ async def _run_on_base(
         )
         await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
         _copy(worktree, checkout, files)
-        return await run_command(command, checkout, timeout)
+        return await run(command, checkout)
     finally:
         # Shielded: a cancelled verification still takes its checkout away.
         await asyncio.shield(remove_tree(holder))

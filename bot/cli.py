@@ -143,6 +143,7 @@ async def _checks() -> AsyncIterator[Check]:
             yield Check(None, name, "skipped: fix the settings first")
         return
     redact = Redactor(settings.secret_values())
+    yield await _check_sandbox(settings)
     yield _check_claude_credentials(settings)
     for name, probe in (
         ("slack bot token", _check_slack_bot),
@@ -182,7 +183,9 @@ async def _check_git() -> Check:
 
 async def _check_claude(cli_path: str | None) -> Check:
     try:
-        path = cli_path or _bundled_claude()
+        from agents.runner import claude_cli  # the SDK loads slowly: only when checked
+
+        path = claude_cli(cli_path)
     except Exception as error:  # the SDK's CLINotFoundError, or a broken install
         return Check(
             False,
@@ -204,12 +207,20 @@ async def _check_claude(cli_path: str | None) -> Check:
     return Check(True, "claude code", f"{output} ({path})")
 
 
-def _bundled_claude() -> str:
-    """The CLI path claude-agent-sdk would run: its bundled binary, else `claude` on PATH."""
-    from claude_agent_sdk import ClaudeAgentOptions
-    from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
+async def _check_sandbox(settings: Settings) -> Check:
+    from agents.sandbox import NO_SANDBOX_HELP, Sandbox
 
-    return SubprocessCLITransport(prompt="", options=ClaudeAgentOptions())._find_cli()
+    if settings.sandbox == "off":
+        return Check(
+            None,
+            "sandbox",
+            "OFF in fixbot.yml: agents and test runs are NOT confined; remove `sandbox: off` "
+            "once bubblewrap works here",
+        )
+    problem = await Sandbox(bwrap=settings.fixbot_bwrap).problem()
+    if problem is not None:
+        return Check(False, "sandbox", f"{problem}: agents are refused until you {NO_SANDBOX_HELP}")
+    return Check(True, "sandbox", "bubblewrap makes a sandbox; agents and test runs are confined")
 
 
 def _check_claude_credentials(settings: Settings) -> Check:
@@ -563,7 +574,7 @@ async def _transcript(
         runs = [run for run in await session.scalars(query) if run.session_id]
     if not runs:
         raise CliError(f"task {task_id} has no {step or 'agent'} run with a Claude Code session")
-    projects = settings.agent_home / ".claude" / "projects"
+    homes = settings.agent_home  # each task's HOME is a folder in it
     redact = Redactor(settings.secret_values())
     for number, run in enumerate(runs):
         if number:
@@ -572,9 +583,9 @@ async def _transcript(
             f"=== {run.step} · session {run.session_id} · {run.outcome} · ${run.cost_usd:.4f} · "
             f"{run.turns} turns · {run.duration_s:.1f} s"
         )
-        path = next(projects.rglob(f"{run.session_id}.jsonl"), None)
+        path = next(homes.rglob(f"{run.session_id}.jsonl"), None)
         if path is None:
-            print(f"(no transcript under {projects}: it lives on the machine that ran the step)")
+            print(f"(no transcript under {homes}: it lives on the machine that ran the step)")
             continue
         for line in _render_transcript(path):
             print(redact(line))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from dotenv import dotenv_values
@@ -35,6 +35,7 @@ class RepoConfig(BaseModel):
     jira_projects: list[str] = []
     test_command: str = "python -m pytest -q"
     lint_command: str | None = None
+    network_allow: list[str] = []  # hosts (host or host:port, 443 by default) test runs reach
 
 
 class Concurrency(BaseModel):
@@ -143,6 +144,9 @@ class Settings(BaseSettings):
     github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` comments count
     jira_label: str = "fixbot"  # Jira issues created with this label become tasks
     question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
+    # required: no agent or test run without an OS sandbox (agents/sandbox.py); off: unconfined.
+    sandbox: Literal["required", "off"] = "required"
+    fixbot_bwrap: str = "bwrap"  # the bubblewrap binary the sandbox is made with
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -273,4 +277,5 @@ _YAML_KEYS = {
     "jira_label",
     "question_timeout_s",
     "jira_transition",
+    "sandbox",
 }

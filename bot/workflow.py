@@ -26,6 +26,7 @@ from agents.ask import SERVER as ASK_SERVER
 from agents.execution import execution_step
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
+from agents.sandbox import Endpoint
 from agents.verify import Verification, verify_fix
 from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
 from bot import metrics, views
@@ -495,6 +496,8 @@ class Workflow:
             task.base_commit,
             repo.test_command,
             timeout=self.settings.limits.execution_timeout_s,
+            sandbox=self.agent_env.sandbox,
+            reach=[Endpoint.parse(host) for host in repo.network_allow],
         )
         if not verification.ok:
             raise VerificationFailed(verification)

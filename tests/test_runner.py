@@ -234,7 +234,7 @@ async def test_the_agents_shell_does_not_see_fixbots_secrets(
     assert "PATH=" in shown  # the command did run
     assert "ghp_secret" not in shown
     assert "xoxb-secret" not in shown
-    assert f"HOME={environment.home}" in shown
+    assert f"HOME={environment.home / repo.name}\n" in shown  # the task's own HOME
     assert model.unexpected == []
 
 

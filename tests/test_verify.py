@@ -6,14 +6,17 @@ import asyncio
 import shlex
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from agents import verify
+from agents.sandbox import Sandbox
 from agents.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
 from agents.workspace import commit_all, git
 
+SANDBOX = Sandbox()  # the real one: every run here is confined as in production
 TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
 
 BUGGY = "def mean(values):\n    return sum(values) / len(values)\n"
@@ -43,7 +46,7 @@ async def test_a_proper_fix_goes_red_then_green(repo: tuple[Path, str]) -> None:
     await commit_all(path, "fix")  # committed fix, uncommitted test: both count
     (path / "tests" / "test_empty.py").write_text(NEW_TEST)
 
-    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
 
     assert result.ok, result.reason
     assert result.test_files == ["tests/test_empty.py"]
@@ -63,7 +66,7 @@ async def test_a_test_that_passes_without_the_fix_proves_nothing(repo: tuple[Pat
         "from stats import mean\n\n\ndef test_two():\n    assert mean([2, 2]) == 2\n"
     )
 
-    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
 
     assert not result.ok
     assert result.reason == ALREADY_PASS
@@ -76,7 +79,7 @@ async def test_a_fix_that_breaks_the_suite_fails(repo: tuple[Path, str]) -> None
     (path / "stats.py").write_text("def mean(values):\n    return 0\n")
     (path / "tests" / "test_empty.py").write_text(NEW_TEST)
 
-    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
 
     assert not result.ok
     assert result.reason.startswith("the test suite fail")
@@ -90,7 +93,7 @@ async def test_a_fix_without_a_test_fails(repo: tuple[Path, str]) -> None:
     path, base = repo
     (path / "stats.py").write_text(FIXED)
 
-    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
 
     assert not result.ok
     assert result.reason == NO_TEST
@@ -101,31 +104,37 @@ async def test_new_tests_that_fail_with_the_fix_fail(repo: tuple[Path, str]) -> 
     path, base = repo
     (path / "tests" / "test_empty.py").write_text(NEW_TEST)  # no fix at all
 
-    result = await verify_fix(path, base, TEST_COMMAND, timeout=120)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
 
     assert not result.ok
     assert result.reason == "the new tests fail (exit 1) with the fix"
 
 
 async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    marker = f"fixbot-timeout-{uuid.uuid4().hex[:8]}"
+    sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)' {marker}"
     started = time.monotonic()
 
-    result = await run_command("sleep 30 & echo $! > child.pid; wait", tmp_path, timeout=1)
+    result = await run_command(f"{sleeper} & wait", tmp_path, timeout=1, sandbox=SANDBOX)
 
     assert result.timed_out
     assert not result.passed
     assert time.monotonic() - started < 5
-    child = (tmp_path / "child.pid").read_text().strip()
-    assert not is_running(child)
+    assert running_with(marker) == []
 
 
-def is_running(pid: str) -> bool:
-    """Alive and not a zombie (an orphan waits for init to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def running_with(marker: str) -> list[str]:
+    """Command lines of live (not zombie) processes that mention `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
 
 
 async def test_commands_get_no_secrets_from_the_environment(
@@ -134,7 +143,7 @@ async def test_commands_get_no_secrets_from_the_environment(
     monkeypatch.setenv("GITHUB_TOKEN", "github-token-value")
     monkeypatch.setenv("LC_ALL", "C")
 
-    result = await run_command("env", tmp_path, timeout=30)
+    result = await run_command("env", tmp_path, timeout=30, sandbox=SANDBOX)
 
     assert "github-token-value" not in result.output
     assert "LC_ALL=C" in result.output
@@ -143,7 +152,7 @@ async def test_commands_get_no_secrets_from_the_environment(
 
 async def test_run_command_keeps_the_tail_of_long_output(tmp_path: Path) -> None:
     command = f"{shlex.quote(sys.executable)} -c \"print('x' * 100_000); print('the end')\""
-    result = await run_command(command, tmp_path, timeout=30)
+    result = await run_command(command, tmp_path, timeout=30, sandbox=SANDBOX)
 
     assert result.exit_code == 0
     assert result.output.endswith("the end\n")
@@ -192,7 +201,7 @@ async def test_verifications_of_one_repository_run_side_by_side(
         checkouts.append(checkout)
 
     results = await asyncio.gather(
-        *(verify_fix(checkout, base, TEST_COMMAND, timeout=120) for checkout in checkouts)
+        *(verify_fix(checkout, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX) for checkout in checkouts)
     )
 
     assert [result.ok for result in results] == [True, True], [r.reason for r in results]

@@ -1,0 +1,387 @@
+"""The one place Fixbot makes OS sandboxes: bubblewrap around everything that runs repo code.
+
+Every Claude Code process of an agent step (and so every command its tools run) and every
+test or lint command Fixbot runs itself starts inside `bwrap` with:
+
+- its own PID namespace and a fresh /proc: no process outside is visible, so no other
+  process's environment (`/proc/<pid>/environ`) can be read;
+- its own network namespace with only loopback: nothing is reachable except the endpoints
+  a caller names, each bridged by socat over a Unix socket (the Anthropic API for the CLI,
+  a repository's `network_allow` hosts for its test runs);
+- a read-only root holding only the system (/usr, a few files of /etc), the Python that
+  Fixbot runs (its prefix and base prefix: the test command's interpreter and the bundled
+  CLI live there), the git directories of the one repository at hand, a private /tmp, and
+  writable only what the caller names (the task's worktree, the CLI's HOME). Fixbot's own
+  checkout, `.env`, database, other repositories' mirrors and the host's home are absent.
+
+`sandbox: off` in fixbot.yml runs commands as they are, and every step says so loudly in
+the log. When no sandbox can be made (bwrap missing, user namespaces refused) `problem`
+says why and nothing that needs one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from bot.errors import StepFailed
+
+log = logging.getLogger("fixbot.sandbox")
+
+SandboxMode = Literal["required", "off"]
+
+# The system a command needs, read-only: programs, libraries, certificates, users.
+_SYSTEM = ("/usr", "/opt")
+_MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_ETC = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gitconfig",
+    "group",
+    "host.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "passwd",
+    "pki",
+    "python3",
+    "ssl",
+    "timezone",
+)
+_PROBE_TIMEOUT_S = 10.0
+_BRIDGE_READY_TIMEOUT_S = 10.0
+_FIRST_BRIDGE_ADDRESS = 2  # hosts bridged by name get 127.0.0.2, 127.0.0.3, …
+
+NO_SANDBOX_HELP = (
+    "install bubblewrap and socat (apt-get install bubblewrap socat) and allow user "
+    "namespaces (in a container: see docs/deployment.md), or set `sandbox: off` in "
+    "fixbot.yml to run agents unconfined"
+)
+
+
+class SandboxUnavailable(StepFailed):
+    """No sandbox can be made here, and fixbot.yml requires one."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TCP endpoint outside that a sandboxed process may reach, by the same name and port."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = 443) -> Endpoint:
+        """`host`, `host:port` or a URL (`https://api.anthropic.com`)."""
+        parts = urlsplit(text if "://" in text else f"//{text}")
+        if not parts.hostname:
+            raise ValueError(f"{text!r} names no host")
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, default_port)
+        return cls(parts.hostname, port)
+
+    @property
+    def is_address(self) -> bool:
+        """Whether `host` is an IPv4 loopback address the sandbox can listen on as it is."""
+        return self.host.startswith("127.") and self.host.replace(".", "").isdigit()
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How Fixbot confines what it runs: `required` (bubblewrap) or `off`."""
+
+    mode: SandboxMode = "required"
+    bwrap: str = "bwrap"
+    socat: str = "socat"
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    async def problem(self) -> str | None:
+        """Why no sandbox can be made here, or None: a real one is started and must work."""
+        bwrap, socat = shutil.which(self.bwrap), shutil.which(self.socat)
+        if bwrap is None:
+            return f"bubblewrap (`{self.bwrap}`) is not installed"
+        if socat is None:
+            return f"socat (`{self.socat}`) is not installed"
+        argv = [bwrap, *_namespaces(), *_system_binds(), "--remount-ro", "/", "--", "true"]
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), _PROBE_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            return f"bubblewrap did not start a sandbox within {_PROBE_TIMEOUT_S:g} s"
+        if process.returncode != 0:
+            said = stderr.decode(errors="replace").strip() or f"exit {process.returncode}"
+            return f"bubblewrap cannot make a sandbox here: {said}"
+        return None
+
+    async def require(self) -> None:
+        """Raise SandboxUnavailable, with what to do, when a required sandbox cannot be made."""
+        if not self.enabled:
+            return
+        problem = await self.problem()
+        if problem is not None:
+            raise SandboxUnavailable(
+                f"No agent runs without its sandbox, and {problem}: {NO_SANDBOX_HELP}."
+            )
+
+    @contextlib.asynccontextmanager
+    async def confine(
+        self,
+        *,
+        writable: Sequence[Path],
+        readable: Sequence[Path] = (),
+        reach: Sequence[Endpoint] = (),
+        setenv: dict[str, str] | None = None,
+    ) -> AsyncIterator[Confinement]:
+        """A sandbox layout, with the bridges to `reach` running until the block ends.
+
+        `writable` and `readable` are bound at their own paths (git directories of any
+        repository among them come along read-only); `setenv` is laid over the environment
+        inside. With the sandbox off, the confinement runs commands as they are.
+        """
+        if not self.enabled:
+            yield Confinement([])
+            return
+        await self.require()
+        bwrap, socat = shutil.which(self.bwrap), shutil.which(self.socat)
+        assert bwrap is not None and socat is not None
+        with tempfile.TemporaryDirectory(prefix="fixbot-sandbox-") as holder:
+            bridges = Path(holder)
+            async with contextlib.AsyncExitStack() as stack:
+                listens = []
+                for index, endpoint in enumerate(reach):
+                    socket_path = bridges / f"{index}.sock"
+                    await stack.enter_async_context(_host_bridge(socat, socket_path, endpoint))
+                    address = (
+                        endpoint.host
+                        if endpoint.is_address
+                        else f"127.0.0.{_FIRST_BRIDGE_ADDRESS + index}"
+                    )
+                    listens.append((address, endpoint, socket_path))
+                hosts = _hosts_file(bridges, listens)
+                argv = [
+                    bwrap,
+                    *_namespaces(),
+                    *_system_binds(),
+                    *_bind_all("--ro-bind", _python_dirs()),
+                    *_bind_all("--ro-bind", [*readable, *_git_dirs(writable)]),
+                    *_bind_all("--bind", writable),
+                    "--ro-bind",
+                    str(bridges),
+                    str(bridges),
+                    "--ro-bind",
+                    str(hosts),
+                    "/etc/hosts",
+                    "--setenv",
+                    "TMPDIR",
+                    "/tmp",
+                ]
+                for name, value in (setenv or {}).items():
+                    argv += ["--setenv", name, value]
+                if any(endpoint.port < 1024 for _, endpoint, _ in listens):
+                    argv += ["--cap-add", "CAP_NET_BIND_SERVICE"]
+                argv += ["--remount-ro", "/", "--"]
+                if listens:
+                    argv += ["/bin/sh", "-c", _bridge_script(socat, listens), "sandbox"]
+                yield Confinement(argv, bridges)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How to start a command in one sandbox: `argv(command)` is what to execute."""
+
+    prefix: list[str]
+    holder: Path | None = None  # a private folder on the host for this sandbox's files
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        return [*self.prefix, *command]
+
+    def launcher(self, command: Sequence[str], *, bind_variable: str) -> Path:
+        """An executable script that runs `command "$@"` in this sandbox, also binding the
+        folder named by `$bind_variable` writable when set (the SDK chooses it late: a
+        resumed session's CLAUDE_CONFIG_DIR).
+
+        With the sandbox off, it runs the command as it is.
+        """
+        holder = self.holder or Path(tempfile.mkdtemp(prefix="fixbot-launcher-"))
+        script = holder / "launch"
+        if self.prefix:
+            head, tail = _split_at_remount(self.prefix)
+            late = (
+                f'if [ -n "${{{bind_variable}:-}}" ]; then '
+                f'set -- --bind "${bind_variable}" "${bind_variable}" "$@"; fi\n'
+            )
+            body = (
+                f'set -- {shlex.join(command)} "$@"\n'
+                f'set -- {shlex.join(tail)} "$@"\n'
+                f"{late}"
+                f'exec {shlex.join(head)} "$@"\n'
+            )
+        else:
+            body = f'exec {shlex.join(command)} "$@"\n'
+        script.write_text(f"#!/bin/sh\n{body}")
+        script.chmod(0o700)
+        return script
+
+
+def _split_at_remount(prefix: list[str]) -> tuple[list[str], list[str]]:
+    """The bwrap arguments before `--remount-ro /` and from it on: late binds go between."""
+    index = prefix.index("--remount-ro")
+    return prefix[:index], prefix[index:]
+
+
+def _namespaces() -> list[str]:
+    return [
+        "--unshare-all",  # user (when allowed), pid, net, ipc, uts, cgroup
+        "--die-with-parent",
+        "--new-session",  # no TIOCSTI into a terminal outside
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in _SYSTEM:
+        if Path(path).is_dir():
+            args += ["--ro-bind", path, path]
+    for top in (Path("/") / name for name in _MERGED_USR):
+        if top.is_symlink():
+            args += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            args += ["--ro-bind", str(top), str(top)]
+    for entry in (Path("/etc") / name for name in _ETC):
+        if entry.exists():
+            args += ["--ro-bind", str(entry), str(entry)]
+    return args
+
+
+def _python_dirs() -> list[Path]:
+    """The Python Fixbot runs: tests run `python -m pytest` with it, and the bundled CLI
+    lives in its site-packages. Only the installations, not the folders around them."""
+    return [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+
+
+def _git_dirs(worktrees: Sequence[Path]) -> list[Path]:
+    """The git directories a checkout reads from: a worktree's common directory (its
+    mirror) and the object stores its alternates borrow. Read-only inside: hooks and config
+    cannot be changed from there."""
+    found: list[Path] = []
+    for worktree in worktrees:
+        dot_git = worktree / ".git"
+        if dot_git.is_file():
+            text = dot_git.read_text().strip()
+            if not text.startswith("gitdir:"):
+                continue
+            admin = (worktree / text.removeprefix("gitdir:").strip()).resolve()
+            commondir = admin / "commondir"
+            common = (
+                (admin / commondir.read_text().strip()).resolve() if commondir.is_file() else admin
+            )
+            found.append(common)
+            objects = common / "objects"
+        elif dot_git.is_dir():
+            objects = dot_git / "objects"
+        else:
+            continue
+        alternates = objects / "info" / "alternates"
+        if alternates.is_file():
+            for line in alternates.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    found.append((objects / line).resolve())
+    return found
+
+
+def _bind_all(flag: str, paths: Sequence[Path]) -> list[str]:
+    args: list[str] = []
+    seen: set[Path] = set()
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in seen or not resolved.exists():
+            continue
+        seen.add(resolved)
+        args += [flag, str(resolved), str(resolved)]
+    return args
+
+
+def _hosts_file(holder: Path, listens: list[tuple[str, Endpoint, Path]]) -> Path:
+    """/etc/hosts inside: bridged names resolve to their loopback listeners."""
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    lines += [
+        f"{address} {endpoint.host}" for address, endpoint, _ in listens if not endpoint.is_address
+    ]
+    hosts = holder / "hosts"
+    hosts.write_text("\n".join(lines) + "\n")
+    return hosts
+
+
+def _bridge_script(socat: str, listens: list[tuple[str, Endpoint, Path]]) -> str:
+    """Inside: a socat listener per endpoint, ready before the command starts."""
+    lines = []
+    for address, endpoint, socket_path in listens:
+        listen = f"TCP-LISTEN:{endpoint.port},bind={address},reuseaddr,fork"
+        lines.append(f"{shlex.quote(socat)} {listen} UNIX-CONNECT:{socket_path} &")
+    ports = " ".join(f"{endpoint.port:04X}" for _, endpoint, _ in listens)
+    # Wait until every listener is up (state 0A in /proc/net/tcp), at most about 5 s.
+    lines.append(
+        f"for port in {ports}; do n=0; "
+        'while ! grep -q ":$port 00000000:0000 0A" /proc/net/tcp && [ $n -lt 250 ]; '
+        "do n=$((n+1)); sleep 0.02; done; done"
+    )
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def _host_bridge(socat: str, socket_path: Path, endpoint: Endpoint) -> AsyncIterator[None]:
+    """Outside: connections to `socket_path` go on to the endpoint, for as long as needed."""
+    process = await asyncio.create_subprocess_exec(
+        socat,
+        f"UNIX-LISTEN:{socket_path},fork,mode=600",
+        f"TCP:{endpoint.host}:{endpoint.port}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(_BRIDGE_READY_TIMEOUT_S):
+            while not socket_path.exists():  # noqa: ASYNC240 (a stat of a local file)
+                if process.returncode is not None:
+                    raise SandboxUnavailable(
+                        f"socat could not bridge the sandbox to {endpoint.host}:{endpoint.port}"
+                    )
+                await asyncio.sleep(0.01)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        await process.wait()
