@@ -112,11 +112,9 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     assert [run[0] for run in runs] == ["planning", "execution"]
     assert all(run[1] and run[2] > 0 for run in runs)
     assert world.model.unexpected == []
-    dumps = [path.read_text() for path in (world.workdir / "tasks").glob("env-*.txt")]
-    assert len(dumps) >= 3  # the agent's two runs and Fixbot's own red, green and suite runs
-    # The Anthropic key is the one secret Claude Code itself needs (interface.md).
-    for secret in ("xoxb-local", "xapp-local", "github-token", "sentry-token"):
-        assert not any(secret in dump for dump in dumps), secret
+    # The agent's two test runs and Fixbot's own red, green and suite runs all tried to
+    # write beside the checkout; the sandbox let none of them (tests/test_sandbox.py).
+    assert list((world.workdir / "tasks").glob("env-*.txt")) == []
 
 
 async def start_plan(world: World, ref: str = "SHOP-1") -> tuple[str, dict[str, Any]]:

@@ -61,7 +61,10 @@ import os
 import pathlib
 
 dump = pathlib.Path(__file__).resolve().parent.parent / f"env-{os.getpid()}.txt"
-dump.write_text("\\n".join(f"{k}={v}" for k, v in sorted(os.environ.items())))
+try:
+    dump.write_text("\\n".join(f"{k}={v}" for k, v in sorted(os.environ.items())))
+except OSError:  # in the sandbox: nothing outside the checkout is writable
+    pass
 """
 
 
@@ -87,8 +90,9 @@ def make_shop_repo(root: Path) -> Path:
     (source / "shop" / "__init__.py").write_text("")
     (source / "shop" / "pricing.py").write_text(SHOP_PRICING)
     (source / "tests" / "test_pricing.py").write_text(SHOP_TEST)
-    # Every test run leaves a dump of its environment beside the checkout, so tests can
-    # prove that no Fixbot secret reaches the agent's Bash or Fixbot's own test runs.
+    # Every test run tries to leave a dump of its environment beside the checkout: with
+    # `sandbox: off` it can, so tests can prove what reaches the agent's Bash and Fixbot's
+    # own test runs; in the sandbox it cannot write there at all.
     (source / "conftest.py").write_text(ENV_DUMP_CONFTEST)
     git("init", "-q", "-b", "main", cwd=source)
     git("add", "-A", cwd=source)
