@@ -6,8 +6,11 @@ test or lint command Fixbot runs itself starts inside `bwrap` with:
 - its own PID namespace and a fresh /proc: no process outside is visible, so no other
   process's environment (`/proc/<pid>/environ`) can be read;
 - its own network namespace with only loopback: nothing is reachable except the endpoints
-  a caller names, each bridged by socat over a Unix socket (the Anthropic API for the CLI,
-  a repository's `network_allow` hosts for its test runs);
+  a caller names (the Anthropic API for the CLI, a repository's `network_allow` hosts for
+  its test runs). socat inside listens on loopback and carries each connection over a Unix
+  socket to Fixbot, which passes it on: to a loopback address as it is (the scripted model
+  in tests), to a host by name as an HTTP CONNECT proxy (HTTPS_PROXY inside) that allows
+  only the named hosts and ports;
 - a read-only root holding only the system (/usr, a few files of /etc), the Python that
   Fixbot runs (its prefix and base prefix: the test command's interpreter and the bundled
   CLI live there), the git directories of the one repository at hand, a private /tmp, and
@@ -51,6 +54,7 @@ _ETC = (
     "gitconfig",
     "group",
     "host.conf",
+    "hosts",
     "ld.so.cache",
     "ld.so.conf",
     "ld.so.conf.d",
@@ -64,8 +68,8 @@ _ETC = (
     "timezone",
 )
 _PROBE_TIMEOUT_S = 10.0
-_BRIDGE_READY_TIMEOUT_S = 10.0
-_FIRST_BRIDGE_ADDRESS = 2  # hosts bridged by name get 127.0.0.2, 127.0.0.3, …
+_CONNECT_TIMEOUT_S = 30.0
+PROXY_PORT = 3128  # inside: where HTTPS_PROXY points, for hosts reached by name
 
 NO_SANDBOX_HELP = (
     "install bubblewrap and socat (apt-get install bubblewrap socat) and allow user "
@@ -96,7 +100,8 @@ class Endpoint:
 
     @property
     def is_address(self) -> bool:
-        """Whether `host` is an IPv4 loopback address the sandbox can listen on as it is."""
+        """Whether `host` is an IPv4 loopback address (the scripted model in tests): the
+        sandbox listens on it as it is, so a client needs no proxy to get there."""
         return self.host.startswith("127.") and self.host.replace(".", "").isdigit()
 
 
@@ -171,38 +176,31 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="fixbot-sandbox-") as holder:
             bridges = Path(holder)
             async with contextlib.AsyncExitStack() as stack:
-                listens = []
-                for index, endpoint in enumerate(reach):
+                listens: list[tuple[str, int, Path]] = []
+                for index, endpoint in enumerate(e for e in reach if e.is_address):
                     socket_path = bridges / f"{index}.sock"
-                    await stack.enter_async_context(_host_bridge(socat, socket_path, endpoint))
-                    address = (
-                        endpoint.host
-                        if endpoint.is_address
-                        else f"127.0.0.{_FIRST_BRIDGE_ADDRESS + index}"
-                    )
-                    listens.append((address, endpoint, socket_path))
-                hosts = _hosts_file(bridges, listens)
+                    await stack.enter_async_context(_host_side(socket_path, forward_to=endpoint))
+                    listens.append((endpoint.host, endpoint.port, socket_path))
+                named = [endpoint for endpoint in reach if not endpoint.is_address]
+                variables = {"TMPDIR": "/tmp", **(setenv or {})}
+                if named:
+                    socket_path = bridges / "proxy.sock"
+                    await stack.enter_async_context(_host_side(socket_path, allowed=named))
+                    listens.append(("127.0.0.1", PROXY_PORT, socket_path))
+                    proxy = f"http://127.0.0.1:{PROXY_PORT}"
+                    for name in ("HTTPS_PROXY", "HTTP_PROXY"):
+                        variables[name] = variables[name.lower()] = proxy
+                    variables["NO_PROXY"] = variables["no_proxy"] = "127.0.0.1"  # direct bridges
                 argv = [
                     bwrap,
                     *_namespaces(),
                     *_system_binds(),
                     *_bind_all("--ro-bind", _python_dirs()),
-                    *_bind_all("--ro-bind", [*readable, *_git_dirs(writable)]),
+                    *_bind_all("--ro-bind", [*readable, *_git_dirs(writable), bridges]),
                     *_bind_all("--bind", writable),
-                    "--ro-bind",
-                    str(bridges),
-                    str(bridges),
-                    "--ro-bind",
-                    str(hosts),
-                    "/etc/hosts",
-                    "--setenv",
-                    "TMPDIR",
-                    "/tmp",
                 ]
-                for name, value in (setenv or {}).items():
+                for name, value in variables.items():
                     argv += ["--setenv", name, value]
-                if any(endpoint.port < 1024 for _, endpoint, _ in listens):
-                    argv += ["--cap-add", "CAP_NET_BIND_SERVICE"]
                 argv += ["--remount-ro", "/", "--"]
                 if listens:
                     argv += ["/bin/sh", "-c", _bridge_script(socat, listens), "sandbox"]
@@ -332,24 +330,14 @@ def _bind_all(flag: str, paths: Sequence[Path]) -> list[str]:
     return args
 
 
-def _hosts_file(holder: Path, listens: list[tuple[str, Endpoint, Path]]) -> Path:
-    """/etc/hosts inside: bridged names resolve to their loopback listeners."""
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
-    lines += [
-        f"{address} {endpoint.host}" for address, endpoint, _ in listens if not endpoint.is_address
+def _bridge_script(socat: str, listens: list[tuple[str, int, Path]]) -> str:
+    """Inside: a socat listener per bridge, each ready before the command starts."""
+    lines = [
+        f"{shlex.quote(socat)} TCP-LISTEN:{port},bind={address},reuseaddr,fork "
+        f"UNIX-CONNECT:{socket_path} &"
+        for address, port, socket_path in listens
     ]
-    hosts = holder / "hosts"
-    hosts.write_text("\n".join(lines) + "\n")
-    return hosts
-
-
-def _bridge_script(socat: str, listens: list[tuple[str, Endpoint, Path]]) -> str:
-    """Inside: a socat listener per endpoint, ready before the command starts."""
-    lines = []
-    for address, endpoint, socket_path in listens:
-        listen = f"TCP-LISTEN:{endpoint.port},bind={address},reuseaddr,fork"
-        lines.append(f"{shlex.quote(socat)} {listen} UNIX-CONNECT:{socket_path} &")
-    ports = " ".join(f"{endpoint.port:04X}" for _, endpoint, _ in listens)
+    ports = " ".join(f"{port:04X}" for _, port, _ in listens)
     # Wait until every listener is up (state 0A in /proc/net/tcp), at most about 5 s.
     lines.append(
         f"for port in {ports}; do n=0; "
@@ -361,27 +349,64 @@ def _bridge_script(socat: str, listens: list[tuple[str, Endpoint, Path]]) -> str
 
 
 @contextlib.asynccontextmanager
-async def _host_bridge(socat: str, socket_path: Path, endpoint: Endpoint) -> AsyncIterator[None]:
-    """Outside: connections to `socket_path` go on to the endpoint, for as long as needed."""
-    process = await asyncio.create_subprocess_exec(
-        socat,
-        f"UNIX-LISTEN:{socket_path},fork,mode=600",
-        f"TCP:{endpoint.host}:{endpoint.port}",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
+async def _host_side(
+    socket_path: Path, *, forward_to: Endpoint | None = None, allowed: Sequence[Endpoint] = ()
+) -> AsyncIterator[None]:
+    """Outside, in Fixbot's event loop: every connection to `socket_path` goes on to
+    `forward_to`, or (an HTTP CONNECT proxy) to the `allowed` endpoint it asks for."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            target = forward_to or await _proxy_request(reader, writer, allowed)
+            if target is None:
+                return
+            upstream = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port), _CONNECT_TIMEOUT_S
+            )
+            if forward_to is None:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            try:
+                await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
+            finally:
+                upstream[1].close()
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            pass  # the sandboxed client sees its connection end
+        finally:
+            writer.close()
+            handlers.discard(task)
+
+    server = await asyncio.start_unix_server(serve, path=str(socket_path))
     try:
-        async with asyncio.timeout(_BRIDGE_READY_TIMEOUT_S):
-            while not socket_path.exists():  # noqa: ASYNC240 (a stat of a local file)
-                if process.returncode is not None:
-                    raise SandboxUnavailable(
-                        f"socat could not bridge the sandbox to {endpoint.host}:{endpoint.port}"
-                    )
-                await asyncio.sleep(0.01)
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        await process.wait()
+        server.close()
+        for handler in list(handlers):
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def _proxy_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allowed: Sequence[Endpoint]
+) -> Endpoint | None:
+    """Read `CONNECT host:port`; the endpoint when it is allowed, else answer 403."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _CONNECT_TIMEOUT_S)
+    method, target, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    host, _, port = target.rpartition(":")
+    asked = Endpoint(host.strip("[]").lower(), int(port)) if port.isdigit() else None
+    if method.upper() == "CONNECT" and asked in allowed:
+        return asked
+    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    log.warning("sandbox: refused a connection to %s", target[:200])
+    return None
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()

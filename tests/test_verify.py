@@ -201,7 +201,10 @@ async def test_verifications_of_one_repository_run_side_by_side(
         checkouts.append(checkout)
 
     results = await asyncio.gather(
-        *(verify_fix(checkout, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX) for checkout in checkouts)
+        *(
+            verify_fix(checkout, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+            for checkout in checkouts
+        )
     )
 
     assert [result.ok for result in results] == [True, True], [r.reason for r in results]
