@@ -1,7 +1,7 @@
 FROM python:3.11-slim
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates bubblewrap socat \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 fixbot
 
@@ -11,6 +11,9 @@ RUN pip install --no-cache-dir -r requirements.lock
 COPY . .
 RUN pip install --no-cache-dir --no-deps . && mkdir -p /app/data && chown -R fixbot /app/data
 
+# Agents run in a bubblewrap sandbox (docs/sandbox.md): the container needs user
+# namespaces and mounts, e.g. `--security-opt seccomp=unconfined --security-opt
+# apparmor=unconfined` (docker-compose.yml sets them), or `sandbox: off` in fixbot.yml.
 USER fixbot
 ENV FIXBOT_HTTP_HOST=0.0.0.0
 EXPOSE 8080

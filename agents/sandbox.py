@@ -73,7 +73,7 @@ PROXY_PORT = 3128  # inside: where HTTPS_PROXY points, for hosts reached by name
 
 NO_SANDBOX_HELP = (
     "install bubblewrap and socat (apt-get install bubblewrap socat) and allow user "
-    "namespaces (in a container: see docs/deployment.md), or set `sandbox: off` in "
+    "namespaces (in a container: see docs/sandbox.md), or set `sandbox: off` in "
     "fixbot.yml to run agents unconfined"
 )
 
