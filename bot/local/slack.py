@@ -1,15 +1,18 @@
 """A local Slack: a real Web API and Socket Mode server on 127.0.0.1.
 
 Fixbot talks to it over the network exactly as it talks to Slack, so tests (and
-people trying Fixbot without a workspace) can type ``/fix SHOP-1``, click
-``Approve`` and read the thread. Everything lives in memory. Every Web API call
-is checked against Slack's published description (see ``slack_spec``); a call
-Slack would refuse is answered with Slack's error and kept in ``violations``.
+people trying Fixbot without a workspace, through ``bot.local.page``) can type
+``/fix SHOP-1``, click ``Approve`` and read the thread. Everything lives in memory.
+Every Web API call is checked against Slack's published description (see
+``slack_spec``); a call Slack would refuse is answered with Slack's error and kept in
+``violations``.
 
 Surface::
 
     async with LocalSlack() as slack:         # port 0: a free port is chosen
         slack.api_url                          # AsyncWebClient(base_url=slack.api_url)
+        # or served by another aiohttp server: app.add_subapp("/local", slack.make_app())
+        # with LocalSlack(public_url="http://127.0.0.1:8080/local")
         slack.bot_token, slack.app_token, slack.bot_user_id, slack.bot_id
         slack.connected                        # open Socket Mode connections
         await slack.wait_connected(n=1)
@@ -29,7 +32,9 @@ Surface::
         slack.ephemerals(user=None)            # chat.postEphemeral and response_url
         slack.home_view(user), slack.opened_views, slack.files
         slack.calls, slack.call_counts(), slack.acks, slack.violations
+        slack.channels(), slack.version        # version counts changes people could see
         await slack.wait_for(lambda: ..., timeout=10)
+        await slack.next_change(seen_version)
 
         # how Slack pushes back
         slack.rate_limit("chat.update")        # published tier; "*" for every method
@@ -224,8 +229,10 @@ class LocalSlack:
         channels: dict[str, str] | None = None,
         ack_timeout: float = 3.0,
         spec_path: str | Path | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.port = port
+        self.public_url = public_url  # where it is served when mounted in another server
         self.bot_token = bot_token
         self.app_token = app_token
         self.bot_user_id = bot_user_id
@@ -263,6 +270,8 @@ class LocalSlack:
         self._forced_429: dict[str, deque[int]] = {}
         self._runner: web.AppRunner | None = None
         self._closing = False
+        self.version = 0
+        self._change = asyncio.Event()
         self._web_api: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "apps.connections.open": self._apps_connections_open,
@@ -288,14 +297,18 @@ class LocalSlack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Start serving; ``port`` 0 picks a free port."""
+    def make_app(self) -> web.Application:
+        """The Web API, Socket Mode, response_url and upload routes, to serve or to mount."""
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_web_api)
         app.router.add_get("/socket", self._handle_socket)
         app.router.add_post("/response/{response_id}", self._handle_response_url)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        return app
+
+    async def start(self) -> None:
+        """Start serving; ``port`` 0 picks a free port."""
+        self._runner = web.AppRunner(self.make_app(), handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -322,7 +335,7 @@ class LocalSlack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.public_url or f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -345,6 +358,21 @@ class LocalSlack:
         if channel_id not in self._channels:
             name = name or channel_id.lower().removeprefix("c_")
             self._channels[channel_id] = _Channel(channel_id, name, {self.bot_user_id})
+
+    def channels(self) -> dict[str, str]:
+        """Every channel's name by id."""
+        return {channel.id: channel.name for channel in self._channels.values()}
+
+    async def next_change(self, seen: int) -> int:
+        """Wait until ``version`` moves past ``seen`` (something visible changed); return it."""
+        while self.version == seen:
+            await self._change.wait()
+        return self.version
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._change.set()
+        self._change = asyncio.Event()
 
     # ------------------------------------------------------------------ what people do
 
@@ -381,6 +409,7 @@ class LocalSlack:
                 self._respond(self._response_urls[response_id], ack.payload)
             except SlackError as error:
                 self.violations.append(Violation("slash command ack", error.error, error.detail))
+            self._changed()
         return ack
 
     async def click_button(
@@ -484,6 +513,7 @@ class LocalSlack:
             message["attachments"] = attachments
         message["team"] = self.team_id
         self._store(channel, message, thread_ts)
+        self._changed()
         event = {**copy.deepcopy(message), "channel": channel, "event_ts": message["ts"]}
         event["channel_type"] = "channel"
         self._deliver_event(event)
@@ -698,6 +728,7 @@ class LocalSlack:
             if error.violation:
                 return self._refuse(method, error.error, error.detail)
             return web.json_response({"ok": False, "error": error.error})
+        self._changed()
         return web.json_response({"ok": True, **result})
 
     def _refuse(self, method: str, error: str, detail: str) -> web.Response:
@@ -719,7 +750,8 @@ class LocalSlack:
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         ticket = str(uuid.uuid4())
         self._tickets.add(ticket)
-        url = f"ws://127.0.0.1:{self.port}/socket?ticket={ticket}&app_id={self.app_id}"
+        socket_url = "ws" + self.base_url.removeprefix("http") + "/socket"
+        url = f"{socket_url}?ticket={ticket}&app_id={self.app_id}"
         return {"url": url}
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -939,6 +971,7 @@ class LocalSlack:
         except SlackError as error:
             self.violations.append(Violation("response_url", error.error, error.detail))
             return web.json_response({"ok": False, "error": error.error}, status=400)
+        self._changed()
         return web.json_response({"ok": True})
 
     def _respond(self, context: _ResponseUrl, body: dict[str, Any]) -> None:
