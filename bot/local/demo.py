@@ -21,7 +21,7 @@ from bot.models import Plan
 
 SAMPLE_REPOSITORY = Path(__file__).resolve().parent / "demo" / "shop"
 REPO_NAME = "demo/shop"
-COMMAND_HINT = f"try /fix a 10% discount takes off far too much repo:{REPO_NAME}"
+EXAMPLE_COMMAND = f"/fix a 10% discount takes off far too much repo:{REPO_NAME}"
 STEP_PAUSE_S = 1.5  # each scripted turn takes a moment, so the status message visibly ticks
 WORKING_DIRECTORY = re.compile(r"Primary working directory: (\S+)")
 

@@ -54,7 +54,7 @@ class PageSettings:
     approvers: tuple[str, ...]  # empty: anyone may approve
     repos: tuple[RepoConfig, ...]
     demo: bool  # label every Fixbot message "demo: scripted model"
-    command_hint: str  # the composer's placeholder
+    example_command: str  # offered above the composer
 
 
 def add_page(app: web.Application, slack: LocalSlack, page: PageSettings) -> None:
@@ -152,7 +152,7 @@ def snapshot(slack: LocalSlack, page: PageSettings, user: str) -> dict[str, Any]
         "people": [asdict(person) for person in page.people],
         "approvers": list(page.approvers),
         "demo": page.demo,
-        "command_hint": page.command_hint,
+        "example_command": page.example_command,
         "channels": channels,
         "ephemerals": slack.ephemerals(user),
         "home": slack.home_view(user),

@@ -230,6 +230,7 @@ class LocalSlack:
         ack_timeout: float = 3.0,
         spec_path: str | Path | None = None,
         public_url: str | None = None,
+        first_ts: float = 1_700_000_000.0001,  # people watching want the clock's time here
     ) -> None:
         self.port = port
         self.public_url = public_url  # where it is served when mounted in another server
@@ -263,7 +264,7 @@ class LocalSlack:
         self._socket_open = asyncio.Event()
         self._envelopes: dict[str, _Envelope] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ts_counter = itertools.count(1_700_000_000_000_100, 100)
+        self._ts_counter = itertools.count(round(first_ts * 1_000_000), 100)
         self._ids = itertools.count(1)
         self._buckets: dict[str, _Bucket] = {}
         self._rate_limited: dict[str, float | None] = {}

@@ -13,6 +13,7 @@ import contextlib
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 import app
 from bot.config import Settings, load_settings, scrub_environment
 from bot.errors import ConfigError
-from bot.local.demo import COMMAND_HINT, DemoModel, demo_repo, make_sample_repository
+from bot.local.demo import EXAMPLE_COMMAND, DemoModel, demo_repo, make_sample_repository
 from bot.local.page import PageSettings, Person, add_page
 from bot.local.slack import LocalSlack
 from bot.logs import setup_logging
@@ -66,13 +67,19 @@ async def serve_local(settings: Settings, *, demo: bool) -> None:
     host = settings.fixbot_http_host
     reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     url = f"http://{reachable}:{settings.fixbot_http_port}{MOUNT}"
-    slack = LocalSlack(public_url=url, channels=CHANNELS, bot_token=BOT_TOKEN, app_token=APP_TOKEN)
+    slack = LocalSlack(
+        public_url=url,
+        channels=CHANNELS,
+        bot_token=BOT_TOKEN,
+        app_token=APP_TOKEN,
+        first_ts=time.time(),
+    )
     settings = settings.model_copy(update={"slack_api_url": slack.api_url, "approvers": APPROVERS})
     async with contextlib.AsyncExitStack() as stack:
         if demo:
             settings = await _demo_settings(settings, stack)
-        hint = COMMAND_HINT if demo else _command_hint(settings)
-        page = PageSettings(PEOPLE, tuple(APPROVERS), tuple(settings.repos), demo, hint)
+        example = EXAMPLE_COMMAND if demo else f"/fix what is wrong repo:{settings.repos[0].name}"
+        page = PageSettings(PEOPLE, tuple(APPROVERS), tuple(settings.repos), demo, example)
         mounted = slack.make_app()
         add_page(mounted, slack, page)
         print(f"Fixbot's local workspace: {url}/  (Ctrl-C stops it)", flush=True)
@@ -115,7 +122,3 @@ def _demo_reason(settings: Settings) -> str | None:
     if settings.anthropic_api_key is None and settings.claude_code_oauth_token is None:
         return "no ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN)"
     return None
-
-
-def _command_hint(settings: Settings) -> str:
-    return f"try /fix what is wrong repo:{settings.repos[0].name}"

@@ -34,19 +34,27 @@ function personName(id) {
 }
 
 function inline(text) {
-  const parts = text.split(/(<[^<>\n]+>|`[^`\n]+`)/);
-  return parts.map((part, index) => {
-    if (index % 2 === 0) return styled(escapeHtml(part));
-    if (part.startsWith("`")) return `<code>${escapeHtml(part.slice(1, -1))}</code>`;
-    const inner = part.slice(1, -1);
-    const [target, label] = inner.split("|", 2);
-    if (target.startsWith("@")) return `<span class="mention">@${escapeHtml(personName(target.slice(1)))}</span>`;
-    if (target.startsWith("#")) return `<span class="mention">#${escapeHtml(label || target.slice(1))}</span>`;
-    if (target.startsWith("!")) return `<span class="mention">@${escapeHtml(target.slice(1))}</span>`;
-    const shown = styled(escapeHtml(label || target));
-    if (/^https?:\/\//.test(target)) return `<a href="${escapeHtml(target)}" target="_blank" rel="noopener">${shown}</a>`;
-    return `<span class="link-text">${shown}</span>`;
-  }).join("");
+  // Links and code become placeholders first, so *bold* may wrap a link.
+  const tokens = [];
+  const held = text.replace(/<[^<>\n]+>|`[^`\n]+`/g, (token) => `\u0000${tokens.push(token) - 1}\u0000`);
+  return styled(escapeHtml(held)).replace(/\u0000(\d+)\u0000/g, (_, index) => token(tokens[index]));
+}
+
+function token(part) {
+  if (part.startsWith("`")) return `<code>${escapeHtml(part.slice(1, -1))}</code>`;
+  const [target, label] = part.slice(1, -1).split("|", 2);
+  if (target.startsWith("@")) return `<span class="mention">@${escapeHtml(personName(target.slice(1)))}</span>`;
+  if (target.startsWith("#")) return `<span class="mention">#${escapeHtml(label || target.slice(1))}</span>`;
+  if (target.startsWith("!")) return `<span class="mention">@${escapeHtml(target.slice(1))}</span>`;
+  const shown = styled(escapeHtml(label || target));
+  // A permalink into this workspace opens its thread here.
+  const permalink = target.match(/\/archives\/(\w+)\/p(\d+)(?:\?thread_ts=([\d.]+))?/);
+  if (permalink) {
+    const ts = permalink[3] || `${permalink[2].slice(0, -6)}.${permalink[2].slice(-6)}`;
+    return `<a href="#" class="thread-link" data-channel="${escapeHtml(permalink[1])}" data-ts="${escapeHtml(ts)}">${shown}</a>`;
+  }
+  if (/^https?:\/\//.test(target)) return `<a href="${escapeHtml(target)}" target="_blank" rel="noopener">${shown}</a>`;
+  return `<span class="link-text">${shown}</span>`;
 }
 
 function styled(html) {
@@ -62,8 +70,8 @@ function mrkdwn(text) {
   return (text || "").split("```").map((chunk, index) => {
     if (index % 2 === 1) return `<pre>${escapeHtml(chunk.replace(/^\n/, ""))}</pre>`;
     return chunk.split("\n").map((line) =>
-      line.startsWith("&gt; ") ? `<blockquote>${inline(line.slice(5))}</blockquote>` : inline(line)
-    ).join("<br>");
+      /^(&gt;|>) /.test(line) ? `<blockquote>${inline(line.replace(/^(&gt;|>) /, ""))}</blockquote>` : inline(line)
+    ).join("<br>").replace(/<\/blockquote><br>/g, "</blockquote>");
   }).join("");
 }
 
@@ -166,7 +174,7 @@ function avatar(message) {
 }
 
 function timeOf(ts) {
-  return new Date(parseFloat(ts) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return new Date(parseFloat(ts) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 }
 
 function renderMessage(message, { channel, inThread, ephemeral }) {
@@ -252,7 +260,8 @@ function renderChannel() {
   const channel = currentChannel();
   page.channel = channel.id;
   $("channel-title").textContent = `# ${channel.name}`;
-  $("composer-text").placeholder = `Message #${channel.name} — ${page.snapshot.command_hint}`;
+  $("composer-text").placeholder = `Message #${channel.name}`;
+  $("channel-topic").innerHTML = `Try <code class="example">${escapeHtml(page.snapshot.example_command)}</code>`;
   const ephemerals = page.snapshot.ephemerals.filter((e) => e.channel === channel.id && !e.thread_ts);
   const items = [
     ...channel.messages.map((m) => ({ m, ephemeral: false })),
@@ -431,9 +440,20 @@ function setUp() {
   });
   submitOnEnter($("composer-text"), $("composer"));
   submitOnEnter($("reply-text"), $("reply-composer"));
+  $("channel-topic").addEventListener("click", () => {
+    $("composer-text").value = page.snapshot.example_command;
+    $("composer-text").focus();
+  });
   $("thread-close").addEventListener("click", () => { page.threadTs = null; render(); });
   $("diff-close").addEventListener("click", () => { $("diff-modal").hidden = true; });
   $("home-link").addEventListener("click", (event) => { event.preventDefault(); showHome(); });
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest(".thread-link");
+    if (!link) return;
+    event.preventDefault();
+    showChannel(link.dataset.channel);
+    openThread(link.dataset.ts);
+  });
   $("person").addEventListener("change", () => {
     page.user = $("person").value;
     listen();
