@@ -1,15 +1,17 @@
-"""`fixbot local --demo` in a real browser: Debian's chromium driven through Playwright.
+"""`fixbot local` as a person runs it: the real command, its page, and a browser.
 
-The test starts the real command, opens the page and does what a newcomer would: types
-`/fix`, watches the status tick, opens the thread, tries Approve as someone who may not,
-asks for a change in the thread, approves as the approver, reads the pull request's diff
-and opens App Home. Screenshots of the thread and of App Home land in the test's tmp
+The demo test drives Debian's chromium through Playwright and does what a newcomer would:
+types `/fix`, watches the status tick, opens the thread, tries Approve as someone who may
+not, asks for a change in the thread, approves as the approver, reads the pull request's
+diff and opens App Home. Screenshots of the thread and of App Home land in the test's tmp
 directory; with FIXBOT_DOCS_SCREENSHOTS=1 they also replace docs/local-*.png.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,13 +22,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
+from fakes.anthropic import ScriptedModel, structured
 from playwright.async_api import Browser, Page, async_playwright, expect
+from world import make_shop_repo, plan_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("FIXBOT_CHROMIUM", "/usr/bin/chromium"))
+HAVE_CHROMIUM = CHROMIUM.exists()
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",
@@ -51,8 +58,6 @@ new MutationObserver(() => {
 }).observe(document, {childList: true, subtree: true});
 """
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no chromium at {CHROMIUM}")
-
 
 @dataclass
 class LocalWorkspace:
@@ -62,25 +67,28 @@ class LocalWorkspace:
     log: Path
 
 
-@pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[LocalWorkspace]:
-    """`fixbot local --demo` in `tmp_path`, with no Slack or model settings at all."""
+@contextlib.asynccontextmanager
+async def fixbot_local(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[LocalWorkspace]:
+    """`fixbot local ARGS` in `root`, with no Slack settings at all; stopped with SIGTERM."""
     port = _free_port()
-    env = {
+    environment = {
         "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": str(tmp_path / "home"),
+        "HOME": str(root / "home"),
         "FIXBOT_HTTP_PORT": str(port),
-        "FIXBOT_WORKDIR": str(tmp_path / "work"),
+        "FIXBOT_WORKDIR": str(root / "work"),
         "LOG_FORMAT": "console",
+        **(env or {}),
     }
-    log = tmp_path / "fixbot-local.log"
+    log = root / "fixbot-local.log"
     fixbot = Path(sys.executable).parent / "fixbot"
     started = time.monotonic()
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [str(fixbot), "local", "--demo"],
-            cwd=tmp_path,
-            env=env,
+            [str(fixbot), "local", *args],
+            cwd=root,
+            env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -97,7 +105,16 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalWorkspace]:
 
 
 @pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalWorkspace]:
+    """`fixbot local --demo`: no Slack, no model key, no fixbot.yml."""
+    async with fixbot_local(tmp_path, "--demo") as workspace:
+        yield workspace
+
+
+@pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
@@ -171,6 +188,50 @@ async def test_a_demo_task_from_the_browser(
     await _screenshot(page, tmp_path, "local-home.png")
 
     print(f"\nfirst plan {first_plan_s:.1f} s after `fixbot local --demo` started")
+
+
+async def test_with_a_key_and_a_repository_real_work_runs_there(tmp_path: Path) -> None:
+    origin = make_shop_repo(tmp_path)
+    config = {
+        "repos": [
+            {
+                "name": "acme/shop",
+                "clone_url": str(origin),  # a plain local path
+                "test_command": f"{sys.executable} -m pytest -q -p no:cacheprovider",
+            }
+        ]
+    }
+    (tmp_path / "fixbot.yml").write_text(yaml.safe_dump(config))
+    async with ScriptedModel() as model:
+        model.script([[structured(plan_data())]], match="Plan a fix for prices go negative")
+        env = {"ANTHROPIC_API_KEY": "sk-ant-local-test", "ANTHROPIC_BASE_URL": model.base_url}
+        async with fixbot_local(tmp_path, env=env) as local, httpx.AsyncClient() as client:
+            first = await _snapshot(client, local.url)
+            assert first["demo"] is False
+            assert first["example_command"] == "/fix what is wrong repo:acme/shop"
+            command = {"user": "U_ADA", "channel": "C_GENERAL"}
+            command["text"] = "/fix prices go negative repo:acme/shop"
+            answer = await client.post(f"{local.url}ui/command", json=command)
+            assert answer.status_code == 200
+            for _ in range(1200):  # a bounded poll: about two minutes
+                messages = (await _snapshot(client, local.url))["channels"][0]["messages"]
+                texts = [reply["text"] for message in messages for reply in message["replies"]]
+                if any(text.startswith("Plan v1") for text in texts):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no plan in the thread: {texts}")
+        assert model.unexpected == []
+        assert "in the repository acme/shop" in json.dumps(model.requests[-1])
+
+
+async def _snapshot(client: httpx.AsyncClient, url: str, user: str = "U_ADA") -> dict[str, Any]:
+    """The first snapshot the page's event stream sends."""
+    async with client.stream("GET", f"{url}ui/events", params={"user": user}) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                return dict(json.loads(line.removeprefix("data: ")))
+    raise AssertionError("the event stream ended without a snapshot")
 
 
 async def _texts_seen(page: Page, ts: str | None) -> list[str]:
