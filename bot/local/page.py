@@ -10,7 +10,8 @@ message or thread reply, a button click, opening the App Home tab.
     POST /ui/command              {user, channel, text: "/fix …"}
     POST /ui/message              {user, channel, text, thread_ts?}   "@fixbot" mentions the bot
     POST /ui/click                {user, channel, ts, action_id}
-    POST /ui/home                 {user}
+    POST /ui/home                 {user}                  opens App Home
+    POST /ui/home/click           {user, action_id, value}
     GET  /ui/diff?branch=B        the "pull request": B against its repository's default branch
     GET  /ui/files/{id}           an uploaded file's text (the plan, PLAN.md)
 """
@@ -83,7 +84,7 @@ def add_page(app: web.Application, slack: LocalSlack, page: PageSettings) -> Non
         return response
 
     async def command(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, "user", "channel", "text")
         name, _, text = str(body["text"]).strip().partition(" ")
         if not name.startswith("/"):
             raise web.HTTPBadRequest(text="a command starts with /")
@@ -93,7 +94,7 @@ def add_page(app: web.Application, slack: LocalSlack, page: PageSettings) -> Non
         return web.json_response({"ok": True})
 
     async def message(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, "user", "channel", "text")
         text = _as_typed(str(body["text"]), slack.bot_user_id)
         ts = await slack.post_message(
             body["channel"], text, user=body["user"], thread_ts=body.get("thread_ts") or None
@@ -101,13 +102,18 @@ def add_page(app: web.Application, slack: LocalSlack, page: PageSettings) -> Non
         return web.json_response({"ok": True, "ts": ts})
 
     async def click(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, "user", "channel", "ts", "action_id")
         await slack.click_button(body["channel"], body["ts"], body["action_id"], user=body["user"])
         return web.json_response({"ok": True})
 
     async def home(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, "user")
         await slack.open_app_home(body["user"])
+        return web.json_response({"ok": True})
+
+    async def home_click(request: web.Request) -> web.Response:
+        body = await _body(request, "user", "action_id")
+        await slack.click_home_button(body["action_id"], user=body["user"], value=body.get("value"))
         return web.json_response({"ok": True})
 
     async def diff(request: web.Request) -> web.Response:
@@ -133,6 +139,7 @@ def add_page(app: web.Application, slack: LocalSlack, page: PageSettings) -> Non
     app.router.add_post("/ui/message", message)
     app.router.add_post("/ui/click", click)
     app.router.add_post("/ui/home", home)
+    app.router.add_post("/ui/home/click", home_click)
     app.router.add_get("/ui/diff", diff)
     app.router.add_get("/ui/files/{file_id}", file)
 
@@ -182,10 +189,11 @@ class _Streams:
         self.closing.set()
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request, *required: str) -> dict[str, Any]:
+    """The call's JSON object, which must hold every `required` key."""
     body = await request.json()
-    if not isinstance(body, dict) or not body.get("user") or not body.get("channel", "x"):
-        raise web.HTTPBadRequest(text="expected a JSON object with user")
+    if not isinstance(body, dict) or not all(body.get(key) for key in required):
+        raise web.HTTPBadRequest(text=f"expected a JSON object with {', '.join(required)}")
     return body
 
 

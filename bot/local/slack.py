@@ -20,6 +20,7 @@ Surface::
         # what people do; each returns when Slack would have delivered it
         ack = await slack.slash_command("SHOP-1", command="/fix", user="U_ALICE")
         ack = await slack.click_button(channel, message_ts, "approve", user="U_ALICE")
+        ack = await slack.click_home_button("approve", user="U_ALICE", value="12:1")
         ts = await slack.post_message(channel, text, user=None, bot_id=None, ...)
         ts = await slack.reply_in_thread(channel, thread_ts, text, user="U_ALICE")
         ts = await slack.mention(channel, "<@UFIXBOT> status", user="U_ALICE")
@@ -436,18 +437,7 @@ class LocalSlack:
         block_id, button = found
         thread_ts = message.get("thread_ts")
         response_id = self._new_response_url(channel, user, message_ts, thread_ts)
-        action = {
-            "type": "button",
-            "action_id": action_id,
-            "block_id": block_id,
-            "text": button.get("text"),
-            "action_ts": f"{time.time():.6f}",
-        }
-        chosen_value = value if value is not None else button.get("value")
-        if chosen_value is not None:
-            action["value"] = chosen_value
-        if "style" in button:
-            action["style"] = button["style"]
+        action = _button_action(block_id, button, value)
         container: dict[str, Any] = {
             "type": "message",
             "message_ts": message_ts,
@@ -478,6 +468,44 @@ class LocalSlack:
             "actions": [action],
         }
         return await self._deliver_and_wait("interactive", payload, accepts_response=True)
+
+    async def click_home_button(
+        self, action_id: str, *, user: str = "U_ALICE", value: str | None = None
+    ) -> Ack:
+        """Click the button ``action_id`` (the one with ``value``, if given) on ``user``'s
+        App Home; returns once acknowledged. As on Slack, it comes without a response_url.
+        """
+        view = self._home_views.get(user) or {}
+        found = next(
+            (
+                (block_id, button)
+                for block_id, button in _buttons(view.get("blocks") or [])
+                if button.get("action_id") == action_id
+                and (value is None or button.get("value") == value)
+            ),
+            None,
+        )
+        if found is None:
+            raise AssertionError(f"{user}'s App Home has no button {action_id!r} ({value=})")
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "user": {
+                "id": user,
+                "username": _user_name(user),
+                "name": _user_name(user),
+                "team_id": self.team_id,
+            },
+            "api_app_id": self.app_id,
+            "token": "local-verification-token",
+            "container": {"type": "view", "view_id": view["id"]},
+            "trigger_id": self._new_trigger_id(),
+            "team": {"id": self.team_id, "domain": "local"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "view": copy.deepcopy(view),
+            "actions": [_button_action(*found, None)],
+        }
+        return await self._deliver_and_wait("interactive", payload, accepts_response=False)
 
     async def post_message(
         self,
@@ -1323,6 +1351,23 @@ def _buttons(blocks: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 def _find_button(blocks: list[dict[str, Any]], action_id: str) -> tuple[str, dict[str, Any]] | None:
     return next(((b, e) for b, e in _buttons(blocks) if e.get("action_id") == action_id), None)
+
+
+def _button_action(block_id: str, button: dict[str, Any], value: str | None) -> dict[str, Any]:
+    """The ``actions`` entry of a block_actions payload for a click on ``button``."""
+    action = {
+        "type": "button",
+        "action_id": button.get("action_id"),
+        "block_id": block_id,
+        "text": button.get("text"),
+        "action_ts": f"{time.time():.6f}",
+    }
+    chosen_value = value if value is not None else button.get("value")
+    if chosen_value is not None:
+        action["value"] = chosen_value
+    if "style" in button:
+        action["style"] = button["style"]
+    return action
 
 
 def _rich_text_block(text: str) -> dict[str, Any]:

@@ -166,7 +166,6 @@ def check_blocks(blocks: object, *, limit: int) -> list[str]:
     if len(blocks) > limit:
         problems.append(f"{len(blocks)} blocks, more than the {limit} Slack allows")
     block_ids: set[str] = set()
-    action_ids: set[str] = set()
     for index, block in enumerate(blocks):
         where = f"block {index}"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
@@ -180,6 +179,7 @@ def check_blocks(blocks: object, *, limit: int) -> list[str]:
                 problems.append(f"{where}: block_id is longer than {ID_LIMIT} characters")
             block_ids.add(block_id)
         problems.extend(_check_block(block, where))
+        action_ids: set[str] = set()  # Slack wants them unique within their block
         for element in _interactive_elements(block):
             problems.extend(_check_element(element, where, action_ids))
     return problems
@@ -221,7 +221,7 @@ def _check_element(element: dict[str, Any], where: str, action_ids: set[str]) ->
     action_id = element.get("action_id")
     if action_id is not None:
         if action_id in action_ids:
-            problems.append(f"{where}: action_id {action_id!r} is used twice in the message")
+            problems.append(f"{where}: action_id {action_id!r} is used twice in the block")
         if len(str(action_id)) > ID_LIMIT:
             problems.append(f"{where}: action_id is longer than {ID_LIMIT} characters")
         action_ids.add(action_id)

@@ -147,11 +147,12 @@ function renderButton(button, target) {
   node.innerHTML = textObject(button.text);
   if (button.url) {
     node.addEventListener("click", () => window.open(button.url, "_blank", "noopener"));
+  } else if (target === "home") {
+    node.addEventListener("click", () => act("ui/home/click", { action_id: button.action_id, value: button.value }));
   } else if (target) {
     node.addEventListener("click", () => act("ui/click", { channel: target.channel, ts: target.ts, action_id: button.action_id }));
   } else {
-    node.disabled = true;
-    node.title = "Open the task's thread to act on it";
+    node.disabled = true; // on an ephemeral message: the local Slack keeps no clickable copy
   }
   return node;
 }
@@ -310,7 +311,7 @@ function renderHome() {
     box.innerHTML = `<div class="home-empty">Opening Fixbot's Home…</div>`;
     return;
   }
-  box.appendChild(renderBlocks(view.blocks || [], null));
+  box.appendChild(renderBlocks(view.blocks || [], "home"));
 }
 
 function renderSidebar() {
