@@ -8,6 +8,7 @@ every Fixbot message "demo: scripted model".
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from pathlib import Path
@@ -74,15 +75,13 @@ async def make_sample_repository(root: Path) -> Path:
     """A bare repository `root/shop.git` holding the sample (main: the seeded bug)."""
     source = root / "shop-src"
     bare = root / "shop.git"
-    for stale in (source, bare):
-        shutil.rmtree(stale, ignore_errors=True)
-    shutil.copytree(SAMPLE_REPOSITORY, source)
+    await asyncio.to_thread(shutil.copytree, SAMPLE_REPOSITORY, source)
     identity = ("-c", "user.name=Fixbot demo", "-c", "user.email=demo@fixbot.invalid")
     await git("init", "--quiet", "--initial-branch=main", cwd=source)
     await git("add", "--all", cwd=source)
     await git(*identity, "commit", "--quiet", "-m", "A shop with a discount bug", cwd=source)
     await git("clone", "--quiet", "--bare", str(source), str(bare), cwd=root)
-    shutil.rmtree(source)
+    await asyncio.to_thread(shutil.rmtree, source)
     return bare
 
 

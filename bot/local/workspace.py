@@ -78,6 +78,8 @@ async def serve_local(settings: Settings, *, demo: bool) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if demo:
             settings = await _demo_settings(settings, stack)
+        else:
+            settings = await _local_database(settings)
         example = EXAMPLE_COMMAND if demo else f"/fix what is wrong repo:{settings.repos[0].name}"
         page = PageSettings(PEOPLE, tuple(APPROVERS), tuple(settings.repos), demo, example)
         mounted = slack.make_app()
@@ -89,11 +91,18 @@ async def serve_local(settings: Settings, *, demo: bool) -> None:
             await slack.close()
 
 
+async def _local_database(settings: Settings) -> Settings:
+    """A database of the local workspace's own, fresh each start: its messages live in
+    memory, and a shared queue would hand it jobs whose threads are in a real Slack."""
+    root = await asyncio.to_thread(_fresh_directory, settings.fixbot_workdir.resolve() / "local")
+    return settings.model_copy(
+        update={"database_url": SecretStr(f"sqlite+aiosqlite:///{root}/fixbot.db")}
+    )
+
+
 async def _demo_settings(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
     """Settings for the demo: a fresh sample repository, database and workdir each start."""
-    root = settings.fixbot_workdir.resolve() / "demo"
-    await asyncio.to_thread(shutil.rmtree, root, True)
-    root.mkdir(parents=True)
+    root = await asyncio.to_thread(_fresh_directory, settings.fixbot_workdir.resolve() / "demo")
     origin = await make_sample_repository(root)
     test_command = f"{shlex.quote(sys.executable)} -m unittest"
     model = await stack.enter_async_context(DemoModel(test_command))
@@ -113,6 +122,12 @@ async def _demo_settings(settings: Settings, stack: contextlib.AsyncExitStack) -
             "mcp_servers": {},
         }
     )
+
+
+def _fresh_directory(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def _demo_reason(settings: Settings) -> str | None:
