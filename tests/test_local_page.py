@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    "--disable-dev-shm-usage",  # containers give /dev/shm little room
 ]
 STEP_S = 120_000  # ms: one agent step on a loaded machine (bounded polls, not deadlines)
 FIX = "/fix a 10% discount takes off far too much repo:demo/shop"

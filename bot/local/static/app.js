@@ -402,7 +402,14 @@ async function act(path, body) {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ user: page.user, channel: page.channel, ...body }),
   });
-  if (!response.ok) console.error(path, response.status, await response.text());
+  if (!response.ok) toast(await response.text());
+}
+
+function toast(text) {
+  $("toast").textContent = text;
+  $("toast").hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { $("toast").hidden = true; }, 5000);
 }
 
 function listen() {
