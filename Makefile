@@ -23,7 +23,7 @@ install-dev: $(VENV)/.installed-dev
 
 # Without Slack tokens (environment or .env) there is nothing to connect to: the local workspace.
 run: install
-	@if [ -n "$$SLACK_BOT_TOKEN$$SLACK_APP_TOKEN" ] || grep -qsE '^SLACK_(BOT|APP)_TOKEN=.' .env; then \
+	@if [ -n "$$SLACK_BOT_TOKEN$$SLACK_APP_TOKEN" ] || grep -qsE '^(export )?SLACK_(BOT|APP)_TOKEN=.' .env; then \
 		$(BIN)/python app.py; \
 	else \
 		echo "No Slack tokens (SLACK_BOT_TOKEN, SLACK_APP_TOKEN): starting the local workspace, fixbot local."; \
