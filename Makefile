@@ -21,8 +21,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Without Slack tokens (environment or .env) there is nothing to connect to: the local workspace.
 run: install
-	$(BIN)/python app.py
+	@if [ -n "$$SLACK_BOT_TOKEN$$SLACK_APP_TOKEN" ] || grep -qsE '^(export )?SLACK_(BOT|APP)_TOKEN=.' .env; then \
+		$(BIN)/python app.py; \
+	else \
+		echo "No Slack tokens (SLACK_BOT_TOKEN, SLACK_APP_TOKEN): starting the local workspace, fixbot local."; \
+		$(BIN)/fixbot local; \
+	fi
 
 lint: install-dev
 	$(BIN)/ruff check .

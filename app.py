@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -124,8 +125,8 @@ def build_workflow(
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run Fixbot until a stop signal."""
+async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None = None) -> None:
+    """Run Fixbot until a stop signal; `mounts` are served beside it (`fixbot local`)."""
     engine = create_engine(settings.database_url.get_secret_value())
     await migrate(engine)
     sessions = sessionmaker(engine)
@@ -154,6 +155,7 @@ async def serve(settings: Settings) -> None:
                 readiness,
                 lambda: metrics.update_queue_lengths(sessions),
                 webhooks=webhook_routes(conversation),
+                mounts=mounts,
             )
         )
         await runner.setup()

@@ -1,6 +1,7 @@
 """The `fixbot` command: run the bot, check its set-up, and look after tasks from a terminal.
 
     fixbot run                      # the same as `python app.py`
+    fixbot local [--demo]           # Fixbot in a local workspace in the browser, no Slack needed
     fixbot doctor                   # one line per setting and dependency, and what to do
     fixbot tasks list [--state S] [--limit N]
     fixbot tasks show ID            # the task, its events, its agent runs and spend
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         import app
 
         return app.main()
+    if args.command == "local":
+        from bot.local import workspace
+
+        return workspace.main(demo=args.demo)
     try:
         if args.command == "doctor":
             return asyncio.run(doctor())
@@ -79,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="connect to Slack and serve (the same as python app.py)")
+    local = commands.add_parser("local", help="serve a local workspace in the browser and connect")
+    local.add_argument("--demo", action="store_true", help="a sample repository, a scripted model")
     commands.add_parser("doctor", help="check every setting and dependency")
     tasks = commands.add_parser("tasks", help="list, show and act on tasks")
     actions = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -207,8 +207,11 @@ class Settings(BaseSettings):
         return [value for value in values if len(value) >= 6]
 
 
-def load_settings(env_file: str | Path = ".env") -> Settings:
-    """Read settings from the environment, `.env` and the YAML file, or raise ConfigError."""
+def load_settings(env_file: str | Path = ".env", **overrides: Any) -> Settings:
+    """Read settings from the environment, `.env` and the YAML file, or raise ConfigError.
+
+    `overrides` win over all three (`fixbot local` gives its own Slack tokens this way).
+    """
     dotenv = {key.upper(): value for key, value in dotenv_values(env_file).items() if value}
     config_name = os.environ.get("FIXBOT_CONFIG") or dotenv.get("FIXBOT_CONFIG")
     config_path = Path(config_name or "fixbot.yml")
@@ -221,7 +224,7 @@ def load_settings(env_file: str | Path = ".env") -> Settings:
     if yaml_file is not None:
         _check_yaml(yaml_file)
     try:
-        return Settings(_env_file=env_file, _yaml_file=yaml_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, _yaml_file=yaml_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as error:
         raise ConfigError(_explain(error, yaml_file)) from None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,10 +18,12 @@ def make_http_app(
     readiness: ReadinessCheck,
     refresh_metrics: MetricsRefresh | None = None,
     webhooks: Sequence[web.RouteDef] = (),
+    mounts: Mapping[str, web.Application] | None = None,
 ) -> web.Application:
     """`/healthz` (the process answers), `/readyz` (database and Slack), `/metrics`.
 
     `refresh_metrics` runs before each scrape, for gauges read from the database.
+    `mounts` serves other applications under a prefix (`/local`: the local workspace).
     """
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -45,4 +47,14 @@ def make_http_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_routes(webhooks)  # POST /webhooks/{sentry,github,jira}: bot/webhooks.py
+    for prefix, mounted in (mounts or {}).items():
+        app.router.add_get(prefix, _redirect(f"{prefix}/"))
+        app.add_subapp(prefix, mounted)
     return app
+
+
+def _redirect(location: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def redirect(_request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(location)
+
+    return redirect
