@@ -30,6 +30,7 @@ import handlers
 from agents.runner import AgentEnvironment
 from agents.workspace import Workspaces
 from bot import metrics
+from bot.aftermerge import AFTER_MERGE
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
 from bot.errors import ConfigError
@@ -47,6 +48,7 @@ from bot.workflow import Workflow
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.queue import JobQueue
 from storage.sessions import DatabaseSessionStore
+from storage.tables import Job
 
 log = logging.getLogger("fixbot")
 
@@ -133,7 +135,12 @@ async def serve(settings: Settings) -> None:
     client = slack_client(settings)
     workflow = build_workflow(settings, sessions, queue, client)
     conversation = Conversation(workflow)
-    pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail, workflow.sweep)
+    runners = {AFTER_MERGE: conversation.after_merge.run_job}
+
+    async def run_job(job: Job) -> None:
+        await runners.get(job.kind, workflow.run_job)(job)
+
+    pool = WorkerPool(settings, queue, run_job, workflow.fail, workflow.sweep)
     workflow.job_added = pool.wake
     workflow.task_stopped = pool.cancel_task_jobs
 

@@ -55,6 +55,8 @@ class Limits(BaseModel):
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
+    # How often a merged fix's error is checked in Sentry during verify_window_hours.
+    verify_check_interval_s: float = Field(default=3600, gt=0)
 
 
 class McpServer(BaseModel):
@@ -143,6 +145,10 @@ class Settings(BaseSettings):
     github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` comments count
     jira_label: str = "fixbot"  # Jira issues created with this label become tasks
     question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
+    # After a merge: how long Fixbot watches the error in Sentry (fractions work), and
+    # where the task's Jira issue moves.
+    verify_window_hours: float = Field(default=24, gt=0)
+    jira_done_transition: str | None = "Done"
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -273,4 +279,6 @@ _YAML_KEYS = {
     "jira_label",
     "question_timeout_s",
     "jira_transition",
+    "verify_window_hours",
+    "jira_done_transition",
 }

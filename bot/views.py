@@ -229,8 +229,10 @@ def _title(task: Task, limit: int = 500) -> str:
     return _one_line(task.title or task.ref_key, limit)
 
 
-def parent_message(task: Task) -> Message:
-    """The thread's parent: what the task is about, where, and how far it has got."""
+def parent_message(task: Task, after_merge: str | None = None) -> Message:
+    """The thread's parent: what the task is about, where, and how far it has got.
+
+    `after_merge` is Fixbot's own line on the merged fix (resolved, watched, held…)."""
     title = _title(task)
     state = state_words(task.state)
     lines = [f"*{title}*"]
@@ -245,6 +247,8 @@ def parent_message(task: Task) -> Message:
     lines.append(status)
     if task.pr_url:
         lines.append(f":link: Pull request: {link(task.pr_url, task.pr_url)}")
+    if after_merge:
+        lines.append(after_merge)
     return _message(f"{title} · {state}", [_section("\n".join(lines))])
 
 
@@ -754,3 +758,76 @@ MENTION_HELP = (
 def note(text: str) -> Message:
     """A short line of Fixbot's own mrkdwn in a thread."""
     return _message(text, [_section(text)])
+
+
+# ---------------------------------------------------------------------------- after the merge
+
+
+def fmt_window(hours: float) -> str:
+    """24 → "24 h"; 0.5 → "30 min"; 0.002 → "7 s": a watch window as people read it."""
+    if hours >= 1:
+        return f"{hours:g} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:g} min"
+    return f"{hours * 3600:.0f} s"
+
+
+def loop_closed(done: Sequence[str], watching: str | None) -> Message:
+    """What Fixbot did about the merge: each line is Fixbot's own mrkdwn."""
+    lines = [":white_check_mark: *After the merge*", *(f"• {line}" for line in done)]
+    if watching:
+        lines.append(f":eyes: {watching}")
+    return _message("After the merge: " + "; ".join(done), [_section("\n".join(lines))])
+
+
+def fix_held(window: str, since: str, events_before: int | None) -> Message:
+    """The watch ended with no new events."""
+    line = f":large_green_circle: No new events in {window} {since}: the fix held."
+    if events_before:
+        line += f" (In the {window} before the merge: {events_before}.)"
+    return _message(line, [_section(line)])
+
+
+def fix_not_held(watch_id: int, count: int, since: str, pr_url: str) -> Message:
+    """Events came after the fix: say so and offer to plan again."""
+    many = f"{count}+" if count >= EVENTS_PAGE else str(count)
+    line = (
+        f":red_circle: Still seen: {many} event{'s' if count != 1 else ''} {since}, "
+        f"the fix in {link(pr_url, 'the pull request')} did not hold."
+    )
+    return _message(line, [_section(line), _plan_again(watch_id)])
+
+
+def fix_unreleased(window: str, commit: str | None) -> Message:
+    """Sentry knows releases, but none carried the fix within the window."""
+    what = f"commit `{escape(commit[:12])}`" if commit else "the merge"
+    line = (
+        f":grey_question: No release carrying {what} reached Sentry in {window}; "
+        "nothing to judge the fix by yet."
+    )
+    return _message(line, [_section(line)])
+
+
+def regressed(watch_id: int, ref: str, pr_url: str) -> Message:
+    """Sentry says the issue came back after the merged fix: in the original thread."""
+    line = (
+        f":leftwards_arrow_with_hook: Sentry marks {inline_code(ref)} regressed: it came back "
+        f"after Fixbot's fix in {link(pr_url, pr_url)}."
+    )
+    return _message(line, [_section(line), _plan_again(watch_id)])
+
+
+def planning_again(text: str, user: str) -> Message:
+    """The verdict once someone asked to plan again (its button goes)."""
+    line = f"{text}\n:repeat: Planning again, asked by {who(user)}."
+    return _message(line, [_section(line)])
+
+
+def _plan_again(watch_id: int) -> ActionsBlock:
+    return ActionsBlock(
+        block_id=f"plan_again:{watch_id}",
+        elements=[_button("Plan again", "plan_again", str(watch_id), "primary")],
+    )
+
+
+EVENTS_PAGE = 100  # Sentry's page of events: a full page means at least this many
