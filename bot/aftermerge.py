@@ -32,7 +32,7 @@ from bot.integrations.sentry import SentryClient, SentryEvent, SentryRelease
 from bot.models import Reference, RefKind, State
 from bot.sources import TaskContext
 from storage.queue import JobQueue
-from storage.tables import Alert, FixWatch, Job, Task
+from storage.tables import Alert, FixWatch, Job, Task, aware
 
 if TYPE_CHECKING:
     from bot.workflow import Workflow
@@ -129,6 +129,7 @@ class AfterMerge:
             )
         if task is None or watch is None:
             return
+        _with_aware_times(watch)
         if watch.status == Watch.CLOSING:
             await self._close_loop(task, watch)
         elif watch.status == Watch.WATCHING:
@@ -280,6 +281,7 @@ class AfterMerge:
             task = await session.get(Task, watch.task_id) if watch is not None else None
         if watch is None or task is None or task.thread_ts is None:
             return None
+        _with_aware_times(watch)
         newest = await self.workflow.task_in_thread(task.channel_id, task.thread_ts)
         current = newest.id if newest is not None else task.id
         await self._point_alert(alert_id, task, current)
@@ -323,6 +325,7 @@ class AfterMerge:
             task = await session.get(Task, watch.task_id) if watch is not None else None
         if watch is None or task is None:
             raise InvalidTransition("That button belongs to a fix I do not know.")
+        _with_aware_times(watch)
         verdict = _verdict_words(watch)
         if not await self._move(watch, *REPLANNABLE, status=Watch.REPLANNING):
             raise InvalidTransition("Planning again is already under way in this thread.")
@@ -431,6 +434,14 @@ def _parent_line(watch: FixWatch, window: str) -> str:
         Watch.REGRESSED: ":leftwards_arrow_with_hook: Merged, but Sentry marks it regressed.",
         Watch.REPLANNING: ":repeat: Merged, then planned again in this thread.",
     }[Watch(watch.status)]
+
+
+def _with_aware_times(watch: FixWatch) -> None:
+    """A loaded watch's times in UTC, whatever the database handed back."""
+    watch.merged_at = aware(watch.merged_at)
+    watch.window_ends_at = aware(watch.window_ends_at)
+    if watch.released_at is not None:
+        watch.released_at = aware(watch.released_at)
 
 
 def _now() -> datetime:

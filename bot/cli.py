@@ -518,6 +518,9 @@ async def _show(sessions: Sessions, task_id: int) -> None:
         _show_after_merge(watches, follow_ups)
 
 
+AFTER_MERGE_JOBS_SHOWN = 5  # a day's watch is a job an hour
+
+
 def _show_after_merge(watches: list[FixWatch], jobs: list[Job]) -> None:
     """The merged fix: what Sentry and Jira were told, the watch, and its scheduled jobs."""
     print("\nAfter the merge")
@@ -540,7 +543,9 @@ def _show_after_merge(watches: list[FixWatch], jobs: list[Job]) -> None:
         for label, value in facts.items():
             if value is not None:
                 print(f"    {label + ':':<14} {_one_line(str(value))}")
-    for job in jobs:
+    shown = jobs[-AFTER_MERGE_JOBS_SHOWN:]
+    print(f"  jobs: {len(jobs)} (one a check){', the last ones:' if len(shown) < len(jobs) else ''}")
+    for job in shown:
         error = f"  {_one_line(job.last_error)}" if job.last_error else ""
         print(f"  job {job.id:<5} {job.status:<9} runs after {_when(job.run_after)}{error}")
 

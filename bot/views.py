@@ -777,7 +777,7 @@ def loop_closed(done: Sequence[str], watching: str | None) -> Message:
     lines = [":white_check_mark: *After the merge*", *(f"• {line}" for line in done)]
     if watching:
         lines.append(f":eyes: {watching}")
-    return _message("After the merge: " + "; ".join(done), [_section("\n".join(lines))])
+    return _message("After the merge: " + " ".join(done), [_section("\n".join(lines))])
 
 
 def fix_held(window: str, since: str, events_before: int | None) -> Message:
