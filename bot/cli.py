@@ -544,7 +544,7 @@ def _show_after_merge(watches: list[FixWatch], jobs: list[Job]) -> None:
             if value is not None:
                 print(f"    {label + ':':<14} {_one_line(str(value))}")
     shown = jobs[-AFTER_MERGE_JOBS_SHOWN:]
-    print(f"  jobs: {len(jobs)} (one a check){', the last ones:' if len(shown) < len(jobs) else ''}")
+    print(f"  {len(jobs)} job(s), one a step; the last {len(shown)}:")
     for job in shown:
         error = f"  {_one_line(job.last_error)}" if job.last_error else ""
         print(f"  job {job.id:<5} {job.status:<9} runs after {_when(job.run_after)}{error}")
