@@ -30,7 +30,6 @@ import handlers
 from agents.runner import AgentEnvironment
 from agents.workspace import Workspaces
 from bot import metrics
-from bot.aftermerge import AFTER_MERGE
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
 from bot.errors import ConfigError
@@ -40,6 +39,7 @@ from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient
 from bot.jobs import WorkerPool
 from bot.logs import setup_logging
+from bot.models import AFTER_MERGE
 from bot.redact import Redactor
 from bot.sources import Sources
 from bot.thread import SlackThreads

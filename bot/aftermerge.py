@@ -29,7 +29,7 @@ from bot.alerts import SentryAlert
 from bot.errors import InvalidTransition
 from bot.integrations import IntegrationError
 from bot.integrations.sentry import SentryClient, SentryEvent, SentryRelease
-from bot.models import Reference, RefKind, State
+from bot.models import AFTER_MERGE, Reference, RefKind, State, Watch
 from bot.sources import TaskContext
 from storage.queue import JobQueue
 from storage.tables import Alert, FixWatch, Job, Task, aware
@@ -39,23 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AFTER_MERGE = "after_merge"  # the job kind: one step of a watch, whatever its status
 RELEASES_CHECKED = 10  # how many of a project's newest releases may carry the merged fix
 EVENTS_IN_CONTEXT = 10  # events listed for the next plan
-
-
-class Watch(StrEnum):
-    """A `fix_watches` row's status."""
-
-    CLOSING = "closing"  # merged; Sentry and Jira not told yet
-    WATCHING = "watching"
-    CLOSED = "closed"  # nothing to watch (no Sentry issue)
-    HELD = "held"
-    NOT_HELD = "not_held"
-    UNRELEASED = "unreleased"  # no release carried the fix within the window
-    UNCHECKED = "unchecked"  # Sentry could not be asked at the window's end
-    REGRESSED = "regressed"
-    REPLANNING = "replanning"
 
 
 REOPENABLE = (Watch.CLOSED, Watch.WATCHING, Watch.HELD, Watch.NOT_HELD, Watch.UNRELEASED)
@@ -187,7 +172,9 @@ class AfterMerge:
 
     async def _check(self, task: Task, watch: FixWatch) -> None:
         """Count the issue's events after the fix; report when some came or the window ended."""
-        assert self.sentry is not None and watch.sentry_issue is not None
+        if self.sentry is None or watch.sentry_issue is None:  # Sentry was unset meanwhile
+            await self._move(watch, Watch.WATCHING, status=Watch.CLOSED)
+            return
         now = _now()
         try:
             release, judged = await self._release_of(watch)
@@ -287,7 +274,8 @@ class AfterMerge:
         await self._point_alert(alert_id, task, current)
         if current != task.id or not await self._move(watch, *REOPENABLE, status=Watch.REGRESSED):
             return CameBack.KNOWN
-        message = views.regressed(watch.id, alert.ref_key or task.ref_key, watch.pr_url)
+        ref = alert.ref_key or task.ref_key
+        message = views.came_back(watch.id, ref, watch.pr_url, regressed=alert.regressed)
         ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         await self._move(watch, Watch.REGRESSED, report_ts=ts)
         await self._update_parent(task, watch)

@@ -35,10 +35,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.aftermerge import AFTER_MERGE
 from bot.config import HINTS, Settings, load_settings, scrub_environment
 from bot.errors import ConfigError, FixbotError
-from bot.models import State
+from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 

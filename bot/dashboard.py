@@ -11,7 +11,7 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from slack_sdk.errors import SlackApiError
@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.models import State
-from storage.tables import AgentRun, Job, Task, TaskEvent
+from bot.models import AFTER_MERGE, State
+from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TaskSummary:
     pr_url: str | None
     created_at: datetime
     since: datetime  # when the task entered its current state
+    after_merge: str | None = None  # its merged fix's watch status (models.Watch)
 
     @classmethod
     def of(cls, task: Task, since: datetime | None = None) -> TaskSummary:
@@ -140,12 +141,14 @@ async def load_dashboard(
             await session.execute(
                 select(Job, Task)
                 .join(Task, Task.id == Job.task_id)
-                .where(Job.status == "queued")
+                .where(Job.status == "queued", Job.kind != AFTER_MERGE)  # agent steps only
                 .order_by(Job.priority, Job.id)
                 .limit(LIST_LIMIT)
             )
         ).all()
-        queue_total = await session.scalar(select(func.count(Job.id)).where(Job.status == "queued"))
+        queue_total = await session.scalar(
+            select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
+        )
         awaiting = list(
             await session.scalars(
                 select(Task)
@@ -157,12 +160,20 @@ async def load_dashboard(
         awaiting_total = await session.scalar(
             select(func.count(Task.id)).where(Task.state == State.AWAITING_APPROVAL)
         )
-        recent = await session.scalars(
-            select(Task)
-            .order_by(Task.id.desc())
-            .offset(page * RECENT_PAGE_SIZE)
-            .limit(RECENT_PAGE_SIZE)
+        recent = list(
+            await session.scalars(
+                select(Task)
+                .order_by(Task.id.desc())
+                .offset(page * RECENT_PAGE_SIZE)
+                .limit(RECENT_PAGE_SIZE)
+            )
         )
+        watches = await session.execute(
+            select(FixWatch.task_id, FixWatch.status)
+            .where(FixWatch.task_id.in_([t.id for t in recent]))
+            .order_by(FixWatch.id)
+        )
+        watched = {task_id: status for task_id, status in watches}  # the newest wins
         mine = await session.scalars(
             select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
         )
@@ -177,7 +188,7 @@ async def load_dashboard(
             queue_total=queue_total or 0,
             awaiting=[TaskSummary.of(t) for t in awaiting],
             awaiting_total=awaiting_total or 0,
-            recent=[TaskSummary.of(t) for t in recent],
+            recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
             mine=[TaskSummary.of(t) for t in mine],
             stats=stats,
             page=page,

@@ -17,9 +17,9 @@ from datetime import timedelta
 
 from agents.runner import AgentPermanentError, AgentTransientError
 from bot import logs, metrics
-from bot.aftermerge import AFTER_MERGE
 from bot.config import Settings
 from bot.errors import DailyBudgetReached
+from bot.models import AFTER_MERGE
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
 

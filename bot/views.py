@@ -32,7 +32,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.dashboard import Dashboard, TaskSummary
-from bot.models import Plan, RefKind, State
+from bot.models import Plan, RefKind, State, Watch
 from bot.redact import redact_blocks
 from storage.tables import Task
 
@@ -608,7 +608,22 @@ def _home_outcome(task: TaskSummary) -> str:
         line += f" · by {who(task.requested_by)}"
     if task.pr_url:
         line += f" · {link(task.pr_url, 'pull request')}"
+    if task.after_merge:
+        line += f" · {_AFTER_MERGE_WORDS[Watch(task.after_merge)]}"
     return line
+
+
+_AFTER_MERGE_WORDS = {
+    Watch.CLOSING: ":tada: merged",
+    Watch.CLOSED: ":tada: merged",
+    Watch.WATCHING: ":eyes: merged, watching",
+    Watch.HELD: ":large_green_circle: fix held",
+    Watch.NOT_HELD: ":red_circle: fix did not hold",
+    Watch.UNRELEASED: ":grey_question: merged, not released",
+    Watch.UNCHECKED: ":warning: merged, not checked",
+    Watch.REGRESSED: ":leftwards_arrow_with_hook: regressed",
+    Watch.REPLANNING: ":repeat: planned again",
+}
 
 
 def _home_lines(lines: Sequence[str], empty: str, total: int | None = None) -> Block:
@@ -808,10 +823,13 @@ def fix_unreleased(window: str, commit: str | None) -> Message:
     return _message(line, [_section(line)])
 
 
-def regressed(watch_id: int, ref: str, pr_url: str) -> Message:
-    """Sentry says the issue came back after the merged fix: in the original thread."""
+def came_back(watch_id: int, ref: str, pr_url: str, *, regressed: bool) -> Message:
+    """An issue came back after its merged fix (Sentry's regressed webhook, or an alert
+    again): said in the original thread."""
+    how = "Sentry marks" if regressed else "A Sentry alert names"
+    what = "regressed: it came back" if regressed else "again: it came back"
     line = (
-        f":leftwards_arrow_with_hook: Sentry marks {inline_code(ref)} regressed: it came back "
+        f":leftwards_arrow_with_hook: {how} {inline_code(ref)} {what} "
         f"after Fixbot's fix in {link(pr_url, pr_url)}."
     )
     return _message(line, [_section(line), _plan_again(watch_id)])

@@ -15,7 +15,16 @@ from typing import Any
 
 from fakes.anthropic import structured
 from test_cli import fixbot
-from test_conversation import buttons, db, plan_script, start_fix, thread_texts, wait_for_plan
+from test_conversation import (
+    buttons,
+    db,
+    plan_script,
+    post_alert,
+    sentry_alert,
+    start_fix,
+    thread_texts,
+    wait_for_plan,
+)
 from test_core_loop import script_execution, script_planning
 from test_webhooks import SECRETS, payload, post, sign, start
 from world import CHANNEL, World, plan_data, seed_sentry_issue
@@ -61,6 +70,10 @@ def fixbot_says(world: World, thread_ts: str, words: str) -> dict[str, Any] | No
         ),
         None,
     )
+
+
+def thread(world: World, thread_ts: str) -> list[dict[str, Any]]:
+    return world.slack.thread(CHANNEL, thread_ts)
 
 
 def parent_text(world: World) -> str:
@@ -122,6 +135,10 @@ async def test_a_merged_fix_is_resolved_watched_through_a_restart_and_holds(
     await world.slack.wait_for(lambda: "the fix held" in parent_text(world), what="the parent")
     assert len(world.slack.messages(CHANNEL)) == 1  # everything in the one thread
 
+    await world.slack.open_app_home("U_ALICE")
+    await world.slack.wait_for(
+        lambda: "fix held" in json.dumps(world.slack.home_view("U_ALICE") or {}), what="App Home"
+    )
     shown = (await fixbot(world, "tasks", "show", "1")).out
     assert "After the merge" in shown and "status:        held" in shown
     assert f"resolved:      in commit {MERGE_COMMIT[:12]}" in shown
@@ -223,6 +240,14 @@ async def test_a_regressed_webhook_reopens_the_original_thread(world: World) -> 
     assert len(world.slack.messages(CHANNEL)) == 1  # no new thread, no new task
     assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
     assert watch_row(world)[0] == "regressed"
+
+    # Sentry's alert about it in the channel is counted in the original thread too.
+    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
+    await world.slack.wait_for(
+        lambda: fixbot_says(world, thread_ts, "Seen again (1)"), what="the count in the thread"
+    )
+    assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
+    assert len(thread(world, alert_ts)) == 1  # the alert itself, no reply of its own
 
 
 async def test_a_merged_jira_task_moves_the_issue_to_done_with_a_comment(world: World) -> None:
