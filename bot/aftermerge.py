@@ -406,7 +406,7 @@ def _verdict_words(watch: FixWatch) -> str:
     since = f"since release {watch.release}" if watch.release else "since the merge"
     if watch.status == Watch.REGRESSED:
         return "Sentry marked the issue regressed."
-    return f"still seen: {watch.events_since or 0} events {since}; the fix did not hold."
+    return f"Still seen: {watch.events_since or 0} events {since}; the fix did not hold."
 
 
 def _parent_line(watch: FixWatch, window: str) -> str:
