@@ -126,8 +126,9 @@ class AfterMerge:
         done = [f"Pull request {views.link(watch.pr_url, watch.pr_url)} merged."]
         values: dict[str, Any] = {"status": Watch.CLOSED}
         if task.ref_kind == RefKind.SENTRY and self.sentry is not None:
-            try:
+            try:  # a failed resolve still leaves the issue to watch, once its id is known
                 issue_id = await self.sentry.group_id(task.ref_key)
+                values = {"status": Watch.WATCHING, "sentry_issue": issue_id}
                 how = await self.sentry.resolve_issue(
                     issue_id, commit=watch.merge_commit, repository=task.repo
                 )
@@ -135,7 +136,7 @@ class AfterMerge:
                 done.append(f":warning: {views.escape(str(error))}")
             else:
                 done.append(f"Sentry {views.inline_code(task.ref_key)} resolved {how}.")
-                values = {"status": Watch.WATCHING, "sentry_issue": issue_id, "resolved_how": how}
+                values["resolved_how"] = how
         if task.ref_kind == RefKind.JIRA and self.workflow.jira is not None:
             done.append(await self._close_jira(task, watch))
         watching = None
