@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.models import AFTER_MERGE, State
-from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
+from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent, aware
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class TaskSummary:
             cost_usd=task.cost_usd,
             plan_version=task.plan_version,
             pr_url=task.pr_url,
-            created_at=_aware(task.created_at),
-            since=_aware(since or task.updated_at or task.created_at),
+            created_at=aware(task.created_at),
+            since=aware(since or task.updated_at or task.created_at),
         )
 
 
@@ -184,7 +184,7 @@ async def load_dashboard(
             task_budget_usd=settings.limits.task_budget_usd,
             running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks[:LIST_LIMIT]],
             running_total=len(running_tasks),
-            queue=[QueuedJob(TaskSummary.of(t), j.kind, _aware(j.created_at)) for j, t in queued],
+            queue=[QueuedJob(TaskSummary.of(t), j.kind, aware(j.created_at)) for j, t in queued],
             queue_total=queue_total or 0,
             awaiting=[TaskSummary.of(t) for t in awaiting],
             awaiting_total=awaiting_total or 0,
@@ -218,7 +218,7 @@ async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, 
         .where(TaskEvent.task_id.in_([t.id for t in tasks]))
         .group_by(TaskEvent.task_id)
     )
-    return {task_id: _aware(at) for task_id, at in rows.all()}
+    return {task_id: aware(at) for task_id, at in rows.all()}
 
 
 async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
@@ -244,11 +244,11 @@ async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
     planned: dict[int, datetime] = {}
     delivered: dict[int, datetime] = {}
     for task_id, to_state, at in events:
-        started.setdefault(task_id, _aware(at))
+        started.setdefault(task_id, aware(at))
         if to_state == State.AWAITING_APPROVAL:
-            planned.setdefault(task_id, _aware(at))
+            planned.setdefault(task_id, aware(at))
         elif to_state == State.DONE:
-            delivered.setdefault(task_id, _aware(at))
+            delivered.setdefault(task_id, aware(at))
     return WeekStats(
         finished=finished,
         succeeded=succeeded,
@@ -262,11 +262,6 @@ async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
 def _median_since(started: dict[int, datetime], reached: dict[int, datetime]) -> float | None:
     waits = [(at - started[task_id]).total_seconds() for task_id, at in reached.items()]
     return statistics.median(waits) if waits else None
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive datetimes; Fixbot stores UTC."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 class HomeRefresher:
