@@ -250,6 +250,30 @@ async def test_a_regressed_webhook_reopens_the_original_thread(world: World) -> 
     assert len(thread(world, alert_ts)) == 1  # the alert itself, no reply of its own
 
 
+async def test_a_channel_alert_for_a_merged_fix_reopens_the_original_thread(
+    world: World,
+) -> None:
+    issue_id = seed_sentry_issue(world)
+    plan_script(world)
+    hooks = await start_watching(world, window_hours=1, check_every_s=5)
+    thread_ts = await planned_and_done(world)
+    await merge(world, hooks)
+    await world.slack.wait_for(lambda: fixbot_says(world, thread_ts, "After the merge"))
+
+    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
+    back = await world.slack.wait_for(
+        lambda: fixbot_says(world, thread_ts, "came back"), what="the alert in its thread"
+    )
+    assert "A Sentry alert names `SHOP-1` again" in back["text"]
+    assert buttons(back) == ["Plan again"]
+    pointer = await world.slack.wait_for(
+        lambda: next((m for m in thread(world, alert_ts) if m.get("bot_id") == "BFIXBOT"), None),
+        what="the pointer to the original thread",
+    )
+    assert "Fixbot fixed this issue before" in pointer["text"] and buttons(pointer) == []
+    assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
+
+
 async def test_a_merged_jira_task_moves_the_issue_to_done_with_a_comment(world: World) -> None:
     world.jira.add_issue("SHOP-42", "Discounts over 1% make prices negative", labels=["bug"])
     world.model.script([[structured(plan_data())]], match="Plan a fix for SHOP-42")
