@@ -190,15 +190,24 @@ async def test_events_after_the_release_mean_the_fix_did_not_hold_and_plan_again
         what="the new plan in the same thread",
     )
     assert len(world.slack.messages(CHANNEL)) == 1
-    prompts = [json.dumps(body) for body in world.model.requests]
+    # The main conversation's requests (the CLI's side requests, a title, carry no tools).
+    prompts = [json.dumps(body) for body in world.model.requests if body.get("tools")]
     told = [prompt for prompt in prompts if "Fixbot fixed this before" in prompt]
     assert told, "the new plan's prompt names the earlier fix"
     assert pr_url in told[0] and MERGE_COMMIT in told[0] and "shop@1.0.1" in told[0]
     assert 'untrusted-data source=\\"error-report\\"' in told[0]
-    old_verdict = next(
-        m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == verdict["ts"]
+    old_verdict = await world.slack.wait_for(
+        lambda: next(
+            (
+                m
+                for m in thread(world, thread_ts)
+                if m["ts"] == verdict["ts"] and "Planning again, asked by" in m["text"]
+            ),
+            None,
+        ),
+        what="the verdict without its button",
     )
-    assert buttons(old_verdict) == [] and "Planning again, asked by" in old_verdict["text"]
+    assert buttons(old_verdict) == []
     tasks = db(world).execute("select id, state, thread_ts from tasks order by id").fetchall()
     assert [(state, ts) for _, state, ts in tasks] == [
         ("done", thread_ts),
