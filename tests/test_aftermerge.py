@@ -85,9 +85,13 @@ def watch_row(world: World) -> tuple[Any, ...]:
     return tuple(row) if row else ()
 
 
-def queued_after_merge_jobs(world: World) -> int:
+def pending_after_merge_jobs(world: World) -> int:
+    """After-merge jobs still to run: queued, or running when the app stopped (its lease
+    then runs out and the job is taken over)."""
     connection = sqlite3.connect(world.root / "fixbot.db")
-    query = "select count(*) from jobs where kind = 'after_merge' and status = 'queued'"
+    query = (
+        "select count(*) from jobs where kind = 'after_merge' and status in ('queued', 'running')"
+    )
     return int(connection.execute(query).fetchone()[0])
 
 
@@ -124,7 +128,7 @@ async def test_a_merged_fix_is_resolved_watched_through_a_restart_and_holds(
 
     # Fixbot stops and starts again while it watches: the scheduled check is a job row.
     assert await world.stop_app() == 0
-    assert watch_row(world)[0] == "watching" and queued_after_merge_jobs(world) == 1
+    assert watch_row(world)[0] == "watching" and pending_after_merge_jobs(world) == 1
     await world.start_app()
     held = await world.slack.wait_for(
         lambda: fixbot_says(world, thread_ts, "No new events"), timeout=120, what="the verdict"
