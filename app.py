@@ -41,6 +41,7 @@ from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient
 from bot.jobs import WorkerPool
 from bot.logs import setup_logging
+from bot.models import AFTER_MERGE
 from bot.redact import Redactor
 from bot.sources import Sources
 from bot.thread import SlackThreads
@@ -49,6 +50,7 @@ from bot.workflow import Workflow
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.queue import JobQueue
 from storage.sessions import DatabaseSessionStore
+from storage.tables import Job
 
 log = logging.getLogger("fixbot")
 
@@ -136,7 +138,12 @@ async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None
     client = slack_client(settings)
     workflow = build_workflow(settings, sessions, queue, client)
     conversation = Conversation(workflow)
-    pool = WorkerPool(settings, queue, workflow.run_job, workflow.fail, workflow.sweep)
+    runners = {AFTER_MERGE: conversation.after_merge.run_job}
+
+    async def run_job(job: Job) -> None:
+        await runners.get(job.kind, workflow.run_job)(job)
+
+    pool = WorkerPool(settings, queue, run_job, workflow.fail, workflow.sweep)
     workflow.job_added = pool.wake
     workflow.task_stopped = pool.cancel_task_jobs
 

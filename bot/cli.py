@@ -38,9 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import HINTS, Settings, load_settings, scrub_environment
 from bot.errors import ConfigError, FixbotError
-from bot.models import State
+from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
-from storage.tables import AgentRun, Task, TaskEvent
+from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -485,6 +485,16 @@ async def _show(sessions: Sessions, task_id: int) -> None:
                 select(AgentRun).where(AgentRun.task_id == task_id).order_by(AgentRun.id)
             )
         )
+        watches = list(
+            await session.scalars(
+                select(FixWatch).where(FixWatch.task_id == task_id).order_by(FixWatch.id)
+            )
+        )
+        follow_ups = list(
+            await session.scalars(
+                select(Job).where(Job.task_id == task_id, Job.kind == AFTER_MERGE).order_by(Job.id)
+            )
+        )
     print(f"Task {task.id} · {task.state} · {task.ref_kind} {task.ref_key}")
     print(f"  title:        {task.title}")
     facts = {
@@ -521,6 +531,40 @@ async def _show(sessions: Sessions, task_id: int) -> None:
             print(f"      error: {_one_line(run.error)}")
     spend = sum(run.cost_usd for run in runs)
     print(f"\nTotal spend: ${spend:.4f} over {len(runs)} agent run(s)")
+    if watches:
+        _show_after_merge(watches, follow_ups)
+
+
+AFTER_MERGE_JOBS_SHOWN = 5  # a day's watch is a job an hour
+
+
+def _show_after_merge(watches: list[FixWatch], jobs: list[Job]) -> None:
+    """The merged fix: what Sentry and Jira were told, the watch, and its scheduled jobs."""
+    print("\nAfter the merge")
+    for watch in watches:
+        print(f"  {_when(watch.merged_at)}  {watch.pr_url} merged by {watch.merged_by or '?'}")
+        facts = {
+            "status": watch.status,
+            "merge commit": watch.merge_commit,
+            "sentry issue": watch.sentry_issue,
+            "resolved": watch.resolved_how,
+            "release": watch.release,
+            "live since": _when(watch.released_at) if watch.released_at else None,
+            "events before": watch.events_before,
+            "events since": watch.events_since,
+            "checks": watch.checks,
+            "last check": _when(watch.checked_at) if watch.checked_at else None,
+            "window ends": _when(watch.window_ends_at),
+            "planned again": watch.replan_task_id and f"task {watch.replan_task_id}",
+        }
+        for label, value in facts.items():
+            if value is not None:
+                print(f"    {label + ':':<14} {_one_line(str(value))}")
+    shown = jobs[-AFTER_MERGE_JOBS_SHOWN:]
+    print(f"  {len(jobs)} job(s), one a step; the last {len(shown)}:")
+    for job in shown:
+        error = f"  {_one_line(job.last_error)}" if job.last_error else ""
+        print(f"  job {job.id:<5} {job.status:<9} runs after {_when(job.run_after)}{error}")
 
 
 async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace) -> None:

@@ -56,6 +56,8 @@ class Limits(BaseModel):
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
+    # How often a merged fix's error is checked in Sentry during verify_window_hours.
+    verify_check_interval_s: float = Field(default=3600, gt=0)
 
 
 class McpServer(BaseModel):
@@ -147,6 +149,10 @@ class Settings(BaseSettings):
     # required: no agent or test run without an OS sandbox (agents/sandbox.py); off: unconfined.
     sandbox: Literal["required", "off"] = "required"
     fixbot_bwrap: str = "bwrap"  # the bubblewrap binary the sandbox is made with
+    # After a merge: how long Fixbot watches the error in Sentry (fractions work), and
+    # where the task's Jira issue moves.
+    verify_window_hours: float = Field(default=24, gt=0)
+    jira_done_transition: str | None = "Done"
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -281,4 +287,6 @@ _YAML_KEYS = {
     "question_timeout_s",
     "jira_transition",
     "sandbox",
+    "verify_window_hours",
+    "jira_done_transition",
 }

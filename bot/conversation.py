@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot import views
+from bot.aftermerge import AfterMerge, CameBack
 from bot.alerts import SentryAlert, recognise_message
 from bot.errors import BadReference, FixbotError, InvalidTransition
 from bot.models import Reference, RefKind, State
@@ -48,6 +49,7 @@ class Conversation:
         self.settings = workflow.settings
         self.sessions = workflow.sessions
         self.threads = workflow.threads
+        self.after_merge = AfterMerge(workflow)
         self._notes: dict[int, asyncio.Task[None]] = {}
         self._offer_locks: dict[int, asyncio.Lock] = {}
 
@@ -61,6 +63,11 @@ class Conversation:
         `message_ts` None (a webhook): Fixbot posts the alert's message itself when needed.
         """
         row, first = await self._record(alert, channel, message_ts)
+        came_back = await self.after_merge.came_back(alert, row.id)
+        if came_back is not None:  # Fixbot's fix of it was merged: its own thread hears it
+            if came_back == CameBack.KNOWN:
+                self._schedule_note(row.id)
+            return None
         previous = await self._task(row.task_id)
         regression_of: str | None = None
         if not first:

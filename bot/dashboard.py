@@ -11,7 +11,7 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from slack_sdk.errors import SlackApiError
@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.models import State
-from storage.tables import AgentRun, Job, Task, TaskEvent
+from bot.models import AFTER_MERGE, State
+from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent, aware
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TaskSummary:
     pr_url: str | None
     created_at: datetime
     since: datetime  # when the task entered its current state
+    after_merge: str | None = None  # its merged fix's watch status (models.Watch)
 
     @classmethod
     def of(cls, task: Task, since: datetime | None = None) -> TaskSummary:
@@ -61,8 +62,8 @@ class TaskSummary:
             cost_usd=task.cost_usd,
             plan_version=task.plan_version,
             pr_url=task.pr_url,
-            created_at=_aware(task.created_at),
-            since=_aware(since or task.updated_at or task.created_at),
+            created_at=aware(task.created_at),
+            since=aware(since or task.updated_at or task.created_at),
         )
 
 
@@ -140,12 +141,14 @@ async def load_dashboard(
             await session.execute(
                 select(Job, Task)
                 .join(Task, Task.id == Job.task_id)
-                .where(Job.status == "queued")
+                .where(Job.status == "queued", Job.kind != AFTER_MERGE)  # agent steps only
                 .order_by(Job.priority, Job.id)
                 .limit(LIST_LIMIT)
             )
         ).all()
-        queue_total = await session.scalar(select(func.count(Job.id)).where(Job.status == "queued"))
+        queue_total = await session.scalar(
+            select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
+        )
         awaiting = list(
             await session.scalars(
                 select(Task)
@@ -157,12 +160,20 @@ async def load_dashboard(
         awaiting_total = await session.scalar(
             select(func.count(Task.id)).where(Task.state == State.AWAITING_APPROVAL)
         )
-        recent = await session.scalars(
-            select(Task)
-            .order_by(Task.id.desc())
-            .offset(page * RECENT_PAGE_SIZE)
-            .limit(RECENT_PAGE_SIZE)
+        recent = list(
+            await session.scalars(
+                select(Task)
+                .order_by(Task.id.desc())
+                .offset(page * RECENT_PAGE_SIZE)
+                .limit(RECENT_PAGE_SIZE)
+            )
         )
+        watches = await session.execute(
+            select(FixWatch.task_id, FixWatch.status)
+            .where(FixWatch.task_id.in_([t.id for t in recent]))
+            .order_by(FixWatch.id)
+        )
+        watched = {task_id: status for task_id, status in watches}  # the newest wins
         mine = await session.scalars(
             select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
         )
@@ -173,11 +184,11 @@ async def load_dashboard(
             task_budget_usd=settings.limits.task_budget_usd,
             running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks[:LIST_LIMIT]],
             running_total=len(running_tasks),
-            queue=[QueuedJob(TaskSummary.of(t), j.kind, _aware(j.created_at)) for j, t in queued],
+            queue=[QueuedJob(TaskSummary.of(t), j.kind, aware(j.created_at)) for j, t in queued],
             queue_total=queue_total or 0,
             awaiting=[TaskSummary.of(t) for t in awaiting],
             awaiting_total=awaiting_total or 0,
-            recent=[TaskSummary.of(t) for t in recent],
+            recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
             mine=[TaskSummary.of(t) for t in mine],
             stats=stats,
             page=page,
@@ -207,7 +218,7 @@ async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, 
         .where(TaskEvent.task_id.in_([t.id for t in tasks]))
         .group_by(TaskEvent.task_id)
     )
-    return {task_id: _aware(at) for task_id, at in rows.all()}
+    return {task_id: aware(at) for task_id, at in rows.all()}
 
 
 async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
@@ -233,11 +244,11 @@ async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
     planned: dict[int, datetime] = {}
     delivered: dict[int, datetime] = {}
     for task_id, to_state, at in events:
-        started.setdefault(task_id, _aware(at))
+        started.setdefault(task_id, aware(at))
         if to_state == State.AWAITING_APPROVAL:
-            planned.setdefault(task_id, _aware(at))
+            planned.setdefault(task_id, aware(at))
         elif to_state == State.DONE:
-            delivered.setdefault(task_id, _aware(at))
+            delivered.setdefault(task_id, aware(at))
     return WeekStats(
         finished=finished,
         succeeded=succeeded,
@@ -251,11 +262,6 @@ async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
 def _median_since(started: dict[int, datetime], reached: dict[int, datetime]) -> float | None:
     waits = [(at - started[task_id]).total_seconds() for task_id, at in reached.items()]
     return statistics.median(waits) if waits else None
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive datetimes; Fixbot stores UTC."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 class HomeRefresher:

@@ -19,6 +19,7 @@ from agents.runner import AgentPermanentError, AgentTransientError
 from bot import logs, metrics
 from bot.config import Settings
 from bot.errors import DailyBudgetReached
+from bot.models import AFTER_MERGE
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
 
@@ -34,7 +35,8 @@ FailureHandler = Callable[[int, str], Awaitable[None]]
 
 
 class WorkerPool:
-    """Runs `planning` and `execution` jobs with the concurrency from settings."""
+    """Runs `planning` and `execution` jobs with the concurrency from settings, and the
+    after-merge follow-up (`after_merge`: plain HTTP calls) on one worker."""
 
     def __init__(
         self,
@@ -51,14 +53,15 @@ class WorkerPool:
         self.sweep = sweep
         # Three heartbeats a lease: one lost renewal never costs a running job its lease.
         self.heartbeat_interval_s = queue.lease.total_seconds() / 3
-        self._wake = {"planning": asyncio.Event(), "execution": asyncio.Event()}
+        self._wake = {kind: asyncio.Event() for kind in ("planning", "execution", AFTER_MERGE)}
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._stopping = False
 
     def start(self) -> None:
         limits = self.settings.concurrency
-        for kind, count in (("planning", limits.planning), ("execution", limits.execution)):
+        kinds = (("planning", limits.planning), ("execution", limits.execution), (AFTER_MERGE, 1))
+        for kind, count in kinds:
             for number in range(count):
                 self._workers.append(
                     asyncio.create_task(self._work(kind), name=f"worker-{kind}-{number}")

@@ -52,6 +52,23 @@ TRANSITIONS: dict[State, set[State]] = {
 }
 
 
+AFTER_MERGE = "after_merge"  # the job kind of a merged fix's follow-up (bot/aftermerge.py)
+
+
+class Watch(StrEnum):
+    """After a task's pull request is merged: its `fix_watches` row's status."""
+
+    CLOSING = "closing"  # merged; Sentry and Jira not told yet
+    WATCHING = "watching"
+    CLOSED = "closed"  # nothing to watch (no Sentry issue)
+    HELD = "held"
+    NOT_HELD = "not_held"
+    UNRELEASED = "unreleased"  # no release carried the fix within the window
+    UNCHECKED = "unchecked"  # Sentry could not be asked at the window's end
+    REGRESSED = "regressed"
+    REPLANNING = "replanning"
+
+
 class RefKind(StrEnum):
     SENTRY = "sentry"
     GITHUB = "github"

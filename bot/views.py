@@ -32,7 +32,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.dashboard import Dashboard, TaskSummary
-from bot.models import Plan, RefKind, State
+from bot.models import Plan, RefKind, State, Watch
 from bot.redact import redact_blocks
 from storage.tables import Task
 
@@ -229,8 +229,10 @@ def _title(task: Task, limit: int = 500) -> str:
     return _one_line(task.title or task.ref_key, limit)
 
 
-def parent_message(task: Task) -> Message:
-    """The thread's parent: what the task is about, where, and how far it has got."""
+def parent_message(task: Task, after_merge: str | None = None) -> Message:
+    """The thread's parent: what the task is about, where, and how far it has got.
+
+    `after_merge` is Fixbot's own line on the merged fix (resolved, watched, held…)."""
     title = _title(task)
     state = state_words(task.state)
     lines = [f"*{title}*"]
@@ -245,6 +247,8 @@ def parent_message(task: Task) -> Message:
     lines.append(status)
     if task.pr_url:
         lines.append(f":link: Pull request: {link(task.pr_url, task.pr_url)}")
+    if after_merge:
+        lines.append(after_merge)
     return _message(f"{title} · {state}", [_section("\n".join(lines))])
 
 
@@ -604,7 +608,22 @@ def _home_outcome(task: TaskSummary) -> str:
         line += f" · by {who(task.requested_by)}"
     if task.pr_url:
         line += f" · {link(task.pr_url, 'pull request')}"
+    if task.after_merge:
+        line += f" · {_AFTER_MERGE_WORDS[Watch(task.after_merge)]}"
     return line
+
+
+_AFTER_MERGE_WORDS = {
+    Watch.CLOSING: ":tada: merged",
+    Watch.CLOSED: ":tada: merged",
+    Watch.WATCHING: ":eyes: merged, watching",
+    Watch.HELD: ":large_green_circle: fix held",
+    Watch.NOT_HELD: ":red_circle: fix did not hold",
+    Watch.UNRELEASED: ":grey_question: merged, not released",
+    Watch.UNCHECKED: ":warning: merged, not checked",
+    Watch.REGRESSED: ":leftwards_arrow_with_hook: regressed",
+    Watch.REPLANNING: ":repeat: planned again",
+}
 
 
 def _home_lines(lines: Sequence[str], empty: str, total: int | None = None) -> Block:
@@ -754,3 +773,79 @@ MENTION_HELP = (
 def note(text: str) -> Message:
     """A short line of Fixbot's own mrkdwn in a thread."""
     return _message(text, [_section(text)])
+
+
+# ---------------------------------------------------------------------------- after the merge
+
+
+def fmt_window(hours: float) -> str:
+    """24 → "24 h"; 0.5 → "30 min"; 0.002 → "7 s": a watch window as people read it."""
+    if hours >= 1:
+        return f"{hours:g} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:g} min"
+    return f"{hours * 3600:.0f} s"
+
+
+def loop_closed(done: Sequence[str], watching: str | None) -> Message:
+    """What Fixbot did about the merge: each line is Fixbot's own mrkdwn."""
+    lines = [":white_check_mark: *After the merge*", *(f"• {line}" for line in done)]
+    if watching:
+        lines.append(f":eyes: {watching}")
+    return _message("After the merge: " + " ".join(done), [_section("\n".join(lines))])
+
+
+def fix_held(window: str, since: str, events_before: int | None) -> Message:
+    """The watch ended with no new events."""
+    line = f":large_green_circle: No new events in {window} {since}: the fix held."
+    if events_before:
+        line += f" (In the {window} before the merge: {events_before}.)"
+    return _message(line, [_section(line)])
+
+
+def fix_not_held(watch_id: int, count: int, since: str, pr_url: str) -> Message:
+    """Events came after the fix: say so and offer to plan again."""
+    many = f"{count}+" if count >= EVENTS_PAGE else str(count)
+    line = (
+        f":red_circle: Still seen: {many} event{'s' if count != 1 else ''} {since}, "
+        f"the fix in {link(pr_url, 'the pull request')} did not hold."
+    )
+    return _message(line, [_section(line), _plan_again(watch_id)])
+
+
+def fix_unreleased(window: str, commit: str | None) -> Message:
+    """Sentry knows releases, but none carried the fix within the window."""
+    what = f"commit `{escape(commit[:12])}`" if commit else "the merge"
+    line = (
+        f":grey_question: No release carrying {what} reached Sentry in {window}; "
+        "nothing to judge the fix by yet."
+    )
+    return _message(line, [_section(line)])
+
+
+def came_back(watch_id: int, ref: str, pr_url: str, *, regressed: bool) -> Message:
+    """An issue came back after its merged fix (Sentry's regressed webhook, or an alert
+    again): said in the original thread."""
+    how = "Sentry marks" if regressed else "A Sentry alert names"
+    what = "regressed: it came back" if regressed else "again: it came back"
+    line = (
+        f":leftwards_arrow_with_hook: {how} {inline_code(ref)} {what} "
+        f"after Fixbot's fix in {link(pr_url, pr_url)}."
+    )
+    return _message(line, [_section(line), _plan_again(watch_id)])
+
+
+def planning_again(text: str, user: str) -> Message:
+    """The verdict once someone asked to plan again (its button goes)."""
+    line = f"{text}\n:repeat: Planning again, asked by {who(user)}."
+    return _message(line, [_section(line)])
+
+
+def _plan_again(watch_id: int) -> ActionsBlock:
+    return ActionsBlock(
+        block_id=f"plan_again:{watch_id}",
+        elements=[_button("Plan again", "plan_again", str(watch_id), "primary")],
+    )
+
+
+EVENTS_PAGE = 100  # Sentry's page of events: a full page means at least this many

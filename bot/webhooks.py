@@ -8,8 +8,9 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
   the client secret; `Request-ID`): an `issue` created or regressed is an alert in the
   first alert channel.
 - GitHub (`X-Hub-Signature-256: sha256=…`; `X-GitHub-Delivery`): a task's pull request
-  closed (merged or not) tells its thread; an `@fixbot approve` comment on it from an
-  approver approves the plan.
+  closed (merged or not) tells its thread, and a merge starts the after-merge follow-up
+  (`bot/aftermerge.py`); an `@fixbot approve` comment on it from an approver approves the
+  plan.
 - Jira (`JIRA_WEBHOOK_SECRET`: Jira's own `X-Hub-Signature: sha256=…`, or the secret itself
   in `X-Fixbot-Webhook-Secret` or `?secret=`; `X-Atlassian-Webhook-Identifier`): an issue
   created with the `jira_label` label becomes a task.
@@ -113,6 +114,11 @@ class Webhooks:
             by = _dig(pull, "merged_by", "login") if merged else None
             by = by or _dig(payload, "sender", "login")
             await self.workflow.pull_request_closed(task, merged=merged, by=by)
+            if merged:
+                commit = pull.get("merge_commit_sha")
+                await self.conversation.after_merge.merged(
+                    task, merge_commit=str(commit) if commit else None, by=by
+                )
             return _ok()
         if event == "issue_comment" and payload.get("action") == "created":
             issue = payload.get("issue") or {}

@@ -39,7 +39,7 @@ from bot.integrations.jira import JiraClient
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
-from bot.sources import Sources, UnmappedProject
+from bot.sources import Sources, TaskContext, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import QUEUED, JobQueue
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
@@ -119,20 +119,28 @@ class Workflow:
         user: str | None,
         priority: int = PRIORITY_URGENT,
         thread_ts: str | None = None,
+        known: TaskContext | None = None,
+        branch: str | None = None,
     ) -> Task:
         """Record a task, open its thread, and queue its planning step.
 
         With `thread_ts` (an alert's thread) the task lives in that thread and Fixbot's
         parent message is a reply there (`parent_ts`); otherwise it starts a new thread.
+        `known` (planning again) is the error context already at hand: it is not fetched.
         """
+        if known is None:  # the planning step fetches it
+            title = ref.key if ref.kind != RefKind.TEXT else ref.key[:150]
+            known = TaskContext(title=title, repo=ref.repo, url=ref.url, text="")
         async with self.sessions.begin() as session:
             task = Task(
                 state=State.QUEUED,
                 ref_kind=ref.kind,
                 ref_key=ref.key,
-                ref_url=ref.url,
-                title=ref.key if ref.kind != RefKind.TEXT else ref.key[:150],
-                repo=ref.repo,
+                ref_url=known.url,
+                title=known.title,
+                repo=known.repo,
+                context=known.text,
+                branch=branch,
                 requested_by=user,
                 priority=priority,
                 channel_id=channel,

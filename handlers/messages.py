@@ -74,3 +74,10 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         await ack()
         async with answering(respond, "That button does not belong to an alert I know."):
             await conversation.plan_alert(int(body["actions"][0]["value"]), body["user"]["id"])
+
+    @app.action("plan_again")
+    async def plan_again(ack: Any, body: dict[str, Any], respond: Any) -> None:
+        await ack()
+        async with answering(respond, "That button does not belong to a fix I know."):
+            watch_id = int(body["actions"][0]["value"])
+            await conversation.after_merge.plan_again(watch_id, body["user"]["id"])

@@ -23,6 +23,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(at: datetime) -> datetime:
+    """SQLite hands back naive datetimes; Fixbot stores UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: DateTime(timezone=True),
@@ -195,3 +200,33 @@ class SessionEntry(Base):
             "project_key", "session_id", "subpath", "seq", name="uq_session_entries_seq"
         ),
     )
+
+
+class FixWatch(Base):
+    """After a task's pull request is merged: closing the loop, then watching the error.
+
+    `status` moves closing → watching → held | not_held | unreleased, or to regressed
+    when Sentry says the issue came back; replanning once someone asked to plan again.
+    """
+
+    __tablename__ = "fix_watches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    pr_url: Mapped[str] = mapped_column(Text)
+    merge_commit: Mapped[str | None] = mapped_column(String(64))
+    merged_by: Mapped[str | None] = mapped_column(String(200))
+    merged_at: Mapped[datetime] = mapped_column(default=utcnow)  # when Fixbot heard of it
+    window_ends_at: Mapped[datetime] = mapped_column()
+    sentry_issue: Mapped[str | None] = mapped_column(String(64), index=True)  # numeric id
+    short_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    resolved_how: Mapped[str | None] = mapped_column(Text)  # "in commit abc1234", …
+    release: Mapped[str | None] = mapped_column(String(200))  # the release carrying the fix
+    released_at: Mapped[datetime | None] = mapped_column()
+    events_before: Mapped[int | None] = mapped_column(Integer)
+    events_since: Mapped[int | None] = mapped_column(Integer)
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    checked_at: Mapped[datetime | None] = mapped_column()
+    report_ts: Mapped[str | None] = mapped_column(String(32))  # the thread's verdict message
+    replan_task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -498,3 +499,47 @@ def test_adf_to_text_reads_lists_code_and_mentions() -> None:
     assert adf_to_text(document) == "@Ana saw this:\n\n- one\n- two\n\n```\n1 / 0\n```"
     assert adf_to_text(text_to_adf("a\nb\n\nc")) == "a\nb\n\nc"
     assert adf_to_text(None) == ""
+
+
+async def test_sentry_resolves_in_the_commit_else_the_next_release_else_now(
+    sentry: FakeSentry, sentry_client: SentryClient
+) -> None:
+    issue_id = sentry.add_issue(short_id="SHOP-1")
+    sha = "e5bd3914e2e596debea16f433f57875b5b90bcd6"
+    assert await sentry_client.resolve_issue(issue_id, commit=sha, repository="acme/shop") == (
+        "now"  # Sentry knows neither the repository nor a release
+    )
+    sentry.add_release("shop@1.0.0", commits=["0" * 40])
+    assert (
+        await sentry_client.resolve_issue(issue_id, commit=sha, repository="acme/shop")
+        == "in the next release"
+    )
+    sentry.add_repository("acme/shop")
+    assert (
+        await sentry_client.resolve_issue(issue_id, commit=sha, repository="acme/shop")
+        == "in commit e5bd3914e2e5"
+    )
+    assert [body.get("statusDetails") for _, body in sentry.resolutions] == [
+        None,
+        {"inNextRelease": True},
+        {"inCommit": {"commit": sha, "repository": "acme/shop"}},
+    ]
+
+
+async def test_sentry_events_releases_commits_and_deploys(
+    sentry: FakeSentry, sentry_client: SentryClient
+) -> None:
+    issue_id = sentry.add_issue(short_id="SHOP-1")
+    deployed = datetime.now(UTC)
+    sentry.add_release("shop@1.0.1", commits=["abc123"], deployed_at=deployed)
+    sentry.add_release("web@2.0.0", project="web")
+    sentry.add_event(issue_id, at=deployed + timedelta(seconds=5), release="shop@1.0.1")
+
+    releases = await sentry_client.project_releases("shop-backend")
+    assert [(r.version, r.commit_count) for r in releases] == [("shop@1.0.1", 1)]
+    assert await sentry_client.release_commits("shop@1.0.1") == ["abc123"]
+    assert await sentry_client.first_deploy("shop@1.0.1") == deployed
+    assert await sentry_client.first_deploy("web@2.0.0") is None
+    since = await sentry_client.issue_events(issue_id, start=deployed + timedelta(seconds=1))
+    assert [event.release for event in since] == ["1.0.1"]
+    assert len(await sentry_client.issue_events(issue_id, start=deployed - timedelta(hours=1))) == 2

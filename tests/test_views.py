@@ -11,13 +11,17 @@ import pytest
 from bot.models import Plan, State
 from bot.views import (
     Message,
+    came_back,
     decision_note,
     done_message,
     ended_message,
     escape,
     failure_message,
+    fix_held,
+    fix_not_held,
     fmt_cost,
     fmt_duration,
+    fmt_window,
     link,
     parent_message,
     plan_decided,
@@ -365,3 +369,21 @@ def test_pull_request_body_ready_and_draft() -> None:
     assert "```" not in draft
     assert "Spend: $0.10" in draft and "Time:" not in draft
     assert "Slack thread" not in draft
+
+
+def test_after_merge_messages() -> None:
+    assert [fmt_window(h) for h in (24, 1.5, 0.5, 0.005)] == ["24 h", "1.5 h", "30 min", "18 s"]
+    held = fix_held("24 h", "since release `shop@1.0.1`", 14)
+    assert held.text == (
+        ":large_green_circle: No new events in 24 h since release `shop@1.0.1`: the fix held. "
+        "(In the 24 h before the merge: 14.)"
+    )
+    not_held = fix_not_held(7, 100, "since the merge", "https://github.com/acme/shop/pull/3")
+    assert "Still seen: 100+ events since the merge" in not_held.text
+    actions = [b for b in not_held.blocks if b["type"] == "actions"]
+    assert actions[0]["elements"][0]["action_id"] == "plan_again"
+    assert actions[0]["elements"][0]["value"] == "7"
+    back = came_back(7, "SHOP-1", "https://github.com/acme/shop/pull/3", regressed=True)
+    assert "Sentry marks `SHOP-1` regressed" in back.text
+    again = came_back(7, "SHOP-1", "https://github.com/acme/shop/pull/3", regressed=False)
+    assert "A Sentry alert names `SHOP-1` again" in again.text

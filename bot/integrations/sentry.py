@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel
 
-from bot.integrations import DEFAULT_TIMEOUT_S, ServiceClient
+from bot.integrations import DEFAULT_TIMEOUT_S, IntegrationError, ServiceClient
 
 SHORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+$")
 _SAAS_REGION_HOSTS = {"us", "de", "www"}
@@ -275,6 +275,35 @@ class ErrorContext(BaseModel):
         return "\n".join(lines).rstrip() + "\n"
 
 
+class SentryRelease(BaseModel):
+    """A release of one or more projects, and when it was released (or made)."""
+
+    version: str
+    projects: list[str] = []
+    commit_count: int = 0
+    released_at: datetime | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            version=data["version"],
+            projects=[str(project.get("slug")) for project in data.get("projects") or []],
+            commit_count=int(data.get("commitCount") or 0),
+            released_at=data.get("dateReleased") or data.get("dateCreated"),
+        )
+
+
+class SentryDeploy(BaseModel):
+    """A release deployed to an environment."""
+
+    environment: str = ""
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Self:
+        return cls(environment=data.get("environment") or "", finished_at=data.get("dateFinished"))
+
+
 class SentryClient(ServiceClient):
     """Sentry's web API for one organization (sentry.io or self-hosted)."""
 
@@ -326,12 +355,79 @@ class SentryClient(ServiceClient):
         data = await self.request("GET", path, what=what)
         return self.parse(SentryEvent.from_api, data, what=what)
 
+    async def group_id(self, issue: str) -> str:
+        """The numeric id of an issue named by its numeric id or its short id."""
+        return issue if issue.isdigit() else (await self.resolve_short_id(issue)).group_id
+
     async def error_context(self, issue: str) -> ErrorContext:
         """Issue and latest event for a numeric id or a short id."""
-        issue_id = issue if issue.isdigit() else (await self.resolve_short_id(issue)).group_id
+        issue_id = await self.group_id(issue)
         return ErrorContext(
             issue=await self.get_issue(issue_id), event=await self.latest_event(issue_id)
         )
+
+    async def resolve_issue(
+        self, issue_id: str, *, commit: str | None, repository: str | None
+    ) -> str:
+        """Mark an issue resolved (`PUT …/issues/{id}/`); returns how, in words.
+
+        In the merge commit when Sentry knows the repository (it then resolves the issue in
+        the release that carries the commit); else in the next release; else now. Sentry
+        answers 400 to a resolution it cannot make, and the next one is tried.
+        """
+        ways: list[tuple[dict[str, Any], str]] = []
+        if commit and repository:
+            in_commit = {"inCommit": {"commit": commit, "repository": repository}}
+            ways.append((in_commit, f"in commit {commit[:12]}"))
+        ways += [({"inNextRelease": True}, "in the next release"), ({}, "now")]
+        what = f"resolving issue {issue_id}"
+        for number, (details, how) in enumerate(ways, start=1):
+            body = {"status": "resolved", **({"statusDetails": details} if details else {})}
+            try:
+                await self.request("PUT", self._org_path("issues", issue_id), json=body, what=what)
+            except IntegrationError as error:
+                if error.status != 400 or number == len(ways):
+                    raise
+                continue
+            return how
+        raise AssertionError("unreachable: the last way raises or returns")
+
+    async def issue_events(
+        self, issue_id: str, *, start: datetime, end: datetime | None = None
+    ) -> list[SentryEvent]:
+        """An issue's events between `start` and `end` (now), newest first; one page (100)."""
+        params = {"start": _api_time(start), "full": "false"}
+        if end is not None:
+            params["end"] = _api_time(end)
+        what = f"the events of issue {issue_id}"
+        path = self._org_path("issues", issue_id, "events")
+        data = await self.request("GET", path, params=params, what=what)
+        return self.parse(lambda d: [SentryEvent.from_api(e) for e in d], data, what=what)
+
+    async def project_releases(self, project: str) -> list[SentryRelease]:
+        """The organization's newest releases (one page) that include `project`."""
+        what = f"the releases of {project}"
+        data = await self.request("GET", self._org_path("releases"), what=what)
+        releases = self.parse(lambda d: [SentryRelease.from_api(r) for r in d], data, what=what)
+        return [release for release in releases if project in release.projects]
+
+    async def release_commits(self, version: str) -> list[str]:
+        """The commit ids Sentry associated with a release."""
+        what = f"the commits of release {version}"
+        data = await self.request("GET", self._org_path("releases", version, "commits"), what=what)
+        return self.parse(lambda d: [str(commit["id"]) for commit in d], data, what=what)
+
+    async def first_deploy(self, version: str) -> datetime | None:
+        """When the release's first deploy finished, or None when it has none."""
+        what = f"the deploys of release {version}"
+        data = await self.request("GET", self._org_path("releases", version, "deploys"), what=what)
+        deploys = self.parse(lambda d: [SentryDeploy.from_api(x) for x in d], data, what=what)
+        return min((d.finished_at for d in deploys if d.finished_at), default=None)
+
+
+def _api_time(moment: datetime) -> str:
+    """ISO-8601 in UTC, the form Sentry's `start` and `end` take."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _first(data: Mapping[str, Any], *keys: str) -> Any:

@@ -8,6 +8,16 @@ Payloads follow Sentry's API: the short-id lookup, issue details, and the latest
 event with `entries` of type `exception` and `breadcrumbs`. Every request must
 carry `Authorization: Bearer <token>` (401 otherwise); unknown things are 404.
 Everything received is kept in `requests`.
+
+After a merge (what Fixbot calls then):
+
+- `PUT …/issues/{id}/` with `status` and `statusDetails`: `inCommit` needs a repository
+  added with `add_repository` and `inNextRelease` a release of the issue's project,
+  else 400 with Sentry's `detail`; the update is kept in `resolutions` (issue id, body).
+- `GET …/issues/{id}/events/?start=&end=`: the issue's events (`add_event`) in that span,
+  newest first.
+- `GET …/releases/` (newest first), `…/releases/{version}/commits/` and
+  `…/releases/{version}/deploys/`, from `add_release`.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -44,6 +54,7 @@ class FakeIssue:
     project: str
     group: dict[str, Any]
     latest_event: dict[str, Any]
+    events: list[dict[str, Any]] = field(default_factory=list)  # oldest first
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,6 +69,9 @@ class FakeSentry:
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self.issues: dict[str, FakeIssue] = {}
+        self.repositories: set[str] = set()
+        self.releases: list[dict[str, Any]] = []  # oldest first
+        self.resolutions: list[tuple[str, Any]] = []
         self._ids = itertools.count(4_000_000_001)
         self._runner: web.AppRunner | None = None
 
@@ -71,7 +85,12 @@ class FakeSentry:
         app.router.add_get(f"{org_base}/shortids/{{short_id}}/", self._short_id)
         for base in (f"{org_base}/issues/{{issue_id}}", "/api/0/issues/{issue_id}"):
             app.router.add_get(f"{base}/", self._issue)
+            app.router.add_put(f"{base}/", self._update_issue)
             app.router.add_get(f"{base}/events/latest/", self._latest_event)
+            app.router.add_get(f"{base}/events/", self._events)
+        app.router.add_get(f"{org_base}/releases/", self._releases)
+        app.router.add_get(f"{org_base}/releases/{{version}}/commits/", self._release_commits)
+        app.router.add_get(f"{org_base}/releases/{{version}}/deploys/", self._release_deploys)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -203,8 +222,64 @@ class FakeSentry:
             ],
         }
         event["eventID"] = event["id"]
-        self.issues[issue_id] = FakeIssue(issue_id, short_id.upper(), project, group, event)
+        self.issues[issue_id] = FakeIssue(
+            issue_id, short_id.upper(), project, group, event, events=[event]
+        )
         return issue_id
+
+    def add_event(
+        self, issue_id: str, *, at: datetime | None = None, release: str | None = None
+    ) -> None:
+        """One more occurrence of an issue (a copy of its first event) at `at` (now)."""
+        issue = self.issues[issue_id]
+        at = at or datetime.now(UTC)
+        event = {**issue.events[0], "id": uuid.uuid4().hex, "dateCreated": _iso(at)}
+        event["eventID"] = event["id"]
+        if release is not None:
+            event["release"] = {"version": release, "shortVersion": release.split("@")[-1]}
+        issue.events.append(event)
+        issue.latest_event = event
+        issue.group["lastSeen"] = _iso(at)
+        issue.group["count"] = str(len(issue.events))
+
+    def add_repository(self, name: str) -> None:
+        """A repository Sentry's source-code integration knows (for `inCommit`)."""
+        self.repositories.add(name)
+
+    def add_release(
+        self,
+        version: str,
+        *,
+        project: str = "shop-backend",
+        commits: Sequence[str] = (),
+        deployed_at: datetime | None = None,
+    ) -> None:
+        """A release of `project` carrying `commits`, deployed at `deployed_at` if given."""
+        now = _iso(datetime.now(UTC))
+        self.releases.append(
+            {
+                "version": version,
+                "shortVersion": version.split("@")[-1],
+                "dateCreated": now,
+                "dateReleased": None,
+                "commitCount": len(commits),
+                "deployCount": 1 if deployed_at else 0,
+                "projects": [{"id": "1", "name": project, "slug": project}],
+                "commits": [{"id": sha, "message": "", "dateCreated": now} for sha in commits],
+                "deploys": [
+                    {
+                        "id": "1",
+                        "environment": "production",
+                        "dateStarted": None,
+                        "dateFinished": _iso(deployed_at),
+                        "name": None,
+                        "url": None,
+                    }
+                ]
+                if deployed_at
+                else [],
+            }
+        )
 
     # ---- HTTP ------------------------------------------------------------------------------
 
@@ -253,6 +328,58 @@ class FakeSentry:
         permalink = f"{self.url}/organizations/{self.org}/issues/{issue.id}/"
         return web.json_response({**issue.group, "permalink": permalink})
 
+    async def _update_issue(self, request: web.Request) -> web.Response:
+        issue = self.issues.get(request.match_info["issue_id"])
+        if issue is None:
+            return _not_found()
+        body = await request.json()
+        details = body.get("statusDetails") or {}
+        in_commit = details.get("inCommit")
+        if in_commit and in_commit.get("repository") not in self.repositories:
+            return web.json_response({"detail": "Unable to find the given repository."}, status=400)
+        releases = [r for r in self.releases if r["projects"][0]["slug"] == issue.project]
+        if details.get("inNextRelease") and not releases:
+            detail = "No release data present in the system to form a basis for 'Next Release'"
+            return web.json_response({"detail": detail}, status=400)
+        self.resolutions.append((issue.id, body))
+        issue.group["status"] = body.get("status", issue.group["status"])
+        issue.group["statusDetails"] = details
+        return web.json_response({"status": issue.group["status"], "statusDetails": details})
+
+    async def _events(self, request: web.Request) -> web.Response:
+        issue = self.issues.get(request.match_info["issue_id"])
+        if issue is None:
+            return _not_found()
+        start = _parse_time(request.query.get("start"))
+        end = _parse_time(request.query.get("end"))
+
+        def within(event: Mapping[str, Any]) -> bool:
+            when = _parse_time(event["dateCreated"])
+            assert when is not None
+            return (start is None or when >= start) and (end is None or when <= end)
+
+        chosen = [event for event in issue.events if within(event)]
+        return web.json_response([_event_summary(e) for e in reversed(chosen)][:100])
+
+    async def _releases(self, request: web.Request) -> web.Response:
+        listed = [
+            {k: v for k, v in r.items() if k not in ("commits", "deploys")}
+            for r in reversed(self.releases)
+        ]
+        return web.json_response(listed)
+
+    def _release(self, request: web.Request) -> dict[str, Any] | None:
+        version = request.match_info["version"]
+        return next((r for r in self.releases if r["version"] == version), None)
+
+    async def _release_commits(self, request: web.Request) -> web.Response:
+        release = self._release(request)
+        return web.json_response(release["commits"]) if release else _not_found()
+
+    async def _release_deploys(self, request: web.Request) -> web.Response:
+        release = self._release(request)
+        return web.json_response(release["deploys"]) if release else _not_found()
+
     async def _latest_event(self, request: web.Request) -> web.Response:
         issue = self.issues.get(request.match_info["issue_id"])
         return web.json_response(issue.latest_event) if issue else _not_found()
@@ -266,6 +393,19 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode(errors="replace")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """Sentry's `start`/`end` (naive means UTC) or an event's `dateCreated`."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _event_summary(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as the list endpoint gives it without `full`: no entries."""
+    return {k: v for k, v in event.items() if k != "entries"}
 
 
 def _not_found() -> web.Response:
