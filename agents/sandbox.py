@@ -220,27 +220,19 @@ class Confinement:
     def launcher(self, command: Sequence[str], *, bind_variable: str) -> Path:
         """An executable script that runs `command "$@"` in this sandbox, also binding the
         folder named by `$bind_variable` writable when set (the SDK chooses it late: a
-        resumed session's CLAUDE_CONFIG_DIR).
-
-        With the sandbox off, it runs the command as it is.
-        """
-        holder = self.holder or Path(tempfile.mkdtemp(prefix="fixbot-launcher-"))
-        script = holder / "launch"
-        if self.prefix:
-            head, tail = _split_at_remount(self.prefix)
-            late = (
-                f'if [ -n "${{{bind_variable}:-}}" ]; then '
-                f'set -- --bind "${bind_variable}" "${bind_variable}" "$@"; fi\n'
-            )
-            body = (
-                f'set -- {shlex.join(command)} "$@"\n'
-                f'set -- {shlex.join(tail)} "$@"\n'
-                f"{late}"
-                f'exec {shlex.join(head)} "$@"\n'
-            )
-        else:
-            body = f'exec {shlex.join(command)} "$@"\n'
-        script.write_text(f"#!/bin/sh\n{body}")
+        resumed session's CLAUDE_CONFIG_DIR)."""
+        assert self.holder is not None, "a sandbox that is off has no launcher"
+        head, tail = _split_at_remount(self.prefix)
+        script = self.holder / "launch"
+        script.write_text(
+            "#!/bin/sh\n"
+            f'set -- {shlex.join(command)} "$@"\n'
+            f'set -- {shlex.join(tail)} "$@"\n'
+            f'if [ -n "${{{bind_variable}:-}}" ]; then\n'
+            f'  set -- --bind "${bind_variable}" "${bind_variable}" "$@"\n'
+            "fi\n"
+            f'exec {shlex.join(head)} "$@"\n'
+        )
         script.chmod(0o700)
         return script
 

@@ -330,9 +330,15 @@ def _existing(worktree: Path, paths: list[str]) -> list[str]:
 
 def _copy(source: Path, target: Path, paths: list[str]) -> None:
     for path in paths:
-        destination = target / path
+        origin, destination = source / path, target / path
         destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes((source / path).read_bytes())
+        if origin.is_symlink():
+            # As the link it is: Fixbot reads nothing outside the worktree into a sandbox
+            # on behalf of what the agent left there.
+            destination.unlink(missing_ok=True)
+            destination.symlink_to(os.readlink(origin))
+        else:
+            destination.write_bytes(origin.read_bytes())
 
 
 def _did_not_run(test_command: str, exit_code: int) -> bool:

@@ -123,6 +123,23 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert running_with(marker) == []
 
 
+async def test_a_linked_test_file_is_copied_as_a_link_not_as_what_it_points_at(
+    repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    # Code the agent ran may leave a "test" that links to a file of Fixbot's; the red run
+    # on the base commit must not get that file's content from Fixbot.
+    path, base = repo
+    secret = tmp_path / "fixbot.env"
+    secret.write_text("GITHUB_TOKEN=ghp_from_the_host\n")
+    (path / "tests" / "test_leak.py").symlink_to(secret)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+
+    assert result.red is not None
+    assert "ghp_from_the_host" not in result.red.output
+    assert not result.ok
+
+
 def running_with(marker: str) -> list[str]:
     """Command lines of live (not zombie) processes that mention `marker`."""
     found = []
