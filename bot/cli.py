@@ -517,7 +517,7 @@ async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace)
             raise CliError("say where the thread goes: --channel C…, or set alert_channels")
     async with _workflow(settings, sessions) as workflow:
         if args.action == "create":
-            task = await workflow.create_task(ref, channel=channel, user=ACTOR)
+            task = await workflow.request_fix(ref, channel=channel, user=ACTOR)
             print(f"created task {task.id} ({ref.kind} {ref.key}) in {channel}; planning is queued")
             return
         decide = workflow.retry if args.action == "requeue" else workflow.cancel

@@ -55,6 +55,9 @@ class Limits(BaseModel):
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
+    # How long `/fix` waits for Sentry, GitHub or Jira to confirm a reference before the
+    # task starts anyway (and its planning step looks it up again).
+    reference_timeout_s: float = Field(default=5, gt=0)
 
 
 class McpServer(BaseModel):

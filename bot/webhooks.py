@@ -5,8 +5,8 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
 200 no-op), then acts:
 
 - Sentry (integration platform, `Sentry-Hook-Signature`: HMAC-SHA256 hex of the body with
-  the client secret; `Request-ID`): an `issue` created or regressed is an alert in the
-  first alert channel.
+  the client secret; `Request-ID`): an `issue` created or unresolved (regressed), an
+  `event_alert` triggered or an `error` created is an alert in the first alert channel.
 - GitHub (`X-Hub-Signature-256: sha256=…`; `X-GitHub-Delivery`): a task's pull request
   closed (merged or not) tells its thread; an `@fixbot approve` comment on it from an
   approver approves the plan.
@@ -77,11 +77,10 @@ class Webhooks:
             return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
         if not await self._first_delivery("sentry", delivery):
             return _replayed()
-        if request.headers.get("Sentry-Hook-Resource") != "issue":
-            return _ignored("not an issue webhook")
-        alert = recognise_webhook(payload)
+        resource = request.headers.get("Sentry-Hook-Resource", "")
+        alert = recognise_webhook(resource, payload)
         if alert is None:
-            return _ignored("neither created nor regressed")
+            return _ignored(f"{resource or 'unknown'} webhook names no new or regressed issue")
         if not self.settings.alert_channels:
             return _ignored("no alert_channels to post in")
         channel = self.settings.alert_channels[0]

@@ -38,7 +38,7 @@ from bot.integrations.jira import JiraClient
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
-from bot.sources import Sources, UnmappedProject
+from bot.sources import Sources, TaskContext, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import QUEUED, JobQueue
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
@@ -110,6 +110,20 @@ class Workflow:
 
     # Triggers
 
+    async def request_fix(
+        self, ref: Reference, *, channel: str, user: str, thread_ts: str | None = None
+    ) -> Task:
+        """A person asked for a fix: the reference is looked up before anything is posted.
+
+        One that names nothing usable raises BadReference (an answer for that person
+        alone); a vendor that does not answer in time lets the task start regardless.
+        """
+        within_s = self.settings.limits.reference_timeout_s
+        context = await self.sources.look_up(ref, within_s=within_s)
+        return await self.create_task(
+            ref, channel=channel, user=user, thread_ts=thread_ts, context=context
+        )
+
     async def create_task(
         self,
         ref: Reference,
@@ -118,20 +132,23 @@ class Workflow:
         user: str | None,
         priority: int = PRIORITY_URGENT,
         thread_ts: str | None = None,
+        context: TaskContext | None = None,
     ) -> Task:
         """Record a task, open its thread, and queue its planning step.
 
         With `thread_ts` (an alert's thread) the task lives in that thread and Fixbot's
         parent message is a reply there (`parent_ts`); otherwise it starts a new thread.
+        With `context` (the reference already looked up) planning does not fetch it again.
         """
         async with self.sessions.begin() as session:
             task = Task(
                 state=State.QUEUED,
                 ref_kind=ref.kind,
                 ref_key=ref.key,
-                ref_url=ref.url,
-                title=ref.key if ref.kind != RefKind.TEXT else ref.key[:150],
-                repo=ref.repo,
+                ref_url=context.url if context else ref.url,
+                title=context.title[:150] if context else ref.key[:150],
+                repo=context.repo if context else ref.repo,
+                context=context.text if context else "",
                 requested_by=user,
                 priority=priority,
                 channel_id=channel,
