@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from bot.config import Settings
 from bot.errors import BadReference
-from bot.integrations.sentry import SHORT_ID, is_sentry_host, parse_issue_url
+from bot.integrations.sentry import SHORT_ID, is_sentry_host, parse_issue_url, site
 from bot.models import Reference, RefKind
 from bot.views import inline_code
 
@@ -91,8 +91,7 @@ def names_a_reference(text: str) -> bool:
 
 def github_web_host(api_url: str) -> str:
     """Where GitHub's pages live for an API URL: github.com for api.github.com, else its host."""
-    host = (urlsplit(api_url).hostname or "").lower()
-    return host.removeprefix("api.")
+    return site(api_url).removeprefix("api.")
 
 
 def _looks_like_url(word: str) -> bool:
@@ -108,20 +107,18 @@ def _parse_link(word: str, settings: Settings) -> Reference:
         owner, name, number = shorthand.groups()
         return _github(owner, name, number, url=None, settings=settings)
     url = word if word.startswith(("http://", "https://")) else f"https://{word}"
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    host = site(url)
     if is_sentry_host(host, settings.sentry_url):
         return _parse_sentry_url(url, settings)
-    api_host = (urlsplit(settings.github_api_url).hostname or "").lower()
-    if host in (api_host, github_web_host(settings.github_api_url)):
+    if host in (site(settings.github_api_url), github_web_host(settings.github_api_url)):
         return _parse_github_url(url, settings)
-    jira_host = (urlsplit(settings.jira_url).hostname or "").lower() if settings.jira_url else ""
+    jira_host = site(settings.jira_url) if settings.jira_url else ""
     if jira_host and host == jira_host:
         return _parse_jira_url(url, settings)
     hosts = ", ".join(
         f"{name} ({inline_code(where, 60)})"
         for name, where in (
-            ("Sentry", urlsplit(settings.sentry_url).hostname or ""),
+            ("Sentry", site(settings.sentry_url)),
             ("GitHub", github_web_host(settings.github_api_url)),
             ("Jira", jira_host),
         )

@@ -37,7 +37,10 @@ class UnmappedProject(BadReference):
     """A Sentry project no repository in fixbot.yml claims."""
 
     def __init__(self, project: str) -> None:
-        super().__init__(f"The Sentry project `{project}` is not mapped to a repository.")
+        super().__init__(
+            f"The Sentry project `{project}` is not mapped to a repository: add it to "
+            "`sentry_projects` of a repo in fixbot.yml."
+        )
         self.project = project
 
 

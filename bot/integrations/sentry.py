@@ -39,7 +39,7 @@ def parse_issue_url(url: str, *, sentry_url: str | None = None) -> SentryIssueUr
     """
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not is_sentry_host(host, sentry_url):
+    if parts.scheme not in ("http", "https") or not is_sentry_host(site(url), sentry_url):
         return None
     base_url = f"{parts.scheme}://{parts.netloc}"
     subdomain = host.removesuffix(".sentry.io") if host.endswith(".sentry.io") else None
@@ -62,11 +62,23 @@ def parse_issue_url(url: str, *, sentry_url: str | None = None) -> SentryIssueUr
 
 
 def is_sentry_host(host: str, sentry_url: str | None) -> bool:
-    """Whether `host` belongs to the configured Sentry (sentry.io: any of its SaaS hosts)."""
-    configured = (urlsplit(sentry_url or SAAS_URL).hostname or "").lower()
+    """Whether `host` (see `site`) is the configured Sentry's (sentry.io: any SaaS host)."""
+    configured = site(sentry_url or SAAS_URL)
     if configured == "sentry.io" or configured.endswith(".sentry.io"):
         configured = "sentry.io"
     return bool(host) and (host == configured or host.endswith(f".{configured}"))
+
+
+def site(url: str) -> str:
+    """A URL's host as a person means it: lower case, with its port unless the default."""
+    parts = urlsplit(url if "//" in url else f"https://{url}")
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return host
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{host}:{port}" if port is not None and port != default else host
 
 
 class ShortIdResolution(BaseModel):

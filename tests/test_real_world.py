@@ -1,0 +1,129 @@
+"""The real world end to end: references that name nothing usable, and Sentry's webhooks.
+
+An unusable reference is answered privately before anything is posted; Sentry's
+integration platform webhooks (payloads from Sentry's docs, ids swapped for the fake's)
+become alerts like Slack's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from test_conversation import TITLE, buttons, plan_script, thread_texts, wait_for_plan
+from test_webhooks import SECRETS, count, post, sign, start
+from world import CHANNEL, World, seed_sentry_issue
+
+PAYLOADS = Path(__file__).parent / "payloads"
+
+
+def sentry_payload(name: str) -> Any:
+    return json.loads((PAYLOADS / "sentry" / name).read_text())
+
+
+async def typed(world: World, text: str, user: str = "U_ALICE") -> str:
+    """Type `/fix text` and return the private answer."""
+    seen = len(world.slack.ephemerals(user))
+    await world.slack.slash_command(text, user=user)
+    answers = await world.slack.wait_for(
+        lambda: world.slack.ephemerals(user)[seen:], timeout=60, what=f"an answer to {text}"
+    )
+    return str(answers[-1]["text"])
+
+
+def nothing_started(world: World) -> None:
+    assert world.slack.messages(CHANNEL) == []
+    assert count(world, "tasks") == 0 and count(world, "jobs") == 0
+
+
+async def test_an_unknown_sentry_short_id_is_answered_privately(world: World) -> None:
+    seed_sentry_issue(world)
+    world.config["limits"]["reference_timeout_s"] = 60  # a loaded machine still answers
+    await world.start_app()
+
+    answer = await typed(world, "SHOP-ZZZZ9")
+
+    assert "Sentry has no `SHOP-ZZZZ9`" in answer and "short id or the URL" in answer
+    nothing_started(world)
+
+
+async def test_an_unmapped_project_is_answered_privately(world: World) -> None:
+    world.env.update(
+        JIRA_URL=world.jira.url, JIRA_EMAIL=world.jira.email, JIRA_API_TOKEN=world.jira.token
+    )
+    world.jira.add_issue("OPS-7", "Backups fail on Sundays")
+    world.sentry.add_issue(short_id="BILLING-7", project="billing-api", title="KeyError")
+    world.config["limits"]["reference_timeout_s"] = 60
+    await world.start_app()
+
+    # A Jira key Sentry does not know: Jira has it, in a project no repository claims.
+    assert "The Jira project `OPS` is not mapped" in await typed(world, "OPS-7")
+    # The same as a link, as Slack delivers it: refused without asking anyone.
+    link = f"<{world.jira.url}/browse/OPS-7|OPS-7>"
+    assert "`jira_projects`" in await typed(world, link)
+    # A Sentry issue of a project no repository claims.
+    assert "`billing-api` is not mapped" in await typed(world, "BILLING-7")
+    nothing_started(world)
+
+
+def signed(body: bytes, resource: str) -> dict[str, str]:
+    return {
+        "Sentry-Hook-Resource": resource,
+        "Request-ID": str(uuid.uuid4()),
+        "Sentry-Hook-Signature": sign(SECRETS["sentry"], body),
+    }
+
+
+def event_alert(world: World, issue_id: str) -> bytes:
+    """Sentry's documented `event_alert` payload, naming the fake's issue."""
+    payload = sentry_payload("event_alert.triggered.json")
+    event = payload["data"]["event"]
+    event["issue_id"] = issue_id
+    event["issue_url"] = f"{world.sentry.url}/api/0/issues/{issue_id}/"
+    event["web_url"] = (
+        f"{world.sentry.url}/organizations/acme/issues/{issue_id}/events/{event['event_id']}/"
+    )
+    return json.dumps(payload).encode()
+
+
+async def test_a_sentry_event_alert_webhook_is_one_task(world: World) -> None:
+    issue_id = seed_sentry_issue(world)
+    plan_script(world, ref=issue_id)
+    hooks = await start(world, auto_plan=True)
+
+    body = event_alert(world, issue_id)
+    assert await post(f"{hooks}/sentry", body, signed(body, "event_alert")) == (200, {"ok": True})
+    alert = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    plan = await wait_for_plan(world, alert["ts"])
+    assert TITLE in json.dumps(plan)
+
+    again = event_alert(world, issue_id)  # the rule fires again: another delivery
+    assert (await post(f"{hooks}/sentry", again, signed(again, "event_alert")))[0] == 200
+    await world.slack.wait_for(
+        lambda: "Seen again (1)" in thread_texts(world, alert["ts"]), what="the count"
+    )
+    assert count(world, "tasks") == 1 and len(world.slack.messages(CHANNEL)) == 1
+
+
+async def test_a_regressed_issue_webhook_is_an_alert(world: World) -> None:
+    issue_id = seed_sentry_issue(world)
+    hooks = await start(world)
+    payload = copy.deepcopy(sentry_payload("issue.created.json"))
+    payload["action"] = "unresolved"
+    issue = payload["data"]["issue"]
+    issue |= {"id": issue_id, "shortId": "SHOP-1", "substatus": "regressed"}
+    issue["project"] |= {"slug": "shop-backend", "name": "shop-backend"}
+    body = json.dumps(payload).encode()
+
+    assert await post(f"{hooks}/sentry", body, signed(body, "issue")) == (200, {"ok": True})
+
+    alert = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    assert "regressed" in alert["text"] and "SHOP-1" in alert["text"]
+    await world.slack.wait_for(
+        lambda: any(buttons(m) == ["Plan a fix"] for m in world.slack.thread(CHANNEL, alert["ts"])),
+        what="the Plan a fix offer",
+    )
+    assert count(world, "alerts") == 1 and count(world, "tasks") == 0
