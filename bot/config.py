@@ -211,6 +211,11 @@ def load_settings(env_file: str | Path = ".env") -> Settings:
     dotenv = {key.upper(): value for key, value in dotenv_values(env_file).items() if value}
     config_name = os.environ.get("FIXBOT_CONFIG") or dotenv.get("FIXBOT_CONFIG")
     config_path = Path(config_name or "fixbot.yml")
+    if config_path.is_dir():
+        raise ConfigError(
+            f"{config_path} is a directory, not a file (a bind mount of a missing file makes "
+            "one): remove it, create fixbot.yml from fixbot.example.yml, and start again."
+        )
     if config_name and not config_path.is_file():
         raise ConfigError(
             f"FIXBOT_CONFIG points at {config_path}, which does not exist. "
