@@ -121,6 +121,7 @@ class AgentStep:
     max_turns: int | None = None
     resume_session_id: str | None = None
     model: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # the repo's environment, if any
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,7 @@ def _options(
     return ClaudeAgentOptions(
         cwd=step.cwd,
         cli_path=env.cli_path,
-        env=agent_env(env),
+        env={**agent_env(env), **step.env},
         system_prompt=system_prompt,
         permission_mode="default",
         allowed_tools=list(step.allowed_tools),

@@ -15,6 +15,7 @@ import shlex
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -65,10 +66,20 @@ class Verification:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
-async def run_command(command: str, cwd: Path, timeout: float) -> CommandResult:  # noqa: ASYNC109
-    """Run a shell command in its own process group; on timeout, kill the whole group."""
+async def run_command(
+    command: str,
+    cwd: Path,
+    timeout: float,  # noqa: ASYNC109
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """Run a shell command in its own process group; on timeout, kill the whole group.
+
+    `extra_env`: the repository's environment (agents/environment.py) laid over the
+    allowlisted one.
+    """
     started = time.monotonic()
-    env = _test_env()
+    env = {**_test_env(), **(extra_env or {})}
     process = await asyncio.create_subprocess_shell(
         command,
         cwd=cwd,
@@ -216,8 +227,11 @@ async def verify_fix(
     base_commit: str,
     test_command: str,
     timeout: float,  # noqa: ASYNC109 (applies to each of the three runs)
+    *,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Verification:
-    """Check the fix in `worktree` against `base_commit` with the repo's test command."""
+    """Check the fix in `worktree` against `base_commit` with the repo's test command
+    (in the repository's environment, `extra_env`, when it has one)."""
     changed = _existing(worktree, await changed_files(worktree, base_commit))
     tests = test_files(changed)
     if not tests:
@@ -225,7 +239,7 @@ async def verify_fix(
     targeted = f"{test_command} {shlex.join(tests)}"
     copied = tests + _support_files(changed)
 
-    red = await _run_on_base(worktree, base_commit, copied, targeted, timeout)
+    red = await _run_on_base(worktree, base_commit, copied, targeted, timeout, extra_env)
     if red.timed_out:
         reason = f"the new tests time out without the fix (after {timeout:g} s)"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
@@ -235,12 +249,12 @@ async def verify_fix(
         reason = f"the new tests did not run without the fix (pytest exit {red.exit_code})"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
 
-    green = await run_command(targeted, worktree, timeout)
+    green = await run_command(targeted, worktree, timeout, extra_env=extra_env)
     if not green.passed:
         reason = f"the new tests {_failure(green, timeout)} with the fix"
         return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
 
-    suite = await run_command(test_command, worktree, timeout)
+    suite = await run_command(test_command, worktree, timeout, extra_env=extra_env)
     return Verification(
         ok=suite.passed,
         reason=(
@@ -261,6 +275,7 @@ async def _run_on_base(
     files: list[str],
     command: str,
     timeout: float,  # noqa: ASYNC109
+    extra_env: Mapping[str, str] | None,
 ) -> CommandResult:
     """Run `command` in a temporary checkout of `base_commit` holding `files`.
 
@@ -282,7 +297,7 @@ async def _run_on_base(
         )
         await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
         _copy(worktree, checkout, files)
-        return await run_command(command, checkout, timeout)
+        return await run_command(command, checkout, timeout, extra_env=extra_env)
     finally:
         # Shielded: a cancelled verification still takes its checkout away.
         await asyncio.shield(remove_tree(holder))

@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import HINTS, Settings, load_settings, scrub_environment
+from bot.config import HINTS, RepoConfig, Settings, load_settings, scrub_environment
 from bot.errors import ConfigError, FixbotError
 from bot.models import State
 from bot.redact import Redactor
@@ -153,9 +153,12 @@ async def _checks() -> AsyncIterator[Check]:
     if not settings.repos:
         yield Check(False, "repositories", "none configured: add `repos:` to fixbot.yml")
     for repo in settings.repos:
-        yield await _guarded(
+        check = await _guarded(
             f"repo {repo.name}", _check_repo(settings, repo.name, repo.clone_url), redact
         )
+        yield check
+        if repo.setup_command and check.ok:
+            yield await _check_setup(settings, repo, redact)
     async for check in _check_services(settings, redact):
         yield check
 
@@ -331,6 +334,37 @@ async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
                 "fixbot.yml and that GITHUB_TOKEN may read it",
             )
     return Check(True, f"repo {name}", f"{clone_url} answers")
+
+
+async def _check_setup(settings: Settings, repo: RepoConfig, redact: Callable[[str], str]) -> Check:
+    """Run the repo's setup_command once (it can take minutes, so not under CHECK_TIMEOUT_S)."""
+    from agents.environment import prepare_environment
+    from agents.workspace import Workspaces
+
+    name = f"setup {repo.name}"
+    workspaces = Workspaces(settings.fixbot_workdir.resolve())
+    try:
+        worktree = await workspaces.prepare(repo, "fixbot-doctor/setup")
+        try:
+            environment = await prepare_environment(
+                repo,
+                worktree.path,
+                workspaces.root / "envs",
+                within_s=settings.limits.setup_timeout_s,
+            )
+        finally:
+            await workspaces.remove(worktree)
+    except FixbotError as error:
+        output = getattr(error, "output", None) or ""
+        tail = f" Last output: {_one_line(output[-300:])}" if output else ""
+        return Check(False, name, redact(f"{_one_line(str(error))}{tail}"))
+    assert environment is not None
+    took = (
+        f"ran in {environment.setup_s:.1f} s"
+        if environment.setup_s
+        else "already set up for these files (cached)"
+    )
+    return Check(True, name, f"{took}: {environment.path}")
 
 
 async def _check_services(settings: Settings, redact: Callable[[str], str]) -> AsyncIterator[Check]:

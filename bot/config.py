@@ -35,6 +35,10 @@ class RepoConfig(BaseModel):
     jira_projects: list[str] = []
     test_command: str = "python -m pytest -q"
     lint_command: str | None = None
+    # The repo's test environment (agents/environment.py): run once per change of
+    # `setup_files` (default: the usual manifests and lock files), cached.
+    setup_command: str | None = None
+    setup_files: list[str] = []
 
 
 class Concurrency(BaseModel):
@@ -58,6 +62,7 @@ class Limits(BaseModel):
     # How long `/fix` waits for Sentry, GitHub or Jira to confirm a reference before the
     # task starts anyway (and its planning step looks it up again).
     reference_timeout_s: float = Field(default=5, gt=0)
+    setup_timeout_s: float = Field(default=1800, gt=0)  # a repo's setup_command, once cached
 
 
 class McpServer(BaseModel):

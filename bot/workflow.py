@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
+from agents.environment import prepare_environment
 from agents.execution import execution_step
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
@@ -494,6 +495,13 @@ class Workflow:
         assert task.branch and task.base_commit and task.plan_markdown and task.plan
         worktree = await self.workspaces.prepare(repo, task.branch)
         started = time.monotonic()
+        environment = await prepare_environment(
+            repo,
+            worktree.path,
+            self.workspaces.root / "envs",
+            within_s=self.settings.limits.setup_timeout_s,
+        )
+        env = environment.variables if environment else {}
         step = execution_step(
             worktree.path,
             ref=task.ref_key,
@@ -503,6 +511,7 @@ class Workflow:
             plugins=(SKILLS,),
             mcp_servers=self._mcp_servers(read_only=False),
             budget_usd=self._budget_left(task),
+            env=env,
         )
         result = await self._run_step(task, job, step, "Execution")
         if result.outcome != "success":
@@ -512,6 +521,7 @@ class Workflow:
             task.base_commit,
             repo.test_command,
             timeout=self.settings.limits.execution_timeout_s,
+            extra_env=env,
         )
         if not verification.ok:
             raise VerificationFailed(verification)

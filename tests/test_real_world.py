@@ -1,19 +1,26 @@
-"""The real world end to end: references that name nothing usable, and Sentry's webhooks.
+"""The real world end to end: unusable references, Sentry's webhooks, a repo's own setup.
 
 An unusable reference is answered privately before anything is posted; Sentry's
 integration platform webhooks (payloads from Sentry's docs, ids swapped for the fake's)
-become alerts like Slack's.
+become alerts like Slack's; a repository's `setup_command` builds the environment that
+the agent's and Fixbot's test runs use.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import sys
+import sysconfig
 import uuid
 from pathlib import Path
 from typing import Any
 
+from test_cli import fixbot
 from test_conversation import TITLE, buttons, plan_script, thread_texts, wait_for_plan
+from test_core_loop import script_execution, script_planning, start_plan
+from test_core_loop import thread_texts as core_thread_texts
 from test_webhooks import SECRETS, count, post, sign, start
 from world import CHANNEL, World, seed_sentry_issue
 
@@ -127,3 +134,52 @@ async def test_a_regressed_issue_webhook_is_an_alert(world: World) -> None:
         what="the Plan a fix offer",
     )
     assert count(world, "alerts") == 1 and count(world, "tasks") == 0
+
+
+async def test_setup_command_builds_the_environment_the_tests_run_in(world: World) -> None:
+    # A venv without pip (nothing downloaded) that finds this interpreter's pytest.
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    repo = world.config["repos"][0]
+    repo["setup_command"] = (
+        f'{sys.executable} -m venv --without-pip "$FIXBOT_ENV" && '
+        f'echo {site_packages} > "$FIXBOT_ENV/lib/{version}/site-packages/host.pth" && '
+        f"echo ran >> {world.root / 'setup-runs'}"
+    )
+    repo["test_command"] = "python -m pytest -q -p no:cacheprovider"  # the env's python
+    seed_sentry_issue(world)
+    script_planning(world)
+    script_execution(world)
+    await world.start_app()
+
+    thread_ts, plan = await start_plan(world)
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in core_thread_texts(world, thread_ts)),
+        timeout=120,
+        what="the pull request",
+    )
+
+    assert (world.root / "setup-runs").read_text() == "ran\n"  # once, for both steps' runs
+    (environment,) = [p for p in (world.workdir / "envs" / "acme__shop").iterdir() if p.is_dir()]
+    assert (environment / "bin" / "python").exists()
+    dumps = [path.read_text().splitlines() for path in (world.workdir / "tasks").glob("env-*.txt")]
+    in_env = [lines for lines in dumps if f"VIRTUAL_ENV={environment}" in lines]
+    assert len(in_env) == len(dumps) >= 4  # the agent's two runs, Fixbot's green and suite
+    assert all(f"PATH={environment / 'bin'}{os.pathsep}" in "\n".join(d) for d in in_env)
+
+
+async def test_doctor_runs_the_setup_once_and_says_how_long_it_took(world: World) -> None:
+    repo = world.config["repos"][0]
+    repo["setup_command"] = 'mkdir -p "$FIXBOT_ENV/bin" && echo installed'
+    first = await fixbot(world, "doctor")
+    again = await fixbot(world, "doctor")
+    repo["setup_command"] = "echo 'ERROR: No matching distribution found for flask==99'; exit 1"
+    broken = await fixbot(world, "doctor")
+
+    def setup_line(run: Any) -> str:
+        return next(line for line in run.lines if "setup acme/shop" in line)
+
+    assert setup_line(first).startswith("✓") and " ran in " in setup_line(first)
+    assert "cached" in setup_line(again)
+    assert setup_line(broken).startswith("✗") and "No matching distribution" in setup_line(broken)

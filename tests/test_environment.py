@@ -1,0 +1,66 @@
+"""A repository's setup_command: run once per change of what it depends on, then cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.environment import SetupFailed, prepare_environment
+from bot.config import RepoConfig
+
+
+def repo(setup: str | None, **values: object) -> RepoConfig:
+    return RepoConfig(name="acme/shop", clone_url="file:///dev/null", setup_command=setup, **values)  # type: ignore[arg-type]
+
+
+def counting(runs: Path) -> str:
+    """A setup that leaves a tool in its environment and counts how often it ran."""
+    return (
+        f'mkdir -p "$FIXBOT_ENV/bin" && printf "#!/bin/sh\\necho tool\\n" > "$FIXBOT_ENV/bin/tool"'
+        f' && chmod +x "$FIXBOT_ENV/bin/tool" && echo run >> {runs}'
+    )
+
+
+async def test_setup_runs_once_per_change_of_its_files(tmp_path: Path) -> None:
+    checkout, envs, runs = tmp_path / "checkout", tmp_path / "envs", tmp_path / "runs"
+    checkout.mkdir()
+    (checkout / "requirements.txt").write_text("requests==2.32.3\n")
+    config = repo(counting(runs))
+
+    first = await prepare_environment(config, checkout, envs, within_s=60)
+    again = await prepare_environment(config, checkout, envs, within_s=60)
+    assert first is not None and again is not None
+    assert first.path == again.path and first.path.parent == envs / "acme__shop"
+    assert first.setup_s > 0 and again.setup_s == 0
+    assert runs.read_text() == "run\n"
+    assert first.variables["PATH"].startswith(f"{first.path / 'bin'}:")
+    assert first.variables["VIRTUAL_ENV"] == str(first.path)
+
+    (checkout / "requirements.txt").write_text("requests==2.32.4\n")
+    changed = await prepare_environment(config, checkout, envs, within_s=60)
+    assert changed is not None and changed.path != first.path
+    assert runs.read_text() == "run\nrun\n"
+
+    # Only the files named in setup_files count when it is given.
+    only_lock = repo(counting(runs), setup_files=["poetry.lock"])
+    named = await prepare_environment(only_lock, checkout, envs, within_s=60)
+    (checkout / "requirements.txt").write_text("anything\n")
+    unchanged = await prepare_environment(only_lock, checkout, envs, within_s=60)
+    assert named is not None and unchanged is not None
+    assert unchanged.path == named.path and unchanged.setup_s == 0
+
+
+async def test_a_failed_setup_says_why_and_caches_nothing(tmp_path: Path) -> None:
+    envs = tmp_path / "envs"
+    broken = repo('echo "no such requirement: flask==99" && exit 3')
+
+    with pytest.raises(SetupFailed, match="exit 3") as failed:
+        await prepare_environment(broken, tmp_path, envs, within_s=60)
+
+    assert "no such requirement" in (failed.value.output or "")
+    assert [p for p in (envs / "acme__shop").iterdir() if p.is_dir()] == []
+
+
+async def test_no_setup_command_no_environment(tmp_path: Path) -> None:
+    assert await prepare_environment(repo(None), tmp_path, tmp_path / "envs", within_s=60) is None
