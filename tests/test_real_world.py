@@ -56,6 +56,14 @@ async def test_an_unknown_sentry_short_id_is_answered_privately(world: World) ->
     assert "Sentry has no `SHOP-ZZZZ9`" in answer and "short id or the URL" in answer
     nothing_started(world)
 
+    # `@fixbot fix` with a link as Slack delivers it goes through the same parser and lookup.
+    link = f"<{world.sentry.url}/organizations/acme/issues/999/?referrer=slack|the crash>"
+    await world.slack.mention(CHANNEL, f"fix {link}")
+    answers = await world.slack.wait_for(lambda: world.slack.ephemerals("U_ALICE")[1:])
+    assert "Sentry has no `999`" in answers[-1]["text"]
+    assert not [m for m in world.slack.messages(CHANNEL) if m.get("bot_id") == "BFIXBOT"]
+    assert count(world, "tasks") == 0
+
 
 async def test_an_unmapped_project_is_answered_privately(world: World) -> None:
     world.env.update(
