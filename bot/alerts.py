@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from html import unescape
 from typing import Any
 
-from bot.integrations.sentry import SHORT_ID, parse_issue_url
+from bot.integrations.sentry import SHORT_ID, SHORT_ID_PATTERN, parse_issue_url
 
 _URL = re.compile(r"https?://[^\s|<>\"']+")
-_SHORT_ID_LABEL = re.compile(r"Short ID:\s*\*?([A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+)")
+_SHORT_ID_LABEL = re.compile(rf"Short ID:\s*\*?({SHORT_ID_PATTERN})")
 _FALLBACK = re.compile(r"^\[([\w.-]+)\]\s+(.+)$", re.DOTALL)
 _LINK_TITLE = re.compile(r"<https?://[^|>]+\|\*?(.+?)\*?>")
 

@@ -13,7 +13,10 @@ from pydantic import BaseModel
 
 from bot.integrations import DEFAULT_TIMEOUT_S, ServiceClient
 
-SHORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+$")
+# A project slug (dashes allowed, a digit first too: PYTHON-DJANGO-1A2, 1PASSWORD-3), a
+# dash, and the base-32 counter.
+SHORT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+"
+SHORT_ID = re.compile(f"^{SHORT_ID_PATTERN}$")
 _SAAS_REGION_HOSTS = {"us", "de", "www"}
 SAAS_URL = "https://sentry.io"
 
