@@ -1,8 +1,9 @@
 """A repository's own test environment: its `setup_command`, run once and cached.
 
 Real repositories need their dependencies before `test_command` can run. A repo's
-`setup_command` (fixbot.yml) runs in a checkout with `$FIXBOT_ENV` (also `$VIRTUAL_ENV`) set
-to an empty directory and that directory's `bin` first on PATH, so
+`setup_command` (fixbot.yml) runs in a scratch clone of the task's checkout with
+`$FIXBOT_ENV` (also `$VIRTUAL_ENV`) set to an empty directory and that directory's `bin`
+first on PATH, so
 
     setup_command: python -m venv "$FIXBOT_ENV" && pip install -r requirements.txt
 
@@ -16,14 +17,16 @@ environment's variables and nothing else from it: `RepoEnvironment.variables`, w
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.verify import run_command
-from agents.workspace import _file_lock, remove_tree
+from agents.verify import CommandResult, run_command
+from agents.workspace import _file_lock, git, remove_tree
 from bot.config import RepoConfig
 from bot.errors import StepFailed
 
@@ -90,9 +93,7 @@ async def prepare_environment(
             await remove_tree(environment.path)
         environment.path.mkdir()
         started = time.monotonic()
-        result = await run_command(
-            repo.setup_command, checkout, within_s, extra_env=environment.variables
-        )
+        result = await _run_setup(repo.setup_command, checkout, environment, within_s)
         if not result.passed:
             await remove_tree(environment.path)
             how = f"timed out after {within_s:g} s" if result.timed_out else "failed"
@@ -103,6 +104,20 @@ async def prepare_environment(
             )
         (environment.path / READY).write_text(repo.setup_command)
         return RepoEnvironment(environment.path, round(time.monotonic() - started, 3))
+
+
+async def _run_setup(
+    command: str, checkout: Path, environment: RepoEnvironment, within_s: float
+) -> CommandResult:
+    """Run the setup in a scratch clone of `checkout`: what it writes there (build files,
+    egg-info) stays out of the task's diff, and every task shares the environment."""
+    holder = Path(tempfile.mkdtemp(prefix="fixbot-setup-"))
+    try:
+        scratch = holder / "repo"
+        await git("clone", "--quiet", "--shared", str(checkout), str(scratch), cwd=holder)
+        return await run_command(command, scratch, within_s, extra_env=environment.variables)
+    finally:
+        await asyncio.shield(remove_tree(holder))
 
 
 def setup_digest(repo: RepoConfig, checkout: Path) -> str:

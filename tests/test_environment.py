@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from world import git
 
 from agents.environment import SetupFailed, prepare_environment
 from bot.config import RepoConfig
@@ -12,6 +13,18 @@ from bot.config import RepoConfig
 
 def repo(setup: str | None, **values: object) -> RepoConfig:
     return RepoConfig(name="acme/shop", clone_url="file:///dev/null", setup_command=setup, **values)  # type: ignore[arg-type]
+
+
+def checkout_with(root: Path, files: dict[str, str]) -> Path:
+    """A git checkout holding `files` (the setup runs in a clone of it)."""
+    checkout = root / "checkout"
+    checkout.mkdir()
+    for name, text in files.items():
+        (checkout / name).write_text(text)
+    git("init", "-q", "-b", "main", cwd=checkout)
+    git("add", "-A", cwd=checkout)
+    git("commit", "-q", "--allow-empty", "-m", "files", cwd=checkout)
+    return checkout
 
 
 def counting(runs: Path) -> str:
@@ -23,10 +36,9 @@ def counting(runs: Path) -> str:
 
 
 async def test_setup_runs_once_per_change_of_its_files(tmp_path: Path) -> None:
-    checkout, envs, runs = tmp_path / "checkout", tmp_path / "envs", tmp_path / "runs"
-    checkout.mkdir()
-    (checkout / "requirements.txt").write_text("requests==2.32.3\n")
-    config = repo(counting(runs))
+    envs, runs = tmp_path / "envs", tmp_path / "runs"
+    checkout = checkout_with(tmp_path, {"requirements.txt": "requests==2.32.3\n"})
+    config = repo(counting(runs) + " && touch built.egg-info")
 
     first = await prepare_environment(config, checkout, envs, within_s=60)
     again = await prepare_environment(config, checkout, envs, within_s=60)
@@ -34,6 +46,7 @@ async def test_setup_runs_once_per_change_of_its_files(tmp_path: Path) -> None:
     assert first.path == again.path and first.path.parent == envs / "acme__shop"
     assert first.setup_s > 0 and again.setup_s == 0
     assert runs.read_text() == "run\n"
+    assert not (checkout / "built.egg-info").exists()  # it ran in a scratch clone
     assert first.variables["PATH"].startswith(f"{first.path / 'bin'}:")
     assert first.variables["VIRTUAL_ENV"] == str(first.path)
 
@@ -56,7 +69,7 @@ async def test_a_failed_setup_says_why_and_caches_nothing(tmp_path: Path) -> Non
     broken = repo('echo "no such requirement: flask==99" && exit 3')
 
     with pytest.raises(SetupFailed, match="exit 3") as failed:
-        await prepare_environment(broken, tmp_path, envs, within_s=60)
+        await prepare_environment(broken, checkout_with(tmp_path, {}), envs, within_s=60)
 
     assert "no such requirement" in (failed.value.output or "")
     assert [p for p in (envs / "acme__shop").iterdir() if p.is_dir()] == []
