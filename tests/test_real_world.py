@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from test_cli import fixbot
-from test_conversation import TITLE, buttons, plan_script, thread_texts, wait_for_plan
+from test_conversation import (
+    TITLE,
+    buttons,
+    db,
+    plan_script,
+    start_fix,
+    thread_texts,
+    wait_for_plan,
+)
 from test_core_loop import script_execution, script_planning, start_plan
 from test_core_loop import thread_texts as core_thread_texts
 from test_webhooks import SECRETS, count, post, sign, start
@@ -191,3 +199,30 @@ async def test_doctor_runs_the_setup_once_and_says_how_long_it_took(world: World
     assert setup_line(first).startswith("✓") and " ran in " in setup_line(first)
     assert "cached" in setup_line(again)
     assert setup_line(broken).startswith("✗") and "No matching distribution" in setup_line(broken)
+
+
+async def test_a_pull_request_closed_webhook_as_github_sends_it(world: World) -> None:
+    seed_sentry_issue(world)
+    plan_script(world)
+    hooks = await start(world)
+    thread_ts = await start_fix(world)
+    await wait_for_plan(world, thread_ts)
+    pull = world.github.pulls("acme/shop")[0]
+    # octokit's example of `pull_request` `closed` (not merged), naming this task's pull.
+    payload = json.loads((PAYLOADS / "github" / "pull_request.closed.json").read_text())
+    payload["number"] = payload["pull_request"]["number"] = pull.number
+    payload["repository"]["full_name"] = "acme/shop"
+    body = json.dumps(payload).encode()
+    headers = {
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], body),
+    }
+
+    assert await post(f"{hooks}/github", body, headers) == (200, {"ok": True})
+
+    await world.slack.wait_for(
+        lambda: "was closed without merging by Codertocat" in thread_texts(world, thread_ts),
+        what="the closed note",
+    )
+    assert db(world).execute("select state from tasks").fetchall() == [("cancelled",)]
