@@ -183,7 +183,7 @@ def _parse_jira_url(url: str, settings: Settings) -> Reference:
         raise BadReference(
             f"{inline_code(url, 80)} is a Jira page but names no issue. {ACCEPTED_FORMS}"
         )
-    reference = _jira(key, settings)
+    reference = jira_reference(key, settings)
     return Reference(reference.kind, reference.key, url=url, repo=reference.repo)
 
 
@@ -197,7 +197,7 @@ def _parse_key(key: str, settings: Settings) -> Reference:
         # A Sentry short id, or a Jira key of an unmapped project: looking it up tells which.
         return Reference(RefKind.SENTRY, key)
     if jira is not None and settings.jira_enabled:
-        return _jira(key, settings)
+        return jira_reference(key, settings)
     raise BadReference(
         f"`{key}` looks like a Sentry issue or a Jira key, but neither Sentry "
         "(SENTRY_AUTH_TOKEN, SENTRY_ORG) nor Jira (JIRA_URL, JIRA_EMAIL, JIRA_API_TOKEN) "
@@ -205,8 +205,8 @@ def _parse_key(key: str, settings: Settings) -> Reference:
     )
 
 
-def _jira(key: str, settings: Settings) -> Reference:
-    """A Jira key whose project must be mapped to a repository."""
+def jira_reference(key: str, settings: Settings) -> Reference:
+    """A Jira key whose project must be mapped to a repository (also for Jira's webhook)."""
     if not settings.jira_enabled:
         raise BadReference(
             "That is a Jira issue, but Jira is not set up: "

@@ -17,6 +17,7 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -31,8 +32,8 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
-from bot.errors import FixbotError
-from bot.models import Reference, RefKind
+from bot.errors import BadReference, FixbotError
+from bot.refs import jira_reference
 from bot.workflow import PRIORITY_OTHER
 from storage.tables import WebhookDelivery
 
@@ -160,13 +161,15 @@ class Webhooks:
         labels = [str(label).lower() for label in fields.get("labels") or []]
         if self.settings.jira_label.lower() not in labels:
             return _ignored(f"no `{self.settings.jira_label}` label")
-        project = key.rpartition("-")[0]
-        repo = next((r for r in self.settings.repos if project in r.jira_projects), None)
-        if repo is None or not self.settings.alert_channels:
-            return _ignored("project not mapped to a repository, or no alert channel")
+        try:
+            ref = jira_reference(key, self.settings)
+        except BadReference:
+            return _ignored("project not mapped to a repository")
+        if not self.settings.alert_channels:
+            return _ignored("no alert channel")
         base = self.settings.jira_url
         url = f"{base.rstrip('/')}/browse/{key}" if base else None
-        ref = Reference(RefKind.JIRA, key, url=url, repo=repo.name)
+        ref = dataclasses.replace(ref, url=url)
         await self.workflow.create_task(
             ref, channel=self.settings.alert_channels[0], user=None, priority=PRIORITY_OTHER
         )
