@@ -73,7 +73,8 @@ def parse_reference(text: str, settings: Settings) -> Reference:
 
 
 def names_a_reference(text: str) -> bool:
-    """Whether words after `@fixbot fix` name something (else the thread says what to fix).
+    """Whether words after `@fixbot fix` name an issue (else the thread says what to fix,
+    prose and `repo:` included).
 
     Keys count here only as typed in capitals, so that `fix e-mail sending` stays prose.
     """
@@ -85,7 +86,6 @@ def names_a_reference(text: str) -> bool:
         _looks_like_url(first)
         or _SHORTHAND.match(first) is not None
         or (SHORT_ID.match(first) is not None and first == first.upper())
-        or REPO_WORD.search(text) is not None
     )
 
 

@@ -189,6 +189,6 @@ def test_mention_words_that_name_a_reference() -> None:
     assert names_a_reference("FRONT-END-9")
     assert names_a_reference("<https://test-org.sentry.io/issues/123/|ReferenceError>")
     assert names_a_reference("Codertocat/Hello-World#1")
-    assert names_a_reference("the cart is empty repo:Codertocat/Hello-World")
+    assert not names_a_reference("the cart is empty repo:Codertocat/Hello-World")  # the thread
     assert not names_a_reference("e-mail sending is broken")
     assert not names_a_reference("")
