@@ -9,7 +9,9 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY . .
-RUN pip install --no-cache-dir --no-deps . && mkdir -p /app/data && chown -R fixbot /app/data
+# The work volume mounts at /app/data/work: made here, a named volume starts out owned by
+# the non-root user instead of root.
+RUN pip install --no-cache-dir --no-deps . && mkdir -p /app/data/work && chown -R fixbot /app/data
 
 # Agents run in a bubblewrap sandbox (docs/sandbox.md): the container needs user
 # namespaces and mounts, e.g. `--security-opt seccomp=unconfined --security-opt

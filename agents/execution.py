@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agents.environment import RepoEnvironment
 from agents.permissions import execution_gate
 from agents.prompts import UNTRUSTED_NOTE, fence
 from agents.runner import AgentStep
@@ -27,8 +28,10 @@ def execution_step(
     plugins: tuple[Path, ...],
     mcp_servers: dict[str, Any],
     budget_usd: float | None,
+    environment: RepoEnvironment | None = None,
 ) -> AgentStep:
-    """The AgentStep that implements `plan_markdown` in `worktree`."""
+    """The AgentStep that implements `plan_markdown` in `worktree` (in the repository's
+    `environment`, for its test runs)."""
     lint = f" and lint with `{repo.lint_command}`" if repo.lint_command else ""
     prompt = (
         f"Implement the approved plan for {ref}.\n\n{fence('approved-plan', plan_markdown)}\n\n"
@@ -51,4 +54,6 @@ def execution_step(
         mcp_servers=mcp_servers,
         plugins=plugins,
         max_budget_usd=budget_usd,
+        env=environment.variables if environment else {},
+        readable=(environment.path,) if environment else (),
     )

@@ -134,6 +134,8 @@ class AgentStep:
     max_turns: int | None = None
     resume_session_id: str | None = None
     model: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # the repo's environment, if any
+    readable: Sequence[Path] = ()  # folders the sandbox shows read-only (that environment)
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,10 @@ async def run_agent_step(
     if not env.sandbox.enabled:
         log.warning("the %s agent runs WITHOUT a sandbox (fixbot.yml `sandbox: off`)", step.name)
     api = Endpoint.parse(env.base_url or ANTHROPIC_API)
-    async with env.sandbox.confine(writable=[step.cwd, home], reach=[api]) as confinement:
+    readable = [*step.plugins, *step.readable]
+    async with env.sandbox.confine(
+        writable=[step.cwd, home], readable=readable, reach=[api]
+    ) as confinement:
         cli_path = env.cli_path
         if env.sandbox.enabled:
             # Resuming from the session store, the SDK sets CLAUDE_CONFIG_DIR to a folder
@@ -381,7 +386,7 @@ def _options(
     return ClaudeAgentOptions(
         cwd=step.cwd,
         cli_path=cli_path,
-        env=agent_env(env, home=home),
+        env={**agent_env(env, home=home), **step.env},
         system_prompt=system_prompt,
         permission_mode="default",
         allowed_tools=list(step.allowed_tools),

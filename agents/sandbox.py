@@ -160,12 +160,14 @@ class Sandbox:
         readable: Sequence[Path] = (),
         reach: Sequence[Endpoint] = (),
         setenv: dict[str, str] | None = None,
+        network: bool = False,
     ) -> AsyncIterator[Confinement]:
         """A sandbox layout, with the bridges to `reach` running until the block ends.
 
         `writable` and `readable` are bound at their own paths (git directories of any
         repository among them come along read-only); `setenv` is laid over the environment
-        inside. With the sandbox off, the confinement runs commands as they are.
+        inside. `network` keeps the host's network (a repository's setup installs
+        packages). With the sandbox off, the confinement runs commands as they are.
         """
         if not self.enabled:
             yield Confinement([])
@@ -194,6 +196,7 @@ class Sandbox:
                 argv = [
                     bwrap,
                     *_namespaces(),
+                    *(["--share-net"] if network else []),
                     *_system_binds(),
                     *_bind_all("--ro-bind", _python_dirs()),
                     *_bind_all("--ro-bind", [*readable, *_git_dirs(writable), bridges]),

@@ -17,12 +17,16 @@ import shlex
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from agents.sandbox import Endpoint, Sandbox
 from agents.workspace import changed_files, git, remove_tree
+
+if TYPE_CHECKING:  # agents/environment.py runs its setup through this module
+    from agents.environment import RepoEnvironment
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
@@ -76,28 +80,37 @@ async def run_command(
     *,
     sandbox: Sandbox,
     reach: Sequence[Endpoint] = (),
+    environment: RepoEnvironment | None = None,
 ) -> CommandResult:
     """Run a shell command in the sandbox, in its own process group; on timeout, kill the
-    whole group (and with it the sandbox)."""
+    whole group (and with it the sandbox). With the repository's `environment`
+    (agents/environment.py) its variables are set and its directory is readable inside."""
     # Inside, HOME is the sandbox's private /tmp: the host's home is not there.
     home = {"HOME": "/tmp"} if sandbox.enabled else {}
-    async with sandbox.confine(writable=[cwd], reach=reach, setenv=home) as confinement:
-        return await _run_command(
-            command, confinement.argv(["/bin/sh", "-c", command]), cwd, timeout
+    readable = [environment.path] if environment else []
+    variables = environment.variables if environment else {}
+    async with sandbox.confine(
+        writable=[cwd], readable=readable, reach=reach, setenv=home
+    ) as confinement:
+        return await run_process(
+            command, confinement.argv(["/bin/sh", "-c", command]), cwd, timeout, variables
         )
 
 
-async def _run_command(
+async def run_process(
     command: str,
     argv: list[str],
     cwd: Path,
     timeout: float,  # noqa: ASYNC109
+    variables: Mapping[str, str] | None = None,
 ) -> CommandResult:
+    """Run `argv` (`command`, already confined) with the allowlisted environment and
+    `variables`, in its own process group; on timeout, kill the whole group."""
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
-        env=_test_env(),
+        env={**_test_env(), **(variables or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -244,9 +257,10 @@ async def verify_fix(
     *,
     sandbox: Sandbox,
     reach: Sequence[Endpoint] = (),
+    environment: RepoEnvironment | None = None,
 ) -> Verification:
     """Check the fix in `worktree` against `base_commit` with the repo's test command,
-    every run in `sandbox` (reaching only `reach`)."""
+    every run in `sandbox` (reaching only `reach`, in the repository's `environment`)."""
     changed = _existing(worktree, await changed_files(worktree, base_commit))
     tests = test_files(changed)
     if not tests:
@@ -255,7 +269,9 @@ async def verify_fix(
     copied = tests + _support_files(changed)
 
     def run(command: str, cwd: Path) -> Awaitable[CommandResult]:
-        return run_command(command, cwd, timeout, sandbox=sandbox, reach=reach)
+        return run_command(
+            command, cwd, timeout, sandbox=sandbox, reach=reach, environment=environment
+        )
 
     red = await _run_on_base(worktree, base_commit, copied, targeted, run)
     if red.timed_out:

@@ -331,7 +331,7 @@ class AfterMerge:
             channel=task.channel_id,
             thread_ts=task.thread_ts,
             user=user,
-            known=known,
+            context=known,
             branch=branch_name(f"{task.ref_key}-r{watch.id}", task.title),
         )
         await self._move(watch, Watch.REPLANNING, replan_task_id=again.id)

@@ -10,9 +10,11 @@ Formats understood, each taken from Sentry's own code:
   `?referrer=slack`), `callback_id` `{"issue":142}`, `footer` `DAFFY-5 via <…|rule>`,
   `fallback` `[project] Title`.
 - Anything else carrying a Sentry issue URL (a person pasting a link, another bot).
-- The integration platform's `issue` webhook: `data.issue` with `id`, `shortId`, `title`,
-  `web_url`, `project.slug`; `action` `created`, or `unresolved` with `substatus`
-  `regressed`.
+- The integration platform's webhooks (payloads in tests/payloads/sentry/, from Sentry's
+  docs): `issue` (`data.issue` with `id`, `shortId`, `title`, `web_url`, `project.slug`;
+  `action` `created`, or `unresolved` when it regressed or was reopened), `event_alert`
+  (`action` `triggered`, `data.event` with `issue_id`, `web_url`, `title`, `level`) and
+  `error` (`action` `created`, `data.error` likewise).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from dataclasses import dataclass
 from html import unescape
 from typing import Any
 
-from bot.integrations.sentry import SHORT_ID, parse_issue_url
+from bot.integrations.sentry import SHORT_ID, SHORT_ID_PATTERN, parse_issue_url
 
 _URL = re.compile(r"https?://[^\s|<>\"']+")
-_SHORT_ID_LABEL = re.compile(r"Short ID:\s*\*?([A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+)")
+_SHORT_ID_LABEL = re.compile(rf"Short ID:\s*\*?({SHORT_ID_PATTERN})")
 _FALLBACK = re.compile(r"^\[([\w.-]+)\]\s+(.+)$", re.DOTALL)
 _LINK_TITLE = re.compile(r"<https?://[^|>]+\|\*?(.+?)\*?>")
 
@@ -63,15 +65,28 @@ def recognise_message(message: Mapping[str, Any], *, sentry_url: str | None) -> 
     )
 
 
-def recognise_webhook(payload: Mapping[str, Any]) -> SentryAlert | None:
-    """A Sentry `issue` webhook that should start work: created, or regressed."""
-    action = payload.get("action")
+def recognise_webhook(resource: str, payload: Mapping[str, Any]) -> SentryAlert | None:
+    """A Sentry integration-platform webhook that should start work, by its resource.
+
+    `issue` created, or unresolved (a regression, or an issue reopened); `event_alert`
+    (an alert rule whose action is this integration) and `error` (an error event) name
+    their issue by `issue_id` and `web_url`.
+    """
     data = payload.get("data")
-    issue = data.get("issue") if isinstance(data, Mapping) else None
-    if not isinstance(issue, Mapping):
+    if not isinstance(data, Mapping):
         return None
-    regressed = action == "unresolved" and issue.get("substatus") == "regressed"
-    if action != "created" and not regressed:
+    action = payload.get("action")
+    if resource == "issue" and action in ("created", "unresolved"):
+        return _from_issue(data.get("issue"), regressed=action == "unresolved")
+    if resource == "event_alert" and action == "triggered":
+        return _from_event(data.get("event"))
+    if resource == "error" and action == "created":
+        return _from_event(data.get("error"))
+    return None
+
+
+def _from_issue(issue: Any, *, regressed: bool) -> SentryAlert | None:
+    if not isinstance(issue, Mapping):
         return None
     project = issue.get("project")
     short_id = issue.get("shortId")
@@ -81,11 +96,29 @@ def recognise_webhook(payload: Mapping[str, Any]) -> SentryAlert | None:
     return SentryAlert(
         issue_id=str(issue_id) if issue_id else None,
         short_id=str(short_id) if short_id else None,
-        url=str(issue.get("web_url") or issue.get("permalink") or "") or None,
+        url=_clean(str(issue.get("web_url") or issue.get("permalink") or "")) or None,
         title=str(issue.get("title") or "") or None,
         project=str(project.get("slug")) if isinstance(project, Mapping) else None,
         regressed=regressed,
         level=str(issue.get("level") or "") or None,
+    )
+
+
+def _from_event(event: Any) -> SentryAlert | None:
+    """An event (`event_alert`, `error`): its issue id, and the issue's page from `web_url`."""
+    if not isinstance(event, Mapping) or not event.get("issue_id"):
+        return None
+    issue_id = str(event["issue_id"])
+    web_url = str(event.get("web_url") or "")
+    # The event's page is …/issues/<id>/events/<event id>/: the issue's page is its prefix.
+    marker = f"/issues/{issue_id}/"
+    url = web_url[: web_url.index(marker) + len(marker)] if marker in web_url else None
+    return SentryAlert(
+        issue_id=issue_id,
+        short_id=None,
+        url=url,
+        title=str(event.get("title") or "") or None,
+        level=str(event.get("level") or "") or None,
     )
 
 

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import HINTS, Settings, load_settings, scrub_environment
+from bot.config import HINTS, RepoConfig, Settings, load_settings, scrub_environment
 from bot.errors import ConfigError, FixbotError
 from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
@@ -161,9 +161,12 @@ async def _checks() -> AsyncIterator[Check]:
     if not settings.repos:
         yield Check(False, "repositories", "none configured: add `repos:` to fixbot.yml")
     for repo in settings.repos:
-        yield await _guarded(
+        check = await _guarded(
             f"repo {repo.name}", _check_repo(settings, repo.name, repo.clone_url), redact
         )
+        yield check
+        if repo.setup_command and check.ok:
+            yield await _check_setup(settings, repo, redact)
     async for check in _check_services(settings, redact):
         yield check
 
@@ -349,6 +352,39 @@ async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
                 "fixbot.yml and that GITHUB_TOKEN may read it",
             )
     return Check(True, f"repo {name}", f"{clone_url} answers")
+
+
+async def _check_setup(settings: Settings, repo: RepoConfig, redact: Callable[[str], str]) -> Check:
+    """Run the repo's setup_command once (it can take minutes, so not under CHECK_TIMEOUT_S)."""
+    from agents.environment import prepare_environment
+    from agents.sandbox import Sandbox
+    from agents.workspace import Workspaces
+
+    name = f"setup {repo.name}"
+    workspaces = Workspaces(settings.fixbot_workdir.resolve())
+    try:
+        worktree = await workspaces.prepare(repo, "fixbot-doctor/setup")
+        try:
+            environment = await prepare_environment(
+                repo,
+                worktree.path,
+                workspaces.root / "envs",
+                within_s=settings.limits.setup_timeout_s,
+                sandbox=Sandbox(settings.sandbox, bwrap=settings.fixbot_bwrap),
+            )
+        finally:
+            await workspaces.remove(worktree)
+    except FixbotError as error:
+        output = getattr(error, "output", None) or ""
+        tail = f" Last output: {_one_line(output[-300:])}" if output else ""
+        return Check(False, name, redact(f"{_one_line(str(error))}{tail}"))
+    assert environment is not None
+    took = (
+        f"ran in {environment.setup_s:.1f} s"
+        if environment.setup_s
+        else "already set up for these files (cached)"
+    )
+    return Check(True, name, f"{took}: {environment.path}")
 
 
 async def _check_services(settings: Settings, redact: Callable[[str], str]) -> AsyncIterator[Check]:
@@ -579,7 +615,7 @@ async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace)
             raise CliError("say where the thread goes: --channel C…, or set alert_channels")
     async with _workflow(settings, sessions) as workflow:
         if args.action == "create":
-            task = await workflow.create_task(ref, channel=channel, user=ACTOR)
+            task = await workflow.request_fix(ref, channel=channel, user=ACTOR)
             print(f"created task {task.id} ({ref.kind} {ref.key}) in {channel}; planning is queued")
             return
         decide = workflow.retry if args.action == "requeue" else workflow.cancel

@@ -36,6 +36,10 @@ class RepoConfig(BaseModel):
     test_command: str = "python -m pytest -q"
     lint_command: str | None = None
     network_allow: list[str] = []  # hosts (host or host:port, 443 by default) test runs reach
+    # The repo's test environment (agents/environment.py): run once per change of
+    # `setup_files` (default: the usual manifests and lock files), cached.
+    setup_command: str | None = None
+    setup_files: list[str] = []
 
 
 class Concurrency(BaseModel):
@@ -58,6 +62,10 @@ class Limits(BaseModel):
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
     # How often a merged fix's error is checked in Sentry during verify_window_hours.
     verify_check_interval_s: float = Field(default=3600, gt=0)
+    # How long `/fix` waits for Sentry, GitHub or Jira to confirm a reference before the
+    # task starts anyway (and its planning step looks it up again).
+    reference_timeout_s: float = Field(default=5, gt=0)
+    setup_timeout_s: float = Field(default=1800, gt=0)  # a repo's setup_command, once cached
 
 
 class McpServer(BaseModel):
@@ -221,6 +229,11 @@ def load_settings(env_file: str | Path = ".env", **overrides: Any) -> Settings:
     dotenv = {key.upper(): value for key, value in dotenv_values(env_file).items() if value}
     config_name = os.environ.get("FIXBOT_CONFIG") or dotenv.get("FIXBOT_CONFIG")
     config_path = Path(config_name or "fixbot.yml")
+    if config_path.is_dir():
+        raise ConfigError(
+            f"{config_path} is a directory, not a file (a bind mount of a missing file makes "
+            "one): remove it, create fixbot.yml from fixbot.example.yml, and start again."
+        )
     if config_name and not config_path.is_file():
         raise ConfigError(
             f"FIXBOT_CONFIG points at {config_path}, which does not exist. "

@@ -23,7 +23,7 @@ from bot.aftermerge import AfterMerge, CameBack
 from bot.alerts import SentryAlert, recognise_message
 from bot.errors import BadReference, FixbotError, InvalidTransition
 from bot.models import Reference, RefKind, State
-from bot.refs import REPO_WORD
+from bot.refs import REPO_WORD, names_a_reference, parse_reference
 from bot.workflow import PRIORITY_URGENT, Decision, Workflow, priority_for_level
 from storage.tables import Alert, Task
 
@@ -251,10 +251,13 @@ class Conversation:
             if command == "fix":
                 if task is not None and not State(task.state).finished:
                     return Reply("This thread already has a task; see its messages above.")
-                ref = await self._thread_reference(channel, where, bot_user_id)
-                await self.workflow.create_task(
-                    ref, channel=channel, thread_ts=where, user=user, priority=PRIORITY_URGENT
+                named = " ".join(words[1:])
+                ref = (
+                    parse_reference(named, self.settings)
+                    if names_a_reference(named)
+                    else await self._thread_reference(channel, where, bot_user_id)
                 )
+                await self.workflow.request_fix(ref, channel=channel, thread_ts=where, user=user)
                 return None
             if task is None:
                 return Reply(

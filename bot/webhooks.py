@@ -5,8 +5,8 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
 200 no-op), then acts:
 
 - Sentry (integration platform, `Sentry-Hook-Signature`: HMAC-SHA256 hex of the body with
-  the client secret; `Request-ID`): an `issue` created or regressed is an alert in the
-  first alert channel.
+  the client secret; `Request-ID`): an `issue` created or unresolved (regressed), an
+  `event_alert` triggered or an `error` created is an alert in the first alert channel.
 - GitHub (`X-Hub-Signature-256: sha256=…`; `X-GitHub-Delivery`): a task's pull request
   closed (merged or not) tells its thread, and a merge starts the after-merge follow-up
   (`bot/aftermerge.py`); an `@fixbot approve` comment on it from an approver approves the
@@ -18,6 +18,7 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -32,8 +33,8 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
-from bot.errors import FixbotError
-from bot.models import Reference, RefKind
+from bot.errors import BadReference, FixbotError
+from bot.refs import jira_reference
 from bot.workflow import PRIORITY_OTHER
 from storage.tables import WebhookDelivery
 
@@ -78,11 +79,10 @@ class Webhooks:
             return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
         if not await self._first_delivery("sentry", delivery):
             return _replayed()
-        if request.headers.get("Sentry-Hook-Resource") != "issue":
-            return _ignored("not an issue webhook")
-        alert = recognise_webhook(payload)
+        resource = request.headers.get("Sentry-Hook-Resource", "")
+        alert = recognise_webhook(resource, payload)
         if alert is None:
-            return _ignored("neither created nor regressed")
+            return _ignored(f"{resource or 'unknown'} webhook names no new or regressed issue")
         if not self.settings.alert_channels:
             return _ignored("no alert_channels to post in")
         channel = self.settings.alert_channels[0]
@@ -167,13 +167,15 @@ class Webhooks:
         labels = [str(label).lower() for label in fields.get("labels") or []]
         if self.settings.jira_label.lower() not in labels:
             return _ignored(f"no `{self.settings.jira_label}` label")
-        project = key.rpartition("-")[0]
-        repo = next((r for r in self.settings.repos if project in r.jira_projects), None)
-        if repo is None or not self.settings.alert_channels:
-            return _ignored("project not mapped to a repository, or no alert channel")
+        try:
+            ref = jira_reference(key, self.settings)
+        except BadReference:
+            return _ignored("project not mapped to a repository")
+        if not self.settings.alert_channels:
+            return _ignored("no alert channel")
         base = self.settings.jira_url
         url = f"{base.rstrip('/')}/browse/{key}" if base else None
-        ref = Reference(RefKind.JIRA, key, url=url, repo=repo.name)
+        ref = dataclasses.replace(ref, url=url)
         await self.workflow.create_task(
             ref, channel=self.settings.alert_channels[0], user=None, priority=PRIORITY_OTHER
         )

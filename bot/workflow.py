@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
+from agents.environment import prepare_environment
 from agents.execution import execution_step
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
@@ -111,6 +112,20 @@ class Workflow:
 
     # Triggers
 
+    async def request_fix(
+        self, ref: Reference, *, channel: str, user: str, thread_ts: str | None = None
+    ) -> Task:
+        """A person asked for a fix: the reference is looked up before anything is posted.
+
+        One that names nothing usable raises BadReference (an answer for that person
+        alone); a vendor that does not answer in time lets the task start regardless.
+        """
+        within_s = self.settings.limits.reference_timeout_s
+        context = await self.sources.look_up(ref, within_s=within_s)
+        return await self.create_task(
+            ref, channel=channel, user=user, thread_ts=thread_ts, context=context
+        )
+
     async def create_task(
         self,
         ref: Reference,
@@ -119,27 +134,27 @@ class Workflow:
         user: str | None,
         priority: int = PRIORITY_URGENT,
         thread_ts: str | None = None,
-        known: TaskContext | None = None,
+        context: TaskContext | None = None,
         branch: str | None = None,
     ) -> Task:
         """Record a task, open its thread, and queue its planning step.
 
         With `thread_ts` (an alert's thread) the task lives in that thread and Fixbot's
         parent message is a reply there (`parent_ts`); otherwise it starts a new thread.
-        `known` (planning again) is the error context already at hand: it is not fetched.
+        With `context` (the reference already looked up, or planning again) planning does
+        not fetch it again.
         """
-        if known is None:  # the planning step fetches it
-            title = ref.key if ref.kind != RefKind.TEXT else ref.key[:150]
-            known = TaskContext(title=title, repo=ref.repo, url=ref.url, text="")
+        if context is None:  # the planning step fetches it
+            context = TaskContext(title=ref.key, repo=ref.repo, url=ref.url, text="")
         async with self.sessions.begin() as session:
             task = Task(
                 state=State.QUEUED,
                 ref_kind=ref.kind,
                 ref_key=ref.key,
-                ref_url=known.url,
-                title=known.title,
-                repo=known.repo,
-                context=known.text,
+                ref_url=context.url,
+                title=context.title[:150],
+                repo=context.repo,
+                context=context.text,
                 branch=branch,
                 requested_by=user,
                 priority=priority,
@@ -486,6 +501,13 @@ class Workflow:
         assert task.branch and task.base_commit and task.plan_markdown and task.plan
         worktree = await self.workspaces.prepare(repo, task.branch)
         started = time.monotonic()
+        environment = await prepare_environment(
+            repo,
+            worktree.path,
+            self.workspaces.root / "envs",
+            within_s=self.settings.limits.setup_timeout_s,
+            sandbox=self.agent_env.sandbox,
+        )
         step = execution_step(
             worktree.path,
             ref=task.ref_key,
@@ -495,6 +517,7 @@ class Workflow:
             plugins=(SKILLS,),
             mcp_servers=self._mcp_servers(read_only=False),
             budget_usd=self._budget_left(task),
+            environment=environment,
         )
         result = await self._run_step(task, job, step, "Execution")
         if result.outcome != "success":
@@ -506,6 +529,7 @@ class Workflow:
             timeout=self.settings.limits.execution_timeout_s,
             sandbox=self.agent_env.sandbox,
             reach=[Endpoint.parse(host) for host in repo.network_allow],
+            environment=environment,
         )
         if not verification.ok:
             raise VerificationFailed(verification)

@@ -41,6 +41,6 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
             return
         try:
             ref = parse_reference(command.get("text", ""), workflow.settings)
-            await workflow.create_task(ref, channel=command["channel_id"], user=command["user_id"])
+            await workflow.request_fix(ref, channel=command["channel_id"], user=command["user_id"])
         except FixbotError as error:
             await respond(text=str(error), response_type="ephemeral")

@@ -67,12 +67,35 @@ def test_messages_without_an_issue_are_not_alerts() -> None:
 
 def test_issue_webhook_created_and_regressed() -> None:
     created = payload("sentry_issue_created.json", ISSUE_ID="142", SHORT_ID="SHOP-5")
-    alert = recognise_webhook(created)
+    alert = recognise_webhook("issue", created)
     assert alert is not None and alert.key == "142" and not alert.regressed
     assert alert.url == "https://sentry.io/organizations/acme/issues/142/"
     regressed = {**created, "action": "unresolved"}
     regressed["data"] = {"issue": {**created["data"]["issue"], "substatus": "regressed"}}
-    alert = recognise_webhook(regressed)
+    alert = recognise_webhook("issue", regressed)
     assert alert is not None and alert.regressed
     resolved = {**created, "action": "resolved"}
-    assert recognise_webhook(resolved) is None
+    assert recognise_webhook("issue", resolved) is None
+    assert recognise_webhook("installation", created) is None
+
+
+def test_sentry_docs_webhook_examples() -> None:
+    issue = payload("sentry/issue.created.json")
+    alert = recognise_webhook("issue", issue)
+    assert alert is not None
+    assert (alert.key, alert.short_id, alert.project) == ("1170820242", "FRONT-END-9", "front-end")
+    assert alert.title == "ReferenceError: blooopy is not defined"
+
+    event_alert = recognise_webhook("event_alert", payload("sentry/event_alert.triggered.json"))
+    assert event_alert is not None
+    assert (event_alert.key, event_alert.ref_key, event_alert.level) == (
+        "1117540176",
+        "1117540176",
+        "error",
+    )
+    assert event_alert.url == "https://sentry.io/organizations/test-org/issues/1117540176/"
+    assert event_alert.title == "ReferenceError: heck is not defined"
+
+    error = recognise_webhook("error", payload("sentry/error.created.json"))
+    assert error is not None and error.key == "1170820242"
+    assert error.url == "https://sentry.io/organizations/test-org/issues/1170820242/"

@@ -51,6 +51,15 @@ def test_malformed_settings_name_the_key(tmp_path: Path) -> None:
     assert "not valid YAML" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_fixbot_yml_made_a_directory_by_a_bind_mount_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "fixbot.yml").mkdir()  # what Docker makes for a missing bind-mounted file
+    env = {"PATH": os.environ["PATH"], "SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1"}
+    done = run_app({**env, "FIXBOT_CONFIG": str(tmp_path / "fixbot.yml")}, tmp_path)
+    assert done.returncode == 2
+    assert "is a directory" in done.stderr and "fixbot.example.yml" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -217,11 +217,12 @@ async def test_list_and_show(world: World) -> None:
 
 
 async def test_create_like_fix(world: World) -> None:
+    seed_sentry_issue(world)  # looked up first, as /fix does
     run = await fixbot(world, "tasks", "create", "SHOP-1")
     assert run.code == 0, run.err
     assert run.out.startswith("created task 1 (sentry SHOP-1) in C_GENERAL")
     parents = world.slack.messages(CHANNEL)
-    assert len(parents) == 1 and "SHOP-1" in parents[0]["text"]
+    assert len(parents) == 1 and "discount made the price negative" in parents[0]["text"]
     with db(world) as connection:
         task = connection.execute("select state, thread_ts, requested_by from tasks").fetchone()
         jobs = connection.execute("select kind, status from jobs").fetchall()

@@ -292,9 +292,11 @@ async def test_mention_fix_starts_a_task_from_the_thread_and_cancel_stops_it(wor
 
 
 async def test_mention_retry_runs_a_failed_step_again(world: World) -> None:
-    world.sentry.add_issue(short_id="SHOP-9", project="not-mapped", title="Boom")
+    # A repository that cannot be cloned: planning fails and offers Retry.
+    gone = {"name": "acme/gone", "clone_url": (world.root / "gone.git").as_uri()}
+    world.config["repos"].append(gone)
     await world.start_app()
-    await world.slack.slash_command("SHOP-9")
+    await world.slack.slash_command("checkout is broken repo:acme/gone")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
     await world.slack.wait_for(
         lambda: any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, parent["ts"])),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.github import FakeGitHub
@@ -212,6 +214,49 @@ def test_frames_read_in_the_sdk_form_too() -> None:
     assert event.breadcrumbs[0].message == "loaded"
 
 
+PAYLOADS = Path(__file__).parent / "payloads" / "sentry"
+
+
+def _payload(name: str) -> Any:
+    return json.loads((PAYLOADS / name).read_text())
+
+
+def test_a_crashed_threads_stack_reaches_the_prompt() -> None:
+    # Sentry's own sample: the exception has no stack trace, the crashed thread has it.
+    event = SentryEvent.from_api(_payload("event.crashed-thread.json"))
+    issue = SentryIssue(id="1", short_id="RAILS-1", title="ActionView::Template::Error")
+
+    text = ErrorContext(issue=issue, event=event).render()
+
+    assert "`app/views/welcome/view_error.html.erb:1`" in text
+    assert "> 1 | hey <%= foo %>" in text
+    assert "puma (3.12.6) lib/puma/thread_pool.rb:135" in text
+
+
+def test_threads_alone_and_flat_lists_are_read() -> None:
+    crashed = _payload("event.crashed-thread.json")
+    only_threads = {**crashed, "exception": None}
+    event = SentryEvent.from_api(only_threads)
+    assert [e.summary for e in event.exceptions] == ["Crashed thread: puma 004"]
+    assert event.exceptions[0].frames[-1].in_app
+
+    flat = SentryEvent.from_api({"event_id": "x", **_payload("exception.flat-list.json")})
+    assert [e.summary for e in flat.exceptions] == ["Error: An error occurred"]
+
+
+def test_chained_exceptions_are_all_in_the_prompt() -> None:
+    event = SentryEvent.from_api({"event_id": "x", **_payload("exception.chained.json")})
+    issue = SentryIssue(id="1", short_id="PY-1", title="ValueError: chained exception")
+
+    text = ErrorContext(issue=issue, event=event).render()
+
+    raised, cause = (
+        text.index("- ValueError: chained exception"),
+        text.index("- Exception: initial exception"),
+    )
+    assert raised < cause and "first cause" in text
+
+
 def test_render_fences_source_that_contains_backticks() -> None:
     event = SentryEvent.from_api(
         {
@@ -265,19 +310,6 @@ def test_render_fences_source_that_contains_backticks() -> None:
             SentryIssueUrl(base_url="https://sentry.io", org="acme", issue="123"),
         ),
         (
-            "https://sentry.example.com/organizations/acme/issues/456/",
-            SentryIssueUrl(base_url="https://sentry.example.com", org="acme", issue="456"),
-        ),
-        (
-            "http://sentry.internal:9000/acme/shop-backend/issues/789/",
-            SentryIssueUrl(
-                base_url="http://sentry.internal:9000",
-                org="acme",
-                issue="789",
-                project="shop-backend",
-            ),
-        ),
-        (
             "https://acme.sentry.io/issues/SHOP-1A/",
             SentryIssueUrl(base_url="https://acme.sentry.io", org="acme", issue="SHOP-1A"),
         ),
@@ -287,18 +319,28 @@ def test_render_fences_source_that_contains_backticks() -> None:
         ("https://acme.sentry.io/issues/not an id/", None),
         ("SHOP-1", None),
         ("ftp://sentry.io/organizations/acme/issues/1/", None),
+        ("https://sentry.example.com/organizations/acme/issues/456/", None),
+        ("https://sentry.io.example.com/organizations/acme/issues/456/", None),
     ],
 )
 def test_parse_issue_url(url: str, expected: SentryIssueUrl | None) -> None:
     assert parse_issue_url(url) == expected
 
 
-def test_parse_issue_url_trusts_the_configured_host() -> None:
+def test_parse_issue_url_trusts_only_the_configured_host() -> None:
     url = "https://errors.acme.test/issues/55/"
 
     assert parse_issue_url(url) is None
     found = parse_issue_url(url, sentry_url="https://errors.acme.test")
     assert found is not None and (found.org, found.issue) == (None, "55")
+    self_hosted = "http://sentry.internal:9000"
+    assert parse_issue_url(
+        "http://sentry.internal:9000/acme/shop-backend/issues/789/", sentry_url=self_hosted
+    ) == SentryIssueUrl(base_url=self_hosted, org="acme", issue="789", project="shop-backend")
+    assert parse_issue_url(
+        "http://sentry.internal:9000/organizations/acme/issues/456/", sentry_url=self_hosted
+    ) == SentryIssueUrl(base_url=self_hosted, org="acme", issue="456")
+    assert parse_issue_url("https://acme.sentry.io/issues/1/", sentry_url=self_hosted) is None
 
 
 # ---- GitHub -------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ async def test_an_unapproved_plan_expires(world: World) -> None:
 async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(world: World) -> None:
     world.config["concurrency"] = {"planning": 1, "execution": 1}
     world.config["limits"].update(queued_ttl_hours=0.0005, sweep_interval_s=0.5)
+    seed_sentry_issue(world, "SHOP-2")
     thread_ts = await start_slow_planning(world)
     await world.slack.slash_command("SHOP-2")
     second = await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2])

@@ -13,8 +13,12 @@ from pydantic import BaseModel
 
 from bot.integrations import DEFAULT_TIMEOUT_S, IntegrationError, ServiceClient
 
-SHORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+$")
+# A project slug (dashes allowed, a digit first too: PYTHON-DJANGO-1A2, 1PASSWORD-3), a
+# dash, and the issue's base-32 counter.
+SHORT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*-[A-Za-z0-9]+"
+SHORT_ID = re.compile(f"^{SHORT_ID_PATTERN}$")
 _SAAS_REGION_HOSTS = {"us", "de", "www"}
+SAAS_URL = "https://sentry.io"
 
 
 class SentryIssueUrl(BaseModel):
@@ -27,34 +31,57 @@ class SentryIssueUrl(BaseModel):
 
 
 def parse_issue_url(url: str, *, sentry_url: str | None = None) -> SentryIssueUrl | None:
-    """Read a Sentry issue URL, or return None when `url` is not one.
+    """Read a Sentry issue URL on the configured Sentry, or return None when `url` is not one.
 
-    Understood: `https://acme.sentry.io/issues/123/`,
-    `https://sentry.io/organizations/acme/issues/123/` (any host, so self-hosted too),
-    and the older self-hosted `https://sentry.example.com/acme/shop/issues/123/`.
-    A URL on `sentry_url`'s host counts as Sentry's whatever its shape.
+    Understood: `https://acme.sentry.io/issues/123/`, `https://sentry.io/organizations/acme/
+    issues/123/` (anything after the issue, such as `events/…/` or `?project=`, is ignored),
+    the older self-hosted `https://sentry.example.com/acme/shop/issues/123/`, and the API's
+    `https://sentry.io/api/0/issues/123/` (a webhook's `issue_url`). The host
+    must be `sentry_url`'s (default sentry.io) or one of its subdomains; sentry.io stands for
+    all of Sentry's SaaS hosts (`acme.sentry.io`, `us.sentry.io`).
     """
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in ("http", "https") or not is_sentry_host(site(url), sentry_url):
         return None
     base_url = f"{parts.scheme}://{parts.netloc}"
-    configured = sentry_url is not None and urlsplit(sentry_url).hostname == host
     subdomain = host.removesuffix(".sentry.io") if host.endswith(".sentry.io") else None
     org_subdomain = subdomain if subdomain and subdomain not in _SAAS_REGION_HOSTS else None
     segments = [segment for segment in parts.path.split("/") if segment]
+    if segments[:2] == ["api", "0"]:  # the API's URL of an issue, as webhooks give it
+        segments = segments[2:]
 
     found: SentryIssueUrl | None = None
     match segments:
         case ["organizations", org, "issues", issue, *_]:
             found = SentryIssueUrl(base_url=base_url, org=org, issue=issue)
-        case ["issues", issue, *_] if org_subdomain or configured:
+        case ["issues", issue, *_] if org_subdomain or subdomain is None:
             found = SentryIssueUrl(base_url=base_url, org=org_subdomain, issue=issue)
-        case [org, project, "issues", issue, *_] if "sentry" in host or configured:
+        case [org, project, "issues", issue, *_] if org not in ("api", "organizations"):
             found = SentryIssueUrl(base_url=base_url, org=org, issue=issue, project=project)
     if found is None or not (found.issue.isdigit() or SHORT_ID.match(found.issue)):
         return None
     return found
+
+
+def is_sentry_host(host: str, sentry_url: str | None) -> bool:
+    """Whether `host` (see `site`) is the configured Sentry's (sentry.io: any SaaS host)."""
+    configured = site(sentry_url or SAAS_URL)
+    if configured == "sentry.io" or configured.endswith(".sentry.io"):
+        configured = "sentry.io"
+    return bool(host) and (host == configured or host.endswith(f".{configured}"))
+
+
+def site(url: str) -> str:
+    """A URL's host as a person means it: lower case, with its port unless the default."""
+    parts = urlsplit(url if "//" in url else f"https://{url}")
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return host
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{host}:{port}" if port is not None and port != default else host
 
 
 class ShortIdResolution(BaseModel):
@@ -171,14 +198,18 @@ class ExceptionInfo(BaseModel):
     module: str | None = None
     frames: list[StackFrame] = []
 
+    thread_id: str | None = None
+    """The thread it was raised in; its stack trace is there when the exception has none."""
+
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Self:
-        stacktrace = data.get("stacktrace") or {}
+        thread_id = _first(data, "threadId", "thread_id")
         return cls(
             type=data.get("type") or "Error",
             value=data.get("value") or "",
             module=data.get("module"),
-            frames=[StackFrame.from_api(frame) for frame in stacktrace.get("frames") or []],
+            frames=_frames(data.get("stacktrace")),
+            thread_id=str(thread_id) if thread_id is not None else None,
         )
 
     @property
@@ -231,17 +262,19 @@ class SentryEvent(BaseModel):
     def from_api(cls, data: Mapping[str, Any]) -> Self:
         """Read an event from the API (`entries`) or in the SDK's raw form (`exception`)."""
         entries = {entry.get("type"): entry.get("data") or {} for entry in data.get("entries", [])}
-        exception = entries.get("exception") or data.get("exception") or {}
-        breadcrumbs = entries.get("breadcrumbs") or data.get("breadcrumbs") or {}
+        exception = entries.get("exception") or data.get("exception")
+        breadcrumbs = entries.get("breadcrumbs") or data.get("breadcrumbs")
         message = (entries.get("message") or {}).get("formatted") or data.get("message")
+        exceptions = [ExceptionInfo.from_api(value) for value in _values(exception)]
+        threads = _values(entries.get("threads") or data.get("threads"))
         return cls(
             event_id=str(_first(data, "eventID", "event_id", "id")),
             timestamp=_first(data, "dateCreated", "timestamp"),
             platform=data.get("platform"),
             release=_release_version(data.get("release")),
             message=message if isinstance(message, str) else None,
-            exceptions=[ExceptionInfo.from_api(value) for value in exception.get("values") or []],
-            breadcrumbs=[Breadcrumb.from_api(crumb) for crumb in breadcrumbs.get("values") or []],
+            exceptions=_with_thread_frames(exceptions, threads),
+            breadcrumbs=[Breadcrumb.from_api(crumb) for crumb in _values(breadcrumbs)],
             tags=_tags(data.get("tags")),
         )
 
@@ -432,6 +465,46 @@ def _api_time(moment: datetime) -> str:
 
 def _first(data: Mapping[str, Any], *keys: str) -> Any:
     return next((data[key] for key in keys if data.get(key) is not None), None)
+
+
+def _values(interface: Any) -> list[Any]:
+    """An interface's items: `{"values": […]}`, or the flat list SDKs may send instead."""
+    if isinstance(interface, Mapping):
+        interface = interface.get("values")
+    return [item for item in interface or [] if isinstance(item, Mapping)]
+
+
+def _frames(stacktrace: Any) -> list[StackFrame]:
+    frames = stacktrace.get("frames") if isinstance(stacktrace, Mapping) else None
+    return [StackFrame.from_api(frame) for frame in frames or []]
+
+
+def _with_thread_frames(
+    exceptions: list[ExceptionInfo], threads: list[Mapping[str, Any]]
+) -> list[ExceptionInfo]:
+    """Native and mobile events keep the stack trace in the crashed thread, not the exception.
+
+    An exception without frames takes its thread's (by `thread_id`, else the crashed thread
+    when there is one exception); an event with no exception shows the crashed thread.
+    """
+    by_id = {str(thread.get("id")): thread for thread in threads}
+    crashed = next((thread for thread in threads if thread.get("crashed")), None)
+    if not exceptions:
+        if crashed is None or not _frames(crashed.get("stacktrace")):
+            return []
+        name = str(crashed.get("name") or crashed.get("id"))
+        return [
+            ExceptionInfo(
+                type="Crashed thread", value=name, frames=_frames(crashed.get("stacktrace"))
+            )
+        ]
+    result = []
+    for exception in exceptions:
+        thread = by_id.get(exception.thread_id or "") or (crashed if len(exceptions) == 1 else None)
+        if not exception.frames and thread is not None:
+            exception = exception.model_copy(update={"frames": _frames(thread.get("stacktrace"))})
+        result.append(exception)
+    return result
 
 
 def _release_version(release: Any) -> str | None:
