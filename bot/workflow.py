@@ -31,11 +31,12 @@ from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
-from bot.errors import DailyBudgetReached, InvalidTransition, NotAllowed, StepFailed
+from bot.errors import DailyBudgetReached, InvalidTransition, StepFailed
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
+from bot.policy import ApprovalPolicy
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
@@ -101,6 +102,7 @@ class Workflow:
         self.github = github
         self.jira = jira
         self.redact = redactor
+        self.policy = ApprovalPolicy.from_settings(settings)
         # Set by the worker pool of this process: wake idle workers for a new job; cancel a
         # task's running step here at once (other replicas notice at their next heartbeat).
         self.job_added: Callable[[], None] = lambda: None
@@ -162,7 +164,8 @@ class Workflow:
 
     async def approve(self, decision: Decision) -> Task:
         """Approve the current plan: queue execution, replace the buttons with who and when."""
-        self._check_approver(decision.user)
+        async with self.sessions() as session:
+            self.policy.check_approve(decision.user, await self._get(session, decision.task_id))
         return await self.approve_as(decision.task_id, decision.user, decision.plan_version)
 
     async def approve_as(self, task_id: int, actor: str, plan_version: int | None = None) -> Task:
@@ -181,7 +184,7 @@ class Workflow:
 
     async def reject(self, decision: Decision) -> Task:
         """Reject the current plan: the task ends and nothing more is pushed."""
-        self._check_approver(decision.user)
+        self.policy.check_decide(decision.user)
         task = await self.transition(
             decision.task_id,
             State.REJECTED,
@@ -226,14 +229,6 @@ class Workflow:
         )
         await self._update_parent(task)
         return task
-
-    def _check_approver(self, user: str) -> None:
-        approvers = self.settings.approvers
-        if approvers and user not in approvers:
-            raise NotAllowed(
-                "Only the approvers listed in Fixbot's settings can decide on plans; "
-                "nothing was changed."
-            )
 
     # The one transition function
 
@@ -744,8 +739,7 @@ class Workflow:
 
     async def _publish_home_page(self, user: str, page: int) -> None:
         dashboard = await load_dashboard(self.sessions, user, self.settings, page)
-        approvers = self.settings.approvers
-        view = views.home_view(dashboard, user, is_approver=not approvers or user in approvers)
+        view = views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
         await self.threads.publish_home(user, view)
 
     # Helpers
@@ -956,8 +950,7 @@ class Workflow:
         return None
 
     async def _answer_question(self, task: Task, user: str, text: str) -> bool:
-        approvers = self.settings.approvers
-        if approvers and user not in approvers:
+        if not self.policy.is_approver(user):
             return False
         async with self.sessions.begin() as session:
             open_id = await session.scalar(
