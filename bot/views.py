@@ -687,12 +687,20 @@ def revising_message(user: str, feedback: str) -> Message:
 
 
 def feedback_kept(state: str) -> Message:
-    """A reply while a step runs: kept for the next step."""
+    """A reply while a step runs: kept for a revised plan, which needs approval again."""
     line = (
         f":memo: Noted. The task is {state_words(state).split(' ', 1)[-1].lower()}; "
-        "I'll pass this on to the next step."
+        "your reply goes into a revised plan, which needs approval again. A running fix "
+        "follows only the approved plan."
     )
     return _message(line, [_context(line)])
+
+
+def revising_with_kept_replies(count: int) -> Message:
+    """Replies came in while a plan was made or a fix ran: the plan is revised with them."""
+    replies = "A reply" if count == 1 else f"{count} replies"
+    line = f":pencil2: {replies} came in meanwhile; revising the plan with them."
+    return _message("Revising the plan", [_section(line)])
 
 
 def question_message(question: str, approvers: Sequence[str], timeout_s: float) -> Message:

@@ -24,10 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
 from agents.execution import execution_step
+from agents.permissions import PLAN_FILE
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from agents.verify import Verification, verify_fix
-from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
+from agents.workspace import (
+    Workspaces,
+    Worktree,
+    branch_name,
+    changed_files,
+    commit_all,
+    discard_except,
+    push,
+)
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
@@ -203,12 +212,17 @@ class Workflow:
         async with self.sessions() as session:
             task = await self._get(session, decision.task_id)
         approved = task.decided_by is not None and task.plan is not None
+        if approved and task.feedback:
+            # Replies since the approval: they revise the plan, which needs approval again.
+            to = State.REVISING
+        else:
+            to = State.APPROVED if approved else State.QUEUED
         task = await self.transition(
             decision.task_id,
-            State.APPROVED if approved else State.QUEUED,
+            to,
             actor=decision.user,
             expect={State.FAILED},
-            enqueue=EXECUTION if approved else PLANNING,
+            enqueue=EXECUTION if to == State.APPROVED else PLANNING,
         )
         await self.threads.post(
             task.channel_id,
@@ -442,9 +456,15 @@ class Workflow:
         worktree: Path,
         plan: Plan,
         markdown: str,
-        **values: Any,
+        *,
+        consumed: int = 0,
     ) -> Task:
-        """Publish a new plan version and post it with Approve / Reject."""
+        """Publish a new plan version and post it with Approve / Reject.
+
+        `consumed`: how many of the task's kept replies this plan took in. Replies that came
+        while it was made are not lost: they start a revision at once.
+        """
+        markdown = self.redact(markdown)
         plan_url = await self._publish_plan(task, repo, worktree, plan, markdown)
         task = await self.transition(
             task.id,
@@ -453,14 +473,35 @@ class Workflow:
                 "plan": plan.model_dump(),
                 "plan_markdown": markdown,
                 "plan_version": task.plan_version + 1,
-                **values,
             },
         )
+        async with self.sessions.begin() as session:
+            fresh = await self._get(session, task.id)
+            fresh.feedback = list(fresh.feedback or [])[consumed:]
+            task.feedback = kept = fresh.feedback
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
         plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         await self._save(task, plan_message_ts=plan_ts)
         await self._update_parent(task)
+        if kept:
+            await self._revise_with_kept(task, len(kept))
         return task
+
+    async def _revise_with_kept(self, task: Task, count: int) -> None:
+        try:
+            task = await self.transition(
+                task.id,
+                State.REVISING,
+                expect={State.AWAITING_APPROVAL},
+                enqueue=PLANNING,
+                detail={"kept_replies": count},
+            )
+        except InvalidTransition:
+            return  # someone replied or decided meanwhile: that took over
+        await self.threads.post(
+            task.channel_id, views.revising_with_kept_replies(count), thread_ts=task.thread_ts
+        )
+        await self._update_parent(task)
 
     async def _execute(self, task: Task, job: Job) -> None:
         if task.state == State.APPROVED:
@@ -477,7 +518,6 @@ class Workflow:
             ref=task.ref_key,
             repo=repo,
             plan_markdown=task.plan_markdown,
-            feedback=tuple(task.feedback or ()),
             plugins=(SKILLS,),
             mcp_servers=self._mcp_servers(read_only=False),
             budget_usd=self._budget_left(task),
@@ -493,6 +533,7 @@ class Workflow:
         )
         if not verification.ok:
             raise VerificationFailed(verification)
+        await self._refuse_secret_values(worktree.path, task.base_commit)
         await commit_all(worktree.path, f"Fix {task.ref_key}: {task.title}"[:72])
         pr_url = await self._deliver(task, repo, worktree.path, verification, started)
         task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
@@ -507,6 +548,19 @@ class Workflow:
         await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
         await self._update_parent(task)
         await self.workspaces.remove(worktree)
+
+    async def _refuse_secret_values(self, worktree: Path, base_commit: str) -> None:
+        """StepFailed when a file the agent left holds one of Fixbot's secret values: such a
+        file is never committed or pushed."""
+        for path in await changed_files(worktree, base_commit):
+            file = worktree / path
+            if file.is_file() and not file.is_symlink():
+                text = (await asyncio.to_thread(file.read_bytes)).decode(errors="replace")
+                if self.redact.holds_secret_value(text):
+                    raise StepFailed(
+                        f"`{path}` holds the value of one of Fixbot's own secrets, so nothing "
+                        "was committed or pushed. Remove it and retry, and rotate that secret."
+                    )
 
     async def _run_step(self, task: Task, job: Job, step: AgentStep, label: str) -> StepResult:
         """Run an agent step behind a live status message, and record it in agent_runs."""
@@ -623,8 +677,14 @@ class Workflow:
     async def _publish_plan(
         self, task: Task, repo: RepoConfig, worktree: Path, plan: Plan, markdown: str
     ) -> str | None:
-        """Make the full plan reachable: a draft pull request with GitHub, else a file."""
+        """Make the full plan reachable: a draft pull request with GitHub, else a file.
+
+        Only the plan leaves planning: whatever else is in the worktree is discarded and the
+        commit holds PLAN.md (redacted) and nothing else.
+        """
         assert task.branch and task.thread_ts
+        await discard_except(worktree, PLAN_FILE)
+        (worktree / PLAN_FILE).write_text(markdown)
         if self.github is None:
             await self.threads.upload(
                 task.channel_id,
@@ -634,7 +694,7 @@ class Workflow:
                 title=f"Plan for {task.ref_key}",
             )
             return None
-        await commit_all(worktree, f"Plan for {task.ref_key}")
+        await commit_all(worktree, f"Plan for {task.ref_key}", only=[PLAN_FILE])
         await self._push(repo, worktree, task.branch)
         owner, name = repo.name.split("/")
         thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
@@ -904,9 +964,11 @@ class Workflow:
         plan, markdown = read_plan(worktree.path, result)
         if markdown == task.plan_markdown:  # the agent returned the plan but left PLAN.md
             markdown = render_plan(plan)
-            (worktree.path / "PLAN.md").write_text(markdown)
+            (worktree.path / PLAN_FILE).write_text(markdown)
         await self._close_plan(task, views.decision_note("superseded", None, _now()))
-        await self._offer_plan(task, repo, worktree.path, plan, markdown, feedback=[])
+        await self._offer_plan(
+            task, repo, worktree.path, plan, markdown, consumed=len(given.feedback)
+        )
 
     def _with_ask_tool(self, task: Task, step: AgentStep) -> AgentStep:
         """Give a step the `ask_in_thread` tool, bound to this task's thread."""
