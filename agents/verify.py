@@ -1,8 +1,14 @@
 """Verification: Fixbot proves red → green itself, whatever the agent claimed.
 
 The new tests must fail on the base commit, pass with the fix, and the whole suite must
-pass with the fix. Each run is a shell command in its own process group, bounded by a
-timeout that kills the whole group.
+pass with the fix. Then the existing tests are checked against the executor's hand on how
+tests run: the suite runs on the base commit and on the fix with the base commit's test
+set-up (`conftest.py`, pytest and tox settings put back); an existing test that passed on
+the base and fails or is gone with the fix fails verification. With pytest that is per
+test (its JUnit XML report); with another test command, the run with the base set-up must
+pass as a whole. Changes to how tests run (and deleted or newly skipped tests) are listed
+in `test_changes` for a person to approve. Each run is a shell command in its own process
+group, bounded by a timeout that kills the whole group.
 """
 
 from __future__ import annotations
@@ -18,6 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from agents.test_changes import (
+    Outcomes,
+    broken_and_skipped,
+    infrastructure_changes,
+    is_infrastructure,
+    read_outcomes,
+    with_report,
+)
 from agents.workspace import changed_files, git, remove_tree
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
@@ -51,6 +65,9 @@ class Verification:
     red: CommandResult | None = None
     green: CommandResult | None = None
     suite: CommandResult | None = None
+    # The suite with the fix but the base commit's test set-up (see the module's text).
+    guarded: CommandResult | None = None
+    test_changes: list[str] = field(default_factory=list)  # changes to how tests run
 
     @staticmethod
     def excerpt(result: CommandResult | None, lines: int = 15) -> str:
@@ -218,14 +235,15 @@ async def verify_fix(
     timeout: float,  # noqa: ASYNC109 (applies to each of the three runs)
 ) -> Verification:
     """Check the fix in `worktree` against `base_commit` with the repo's test command."""
-    changed = _existing(worktree, await changed_files(worktree, base_commit))
+    changed_all = await changed_files(worktree, base_commit)
+    changed = _existing(worktree, changed_all)
     tests = test_files(changed)
     if not tests:
         return Verification(ok=False, reason=NO_TEST)
     targeted = f"{test_command} {shlex.join(tests)}"
     copied = tests + _support_files(changed)
 
-    red = await _run_on_base(worktree, base_commit, copied, targeted, timeout)
+    red, _ = await _run_on_base(worktree, base_commit, copied, targeted, timeout)
     if red.timed_out:
         reason = f"the new tests time out without the fix (after {timeout:g} s)"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
@@ -241,18 +259,71 @@ async def verify_fix(
         return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
 
     suite = await run_command(test_command, worktree, timeout)
+    if not suite.passed:
+        reason = f"the test suite {_failure(suite, timeout)} with the fix"
+        return Verification(
+            ok=False, reason=reason, test_files=tests, red=red, green=green, suite=suite
+        )
+    deleted = sorted(set(changed_all) - set(changed))
+    guarded, broken, test_changes = await _existing_tests(
+        worktree, base_commit, test_command, changed, deleted, timeout
+    )
     return Verification(
-        ok=suite.passed,
-        reason=(
-            "the new tests fail without the fix and pass with it; the suite passes"
-            if suite.passed
-            else f"the test suite {_failure(suite, timeout)} with the fix"
-        ),
+        ok=broken is None,
+        reason=broken or "the new tests fail without the fix and pass with it; the suite passes",
         test_files=tests,
         red=red,
         green=green,
         suite=suite,
+        guarded=guarded,
+        test_changes=test_changes,
     )
+
+
+async def _existing_tests(
+    worktree: Path,
+    base_commit: str,
+    test_command: str,
+    changed: list[str],
+    deleted: list[str],
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[CommandResult | None, str | None, list[str]]:
+    """The run with the base commit's test set-up, why the existing tests fail it (None
+    when they hold), and the changes to how tests run."""
+    infrastructure = [path for path in [*changed, *deleted] if is_infrastructure(path)]
+    changes = await infrastructure_changes(worktree, base_commit, infrastructure)
+    changes += [f"`{path}` deleted" for path in test_files(deleted)]
+    code = [path for path in changed if not is_infrastructure(path)]
+    removed = [path for path in deleted if not is_infrastructure(path)]
+    reported = with_report(test_command)
+    if reported is None:
+        if not changes:
+            return None, None, changes  # the suite above ran with the base set-up already
+        guarded, _ = await _run_on_base(
+            worktree, base_commit, code, test_command, timeout, deleted=removed
+        )
+        if guarded.passed:
+            return guarded, None, changes
+        why = f"the suite {_failure(guarded, timeout)} with the base commit's test set-up"
+        return guarded, why, changes
+    baseline, before = await _run_on_base(worktree, base_commit, [], reported, timeout)
+    guarded, after = await _run_on_base(
+        worktree, base_commit, code, reported, timeout, deleted=removed
+    )
+    if before is None or after is None:
+        run = baseline if before is None else guarded
+        return run, f"the suite left no per-test report ({_failure(run, timeout)})", changes
+    broken, skipped = broken_and_skipped(before, after, deleted)
+    changes += [f"`{test}` newly skipped" for test in skipped]
+    if broken:
+        names = ", ".join(f"`{test}`" for test in broken[:10])
+        more = f" and {len(broken) - 10} more" if len(broken) > 10 else ""
+        why = (
+            f"existing tests that passed on the base commit fail or are gone with the fix "
+            f"(run with the base commit's test set-up): {names}{more}"
+        )
+        return guarded, why, changes
+    return guarded, None, changes
 
 
 async def _run_on_base(
@@ -261,8 +332,11 @@ async def _run_on_base(
     files: list[str],
     command: str,
     timeout: float,  # noqa: ASYNC109
-) -> CommandResult:
-    """Run `command` in a temporary checkout of `base_commit` holding `files`.
+    *,
+    deleted: list[str] | None = None,
+) -> tuple[CommandResult, Outcomes | None]:
+    """Run `command` in a temporary checkout of `base_commit` holding `files` (copied from
+    the worktree) and without `deleted`; returns the run and its per-test report, if any.
 
     The checkout is a shared clone, not a worktree of the mirror: it borrows the mirror's
     objects and writes nothing into it, so fetches and other tasks' worktrees never see
@@ -282,7 +356,10 @@ async def _run_on_base(
         )
         await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
         _copy(worktree, checkout, files)
-        return await run_command(command, checkout, timeout)
+        for path in deleted or ():
+            (checkout / path).unlink(missing_ok=True)
+        result = await run_command(command, checkout, timeout)
+        return result, read_outcomes(checkout)
     finally:
         # Shielded: a cancelled verification still takes its checkout away.
         await asyncio.shield(remove_tree(holder))
@@ -300,7 +377,12 @@ def _copy(source: Path, target: Path, paths: list[str]) -> None:
     for path in paths:
         destination = target / path
         destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes((source / path).read_bytes())
+        destination.unlink(missing_ok=True)
+        if (source / path).is_symlink():
+            # A link stays a link: Fixbot never reads through it on the agent's behalf.
+            destination.symlink_to(os.readlink(source / path))
+        else:
+            destination.write_bytes((source / path).read_bytes())
 
 
 def _did_not_run(test_command: str, exit_code: int) -> bool:

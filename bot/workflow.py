@@ -207,6 +207,42 @@ class Workflow:
         await self._remove_worktree(task)
         return task
 
+    async def approve_test_changes(self, decision: Decision) -> Task:
+        """An approver accepts the fix's changes to how tests run: its draft pull request is
+        marked ready. Asked of the same policy as a plan's approval."""
+        async with self.sessions() as session:
+            task = await self._get(session, decision.task_id)
+            self.policy.check_approve(decision.user, task)
+            done_before = await session.scalar(
+                select(TaskEvent.id).where(
+                    TaskEvent.task_id == task.id,
+                    TaskEvent.detail["test_changes"].as_string() == "approved",
+                )
+            )
+        if done_before is not None:
+            raise InvalidTransition("These test changes were already approved; nothing changed.")
+        if task.state != State.DONE or task.pr_number is None or self.github is None:
+            raise InvalidTransition(_already(State(task.state)))
+        repo = self._repo(task)
+        owner, name = repo.name.split("/")
+        async with self.sessions.begin() as session:
+            session.add(
+                TaskEvent(
+                    task_id=task.id,
+                    from_state=State.DONE,
+                    to_state=State.DONE,
+                    actor=decision.user,
+                    detail={"test_changes": "approved"},
+                )
+            )
+        await self.github.mark_ready_for_review(owner, name, task.pr_number)
+        await self.threads.post(
+            task.channel_id,
+            views.test_changes_approved(decision.user, task.pr_url),
+            thread_ts=task.thread_ts,
+        )
+        return task
+
     async def retry(self, decision: Decision) -> Task:
         """Run a failed task's step again: execution when a plan was approved, else planning."""
         async with self.sessions() as session:
@@ -544,6 +580,8 @@ class Workflow:
             green_excerpt=Verification.excerpt(verification.green),
             cost_usd=task.cost_usd,
             duration_s=time.monotonic() - started,
+            test_changes=verification.test_changes,
+            approve_test_changes=bool(verification.test_changes) and task.pr_number is not None,
         )
         await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
         await self._update_parent(task)
@@ -742,6 +780,7 @@ class Workflow:
             green=Verification.excerpt(verification.green),
             cost_usd=task.cost_usd,
             duration_s=time.monotonic() - started,
+            test_changes=verification.test_changes,
         )
         pull = await self.github.ensure_pull_request(
             owner,
@@ -751,7 +790,8 @@ class Workflow:
             title=f"Fix {task.ref_key}: {task.title}"[:200],
             body=self.redact(body),
         )
-        pull = await self.github.mark_ready_for_review(owner, name, pull.number)
+        if not verification.test_changes:  # else it stays a draft until they are approved
+            pull = await self.github.mark_ready_for_review(owner, name, pull.number)
         await self._save(task, pr_number=pull.number, pr_url=pull.html_url)
         summary = Plan.model_validate(task.plan).summary
         await self._tell_jira(
@@ -1057,7 +1097,9 @@ class VerificationFailed(StepFailed):
     """Fixbot's own red→green check did not hold; nothing was pushed."""
 
     def __init__(self, verification: Verification) -> None:
-        failing = verification.suite or verification.green or verification.red
+        failing = (
+            verification.guarded or verification.suite or verification.green or verification.red
+        )
         super().__init__(
             f"Verification failed: {verification.reason}. Nothing was pushed.",
             output=failing.output if failing is not None else None,
