@@ -570,7 +570,7 @@ class Workflow:
         if not verification.ok:
             raise VerificationFailed(verification)
         await self._refuse_secret_values(worktree.path, task.base_commit)
-        await commit_all(worktree.path, f"Fix {task.ref_key}: {task.title}"[:72])
+        await commit_all(worktree.path, self.redact(f"Fix {task.ref_key}: {task.title}"[:72]))
         pr_url = await self._deliver(task, repo, worktree.path, verification, started)
         task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
         done = views.done_message(
@@ -732,7 +732,7 @@ class Workflow:
                 title=f"Plan for {task.ref_key}",
             )
             return None
-        await commit_all(worktree, f"Plan for {task.ref_key}", only=[PLAN_FILE])
+        await commit_all(worktree, self.redact(f"Plan for {task.ref_key}"), only=[PLAN_FILE])
         await self._push(repo, worktree, task.branch)
         owner, name = repo.name.split("/")
         thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
@@ -750,7 +750,7 @@ class Workflow:
             name,
             head=task.branch,
             base=repo.default_branch,
-            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            title=self.redact(f"Fix {task.ref_key}: {task.title}"[:200]),
             body=self.redact(body),
             draft=True,
         )
@@ -787,7 +787,7 @@ class Workflow:
             name,
             head=task.branch,
             base=repo.default_branch,
-            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            title=self.redact(f"Fix {task.ref_key}: {task.title}"[:200]),
             body=self.redact(body),
         )
         if not verification.test_changes:  # else it stays a draft until they are approved
