@@ -11,16 +11,16 @@ from pydantic import ValidationError
 from agents.permissions import PLAN_FILE, planning_gate
 from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep, StepResult
+from agents.search import GREP_TOOL, LIST_TOOL, search_server
 from agents.search import SERVER as SEARCH_SERVER
 from agents.search import TOOLS as SEARCH_TOOLS
-from agents.search import search_server
 from bot.errors import StepFailed
 from bot.models import Plan
 
 SYSTEM_PROMPT = f"""You are Fixbot's planning agent. You find the root cause of a production
 error in the repository in your working directory and write a test-first fix plan.
-You may Read files, search them with the grep and list_files tools, and write only
-{PLAN_FILE}; you cannot run commands or change code.
+You may Read files, search them with {GREP_TOOL} and {LIST_TOOL} (load them with
+ToolSearch if needed), and write only {PLAN_FILE}; you cannot run commands or change code.
 Use the skills discovery, root-cause-analysis and test-first-plan.
 {UNTRUSTED_NOTE}"""
 
