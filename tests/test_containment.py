@@ -301,6 +301,73 @@ async def test_a_reply_after_approval_never_reaches_the_executor(world: World) -
     assert any("SMUGGLED" in json.dumps(r) for r in planning)  # fenced, for the planner
 
 
+async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> None:
+    world.config["approvers"] = ["U_LEAD"]
+    seed_sentry_issue(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
+    world.model.script(
+        [
+            [tool(ASK, {"question": "Is 100% a valid discount?"})],
+            [structured(plan_data())],
+            [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan v2\n"})],
+            [structured(plan_data(summary="Divide by 100; negative prices refused."))],
+        ],
+        match="Plan a fix for SHOP-1",
+    )
+    await world.start_app()
+    thread_ts = await start_fix(world)
+    await world.slack.wait_for(
+        lambda: "The agent asks" in thread_texts(world, thread_ts), what="the question"
+    )
+    await world.slack.reply_in_thread(
+        CHANNEL, thread_ts, "Also refuse negative prices.", user="U_MAL"
+    )  # not an approver: no answer, a reply kept for the plan
+    await world.slack.wait_for(lambda: "revised plan" in thread_texts(world, thread_ts))
+    await world.slack.reply_in_thread(CHANNEL, thread_ts, "Yes, it is.", user="U_LEAD")
+
+    revised = await wait_for_plan(world, thread_ts, version=2)
+    assert "negative prices refused" in json.dumps(revised["blocks"])
+    assert "came in meanwhile" in json.dumps(thread(world, thread_ts))
+    first = next(m for m in thread(world, thread_ts) if "Plan v1" in json.dumps(m.get("blocks")))
+    assert buttons(first) == []  # superseded: only the revised plan can be approved
+    assert any("Also refuse negative prices." in json.dumps(r) for r in world.model.requests)
+
+
+async def test_a_fix_holding_a_secret_value_is_not_pushed(world: World) -> None:
+    seed_sentry_issue(world)
+    script_plan(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
+    world.model.script(
+        [
+            [tool("Write", {"file_path": str(worktree / "notes.txt"), "content": "github-token"})],
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+                )
+            ],
+            [
+                tool(
+                    "Write",
+                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
+                )
+            ],
+            [text("Done.")],
+        ],
+        match="Implement the approved plan for SHOP-1",
+    )
+    await world.start_app()
+    thread_ts = await start_fix(world)
+    plan = await wait_for_plan(world, thread_ts)
+    branch = branch_name("SHOP-1", TITLE)
+    pushed_plan = git_heads(world)[branch]
+
+    failure = await approve_and_wait(world, thread_ts, plan, "Failed: ")
+    assert "`notes.txt` holds the value of one of Fixbot's own secrets" in failure["text"]
+    assert git_heads(world)[branch] == pushed_plan
+    assert "github-token" not in json.dumps(thread(world, thread_ts))
+
+
 # Who approves
 
 
