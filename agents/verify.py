@@ -293,7 +293,13 @@ async def _existing_tests(
     infrastructure = [path for path in [*changed, *deleted] if is_infrastructure(path)]
     changes = await infrastructure_changes(worktree, base_commit, infrastructure)
     changes += [f"`{path}` deleted" for path in test_files(deleted)]
-    code = [path for path in changed if not is_infrastructure(path)]
+    # The fix's code and its edits to existing tests; new test files stay out, so that
+    # nothing new is imported into the run that judges the existing tests.
+    at_base = set(
+        (await git("ls-tree", "-r", "-z", "--name-only", base_commit, cwd=worktree)).split("\0")
+    )
+    new_tests = set(test_files(changed)) - at_base
+    code = [path for path in changed if not is_infrastructure(path) and path not in new_tests]
     removed = [path for path in deleted if not is_infrastructure(path)]
     reported = with_report(test_command)
     if reported is None:
