@@ -69,8 +69,9 @@ def with_report(test_command: str) -> str | None:
     return f"{test_command} --junitxml={REPORT_NAME} -o junit_family=xunit1"
 
 
-def read_outcomes(checkout: Path) -> Outcomes | None:
-    """Each test's outcome from the run's report; None when it left none readable."""
+def take_outcomes(checkout: Path) -> Outcomes | None:
+    """Each test's outcome from the run's report, which is removed; None when the run left
+    none readable."""
     report = checkout / REPORT_NAME
     try:
         if not report.is_file() or report.stat().st_size > _REPORT_LIMIT:
@@ -78,6 +79,8 @@ def read_outcomes(checkout: Path) -> Outcomes | None:
         tree = ElementTree.parse(report)
     except (OSError, ElementTree.ParseError):
         return None
+    finally:
+        report.unlink(missing_ok=True)
     outcomes: Outcomes = {}
     for case in tree.iter("testcase"):
         kinds = {child.tag for child in case}

@@ -2,11 +2,12 @@
 
 The new tests must fail on the base commit, pass with the fix, and the whole suite must
 pass with the fix. Then the existing tests are checked against the executor's hand on how
-tests run: the suite runs on the base commit and on the fix with the base commit's test
-set-up (`conftest.py`, pytest and tox settings put back); an existing test that passed on
-the base and fails or is gone with the fix fails verification. With pytest that is per
-test (its JUnit XML report); with another test command, the run with the base set-up must
-pass as a whole. Changes to how tests run (and deleted or newly skipped tests) are listed
+tests run: an existing test that passed on the base commit and fails or is gone with the
+fix, run with the base commit's test set-up, fails verification. With pytest that is per
+test (its JUnit XML report): the suite's outcomes on the base commit (run once per base
+commit) against those of the suite run above when the fix left the test set-up
+(`conftest.py`, pytest and tox settings) alone, else of a further run with the base set-up
+put back. With another test command, that further run must pass as a whole. Changes to how tests run (and deleted or newly skipped tests) are listed
 in `test_changes` for a person to approve. Each run is a shell command in its own process
 group, bounded by a timeout that kills the whole group.
 """
@@ -29,7 +30,7 @@ from agents.test_changes import (
     broken_and_skipped,
     infrastructure_changes,
     is_infrastructure,
-    read_outcomes,
+    take_outcomes,
     with_report,
 )
 from agents.workspace import changed_files, git, remove_tree
@@ -258,15 +259,19 @@ async def verify_fix(
         reason = f"the new tests {_failure(green, timeout)} with the fix"
         return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
 
-    suite = await run_command(test_command, worktree, timeout)
+    deleted = sorted(set(changed_all) - set(changed))
+    # With the test set-up untouched, the suite run itself can say how each test did.
+    set_up_changed = any(map(is_infrastructure, changed_all))
+    reported = None if set_up_changed else with_report(test_command)
+    suite = await run_command(reported or test_command, worktree, timeout)
+    after = take_outcomes(worktree) if reported else None
     if not suite.passed:
         reason = f"the test suite {_failure(suite, timeout)} with the fix"
         return Verification(
             ok=False, reason=reason, test_files=tests, red=red, green=green, suite=suite
         )
-    deleted = sorted(set(changed_all) - set(changed))
     guarded, broken, test_changes = await _existing_tests(
-        worktree, base_commit, test_command, changed, deleted, timeout
+        worktree, base_commit, test_command, changed, deleted, timeout, after
     )
     return Verification(
         ok=broken is None,
@@ -287,38 +292,43 @@ async def _existing_tests(
     changed: list[str],
     deleted: list[str],
     timeout: float,  # noqa: ASYNC109
+    after: Outcomes | None,
 ) -> tuple[CommandResult | None, str | None, list[str]]:
-    """The run with the base commit's test set-up, why the existing tests fail it (None
-    when they hold), and the changes to how tests run."""
+    """Whether the existing tests hold with the fix, judged with the base commit's test
+    set-up: the run that judged (when one was made here), why they do not hold (None when
+    they do), and the changes to how tests run.
+
+    `after`: per-test outcomes of the suite with the fix, when its test set-up is the base
+    commit's already; otherwise the suite runs again with the base set-up put back.
+    """
     infrastructure = [path for path in [*changed, *deleted] if is_infrastructure(path)]
     changes = await infrastructure_changes(worktree, base_commit, infrastructure)
     changes += [f"`{path}` deleted" for path in test_files(deleted)]
-    # The fix's code and its edits to existing tests; new test files stay out, so that
-    # nothing new is imported into the run that judges the existing tests.
-    at_base = set(
-        (await git("ls-tree", "-r", "-z", "--name-only", base_commit, cwd=worktree)).split("\0")
-    )
-    new_tests = set(test_files(changed)) - at_base
-    code = [path for path in changed if not is_infrastructure(path) and path not in new_tests]
-    removed = [path for path in deleted if not is_infrastructure(path)]
     reported = with_report(test_command)
-    if reported is None:
-        if not changes:
-            return None, None, changes  # the suite above ran with the base set-up already
-        guarded, _ = await _run_on_base(
-            worktree, base_commit, code, test_command, timeout, deleted=removed
+    if reported is None and not changes:
+        return None, None, changes  # the suite above ran with the base set-up already
+    guarded: CommandResult | None = None
+    if after is None:
+        # The fix's code and its edits to existing tests; new test files stay out, so that
+        # nothing new is imported into the run that judges the existing tests.
+        listed = await git("ls-tree", "-r", "-z", "--name-only", base_commit, cwd=worktree)
+        new_tests = set(test_files(changed)) - set(listed.split("\0"))
+        code = [p for p in changed if not is_infrastructure(p) and p not in new_tests]
+        removed = [path for path in deleted if not is_infrastructure(path)]
+        guarded, after = await _run_on_base(
+            worktree, base_commit, code, reported or test_command, timeout, deleted=removed
         )
-        if guarded.passed:
-            return guarded, None, changes
-        why = f"the suite {_failure(guarded, timeout)} with the base commit's test set-up"
-        return guarded, why, changes
-    baseline, before = await _run_on_base(worktree, base_commit, [], reported, timeout)
-    guarded, after = await _run_on_base(
-        worktree, base_commit, code, reported, timeout, deleted=removed
-    )
+        if reported is None:
+            if guarded.passed:
+                return guarded, None, changes
+            why = f"the suite {_failure(guarded, timeout)} with the base commit's test set-up"
+            return guarded, why, changes
+    assert reported is not None
+    baseline, before = await _baseline(worktree, base_commit, reported, timeout)
     if before is None or after is None:
-        run = baseline if before is None else guarded
-        return run, f"the suite left no per-test report ({_failure(run, timeout)})", changes
+        run = guarded if after is None else baseline
+        failed = f" ({_failure(run, timeout)})" if run is not None else ""
+        return run, f"the suite left no per-test report{failed}", changes
     broken, skipped = broken_and_skipped(before, after, deleted)
     changes += [f"`{test}` newly skipped" for test in skipped]
     if broken:
@@ -330,6 +340,29 @@ async def _existing_tests(
         )
         return guarded, why, changes
     return guarded, None, changes
+
+
+# Per-test outcomes of the suite on a base commit are the same for every fix of it: kept.
+_BASELINES: dict[tuple[str, str], Outcomes] = {}
+_BASELINES_KEPT = 64
+
+
+async def _baseline(
+    worktree: Path,
+    base_commit: str,
+    command: str,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[CommandResult | None, Outcomes | None]:
+    """The suite's per-test outcomes on `base_commit` (and the run, when one was needed)."""
+    key = (base_commit, command)
+    if key in _BASELINES:
+        return None, _BASELINES[key]
+    run, outcomes = await _run_on_base(worktree, base_commit, [], command, timeout)
+    if outcomes is not None:
+        if len(_BASELINES) >= _BASELINES_KEPT:
+            del _BASELINES[next(iter(_BASELINES))]
+        _BASELINES[key] = outcomes
+    return run, outcomes
 
 
 async def _run_on_base(
@@ -365,7 +398,7 @@ async def _run_on_base(
         for path in deleted or ():
             (checkout / path).unlink(missing_ok=True)
         result = await run_command(command, checkout, timeout)
-        return result, read_outcomes(checkout)
+        return result, take_outcomes(checkout)
     finally:
         # Shielded: a cancelled verification still takes its checkout away.
         await asyncio.shield(remove_tree(holder))
