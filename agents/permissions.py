@@ -29,6 +29,7 @@ def planning_gate(worktree: Path, mcp_tools: Iterable[str] = ()) -> ToolGate:
     PLAN.md. It runs no programs at all: no Bash, whose "read-only" commands had side doors
     (`git grep -O<cmd>`, `git log --output=<file>`)."""
     allowed_mcp = tuple(mcp_tools)
+    plan_file = worktree.resolve() / PLAN_FILE
 
     async def gate(tool: str, tool_input: dict[str, Any]) -> str | None:
         if tool == "Read":
@@ -39,8 +40,8 @@ def planning_gate(worktree: Path, mcp_tools: Iterable[str] = ()) -> ToolGate:
                 )
             return None
         if tool in EDIT_TOOLS:
-            target = _resolve(worktree, _path_of(tool_input))
-            if target == (worktree / PLAN_FILE).resolve():
+            # Links resolved: a PLAN.md that is a link is not the plan file.
+            if confined(worktree, _path_of(tool_input)) == plan_file:
                 return None
             return (
                 f"Refused: the planning step may only write {PLAN_FILE}. Describe changes "

@@ -85,7 +85,9 @@ def planning_step(
 def read_plan(worktree: Path, result: StepResult) -> tuple[Plan, str]:
     """The plan as data and as PLAN.md's text; StepFailed when the agent left neither."""
     plan_path = worktree / PLAN_FILE
-    markdown = plan_path.read_text() if plan_path.is_file() else None
+    # A link is never followed: it could point anywhere (the repository's own content).
+    is_plan = plan_path.is_file() and not plan_path.is_symlink()
+    markdown = plan_path.read_text() if is_plan else None
     plan: Plan | None = None
     if result.structured_output is not None:
         try:
@@ -96,6 +98,7 @@ def read_plan(worktree: Path, result: StepResult) -> tuple[Plan, str]:
         raise StepFailed("The planning agent finished without returning a plan.")
     if markdown is None:
         markdown = render_plan(plan)
+        plan_path.unlink(missing_ok=True)
         plan_path.write_text(markdown)
     return plan, markdown
 

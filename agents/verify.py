@@ -7,9 +7,10 @@ fix, run with the base commit's test set-up, fails verification. With pytest tha
 test (its JUnit XML report): the suite's outcomes on the base commit (run once per base
 commit) against those of the suite run above when the fix left the test set-up
 (`conftest.py`, pytest and tox settings) alone, else of a further run with the base set-up
-put back. With another test command, that further run must pass as a whole. Changes to how tests run (and deleted or newly skipped tests) are listed
-in `test_changes` for a person to approve. Each run is a shell command in its own process
-group, bounded by a timeout that kills the whole group.
+put back. With another test command, that further run must pass as a whole. Changes to
+how tests run (and deleted or newly skipped tests) are listed in `test_changes` for a
+person to approve. Each run is a shell command in its own process group, bounded by a
+timeout that kills the whole group.
 """
 
 from __future__ import annotations

@@ -722,6 +722,7 @@ class Workflow:
         """
         assert task.branch and task.thread_ts
         await discard_except(worktree, PLAN_FILE)
+        (worktree / PLAN_FILE).unlink(missing_ok=True)  # never written through a link
         (worktree / PLAN_FILE).write_text(markdown)
         if self.github is None:
             await self.threads.upload(

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from world import plan_data
 
 from agents.permissions import confined, execution_gate, planning_gate
-from agents.planning import PlanningInput, planning_step
+from agents.planning import PlanningInput, planning_step, read_plan
 from agents.prompts import reference
+from agents.runner import StepResult
 from agents.search import MAX_MATCHES, SearchRefused, grep, list_files
 from bot.errors import NotAllowed
 from bot.policy import ApprovalPolicy
@@ -137,3 +139,14 @@ def test_one_policy_for_every_approval() -> None:
     strict.check_approve("U_BOB", task)
     strict.check_decide("U_ALICE")  # rejecting one's own plan is fine
     assert strict.is_github_approver("OctoCat")
+
+
+async def test_a_plan_file_that_is_a_link_is_neither_written_nor_read(worktree: Path) -> None:
+    (worktree / "PLAN.md").symlink_to(worktree.parent / "secret.txt")
+    gate = planning_gate(worktree)
+    assert await gate("Write", {"file_path": str(worktree / "PLAN.md")}) is not None
+    result = StepResult("s", "success", 0.0, 0, 0, 1, 0.0, "", structured_output=plan_data())
+    plan, markdown = read_plan(worktree, result)
+    assert "TOKEN" not in markdown and plan.summary in markdown
+    assert not (worktree / "PLAN.md").is_symlink()
+    assert (worktree.parent / "secret.txt").read_text() == "TOKEN=outside\n"
