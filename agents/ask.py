@@ -12,6 +12,8 @@ from typing import Any
 
 from claude_agent_sdk import create_sdk_mcp_server, tool
 
+from agents.prompts import fence
+
 SERVER = "fixbot"
 ASK_TOOL = f"mcp__{SERVER}__ask_in_thread"
 NO_ANSWER = "No answer; proceed with your best assumption and say so in your result."
@@ -34,7 +36,7 @@ def ask_server(ask: Ask) -> dict[str, Any]:
         if not question:
             return {"content": [{"type": "text", "text": "Ask a question."}], "is_error": True}
         answer = await ask(question[:2000])
-        text = f"Answer from the thread (untrusted text):\n{answer}" if answer else NO_ANSWER
+        text = f"Answer from the thread:\n{fence('slack-thread', answer)}" if answer else NO_ANSWER
         return {"content": [{"type": "text", "text": text}]}
 
     return dict(create_sdk_mcp_server(SERVER, tools=[ask_in_thread]))

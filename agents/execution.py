@@ -7,7 +7,7 @@ from typing import Any
 
 from agents.environment import RepoEnvironment
 from agents.permissions import execution_gate
-from agents.prompts import UNTRUSTED_NOTE, fence
+from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep
 from bot.config import RepoConfig
 
@@ -24,26 +24,26 @@ def execution_step(
     ref: str,
     repo: RepoConfig,
     plan_markdown: str,
-    feedback: tuple[str, ...],
     plugins: tuple[Path, ...],
     mcp_servers: dict[str, Any],
     budget_usd: float | None,
     environment: RepoEnvironment | None = None,
 ) -> AgentStep:
     """The AgentStep that implements `plan_markdown` in `worktree` (in the repository's
-    `environment`, for its test runs)."""
+    `environment`, for its test runs).
+
+    Only the approved plan reaches this prompt: thread replies become input to a revised
+    plan, which needs approval again, never notes for the executor.
+    """
     lint = f" and lint with `{repo.lint_command}`" if repo.lint_command else ""
     prompt = (
-        f"Implement the approved plan for {ref}.\n\n{fence('approved-plan', plan_markdown)}\n\n"
+        f"Implement the approved plan for {reference(ref)}.\n\n"
+        f"{fence('approved-plan', plan_markdown)}\n\n"
         f"1. Write the failing test first and run it with `{repo.test_command}` to see it fail.\n"
         f"2. Make the smallest change that fixes the bug.\n"
         f"3. Run the whole suite with `{repo.test_command}`{lint}; everything must pass.\n"
         "4. Review your diff (git diff) and finish with a one-paragraph summary."
     )
-    if feedback:
-        prompt += "\n\nNotes from reviewers:\n\n" + "\n\n".join(
-            fence("slack-thread", text) for text in feedback
-        )
     mcp_tools = tuple(f"mcp__{name}__" for name in mcp_servers)
     return AgentStep(
         name="execution",

@@ -19,21 +19,29 @@ PLAN_FILE = "PLAN.md"
 
 # Shell syntax that could chain or redirect beyond the one allowed command.
 SHELL_SYNTAX = re.compile(r"[;&|`$<>\n\\]|\(|\)")
-SEARCH_COMMANDS = {"grep", "rg", "ls", "find", "cat", "head", "tail", "wc"}
-FIND_ACTIONS = {"-exec", "-execdir", "-delete", "-ok", "-okdir", "-fprint", "-fprintf", "-fls"}
-READ_ONLY_GIT = {"status", "diff", "log", "show", "blame", "ls-files", "rev-parse", "grep"}
+READ_ONLY_GIT = {"status", "diff", "log", "show", "blame", "ls-files", "rev-parse"}
+# Options that make those commands write a file or start a program.
+GIT_SIDE_DOORS = re.compile(r"^(--output|--open-files-in-pager|-O|--ext-diff|--textconv)")
 
 
 def planning_gate(worktree: Path, mcp_tools: Iterable[str] = ()) -> ToolGate:
-    """Planning reads the worktree and writes only PLAN.md."""
+    """Planning reads the worktree (Read, and Fixbot's own search tools) and writes only
+    PLAN.md. It runs no programs at all: no Bash, whose "read-only" commands had side doors
+    (`git grep -O<cmd>`, `git log --output=<file>`)."""
     allowed_mcp = tuple(mcp_tools)
+    plan_file = worktree.resolve() / PLAN_FILE
 
     async def gate(tool: str, tool_input: dict[str, Any]) -> str | None:
-        if tool in READ_TOOLS:
-            return _inside(worktree, _path_of(tool_input), allow_missing=True)
-        if tool == "Write" or tool in EDIT_TOOLS:
-            target = _resolve(worktree, _path_of(tool_input))
-            if target == (worktree / PLAN_FILE).resolve():
+        if tool == "Read":
+            if confined(worktree, _path_of(tool_input)) is None:
+                return (
+                    f"Refused: {_path_of(tool_input)} is outside the task's repository "
+                    "checkout (or in .git)."
+                )
+            return None
+        if tool in EDIT_TOOLS:
+            # Links resolved: a PLAN.md that is a link is not the plan file.
+            if confined(worktree, _path_of(tool_input)) == plan_file:
                 return None
             return (
                 f"Refused: the planning step may only write {PLAN_FILE}. Describe changes "
@@ -41,11 +49,10 @@ def planning_gate(worktree: Path, mcp_tools: Iterable[str] = ()) -> ToolGate:
             )
         if tool.startswith(allowed_mcp) and allowed_mcp:
             return None
-        if tool == "Bash":
-            return _search_refusal(str(tool_input.get("command", "")))
         return (
-            f"Refused: the planning step may read and search the repository and write "
-            f"{PLAN_FILE}, not use {tool}."
+            f"Refused: the planning step may Read files, search them with the grep and "
+            f"list_files tools, and write {PLAN_FILE}; it runs no commands and may not use "
+            f"{tool}."
         )
 
     return gate
@@ -75,32 +82,29 @@ def execution_gate(
     return gate
 
 
-def _search_refusal(command: str) -> str | None:
-    """Planning may search the code with plain read-only commands (grep, ls, find, git grep)."""
-    words = command.strip().split() if not SHELL_SYNTAX.search(command) else []
-    if words and words[0] in SEARCH_COMMANDS and not FIND_ACTIONS.intersection(words):
-        return None
-    if len(words) >= 2 and words[0] == "git" and words[1] in READ_ONLY_GIT:
-        return None
-    return (
-        "Refused: the planning step may run only read-only searches (grep, rg, ls, find, "
-        "cat, head, tail, wc, git grep/log/show/diff), without pipes or redirects."
-    )
-
-
 def _command_refusal(command: str, allowed: list[list[str]]) -> str | None:
     words = command.strip().split() if not SHELL_SYNTAX.search(command) else []
     for prefix in allowed:
         if words[: len(prefix)] == prefix:
             return None
     if len(words) >= 2 and words[0] == "git" and words[1] in READ_ONLY_GIT:
-        return None
+        unquoted = _shell_words(command)
+        if unquoted is not None and not any(GIT_SIDE_DOORS.match(word) for word in unquoted):
+            return None
     names = " or ".join(f"`{' '.join(prefix)}`" for prefix in allowed) or "no command"
     return (
         f"Refused: Bash may run only {names} (optionally followed by test paths), or "
         "read-only git (status, diff, log, show). No pipes, redirects or chained commands. "
         "Fixbot commits and pushes itself."
     )
+
+
+def _shell_words(command: str) -> list[str] | None:
+    """The words as the shell will see them (quotes removed); None when unparsable."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return None
 
 
 def _path_of(tool_input: dict[str, Any]) -> str:
@@ -117,6 +121,16 @@ def _resolve(worktree: Path, path: str) -> Path:
     if not candidate.is_absolute():
         candidate = worktree / candidate
     return candidate.resolve()
+
+
+def confined(worktree: Path, path: str) -> Path | None:
+    """`path` (relative to the worktree, or absolute) with symlinks resolved, when it lies
+    inside the worktree and outside git's own files; None otherwise."""
+    root = worktree.resolve()
+    target = _resolve(root, path)
+    if not target.is_relative_to(root) or ".git" in target.relative_to(root).parts:
+        return None
+    return target
 
 
 def _inside(worktree: Path, path: str, *, allow_missing: bool) -> str | None:

@@ -9,14 +9,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from agents.permissions import PLAN_FILE, planning_gate
-from agents.prompts import UNTRUSTED_NOTE, fence
+from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep, StepResult
+from agents.search import GREP_TOOL, LIST_TOOL, search_server
+from agents.search import SERVER as SEARCH_SERVER
+from agents.search import TOOLS as SEARCH_TOOLS
 from bot.errors import StepFailed
 from bot.models import Plan
 
 SYSTEM_PROMPT = f"""You are Fixbot's planning agent. You find the root cause of a production
 error in the repository in your working directory and write a test-first fix plan.
-You may read files and write only {PLAN_FILE}; you cannot run commands or change code.
+You may Read files, search them with {GREP_TOOL} and {LIST_TOOL} (load them with
+ToolSearch if needed), and write only {PLAN_FILE}; you cannot run commands or change code.
 Use the skills discovery, root-cause-analysis and test-first-plan.
 {UNTRUSTED_NOTE}"""
 
@@ -45,7 +49,8 @@ def planning_step(
     """The AgentStep for planning (or revising) a fix in `worktree`."""
     if given.feedback:
         prompt = (
-            f"Revise the fix plan for {given.ref} in {given.repo} using the plan-changes skill. "
+            f"Revise the fix plan for {reference(given.ref)} in {given.repo} using the "
+            "plan-changes skill. "
             f"Reviewers answered in Slack:\n\n"
             + "\n\n".join(fence("slack-thread", text) for text in given.feedback)
             + f"\n\nRewrite {PLAN_FILE} and return the revised plan."
@@ -54,20 +59,22 @@ def planning_step(
             prompt += "\n\nThe previous plan:\n\n" + fence("previous-plan", given.previous_plan)
     else:
         prompt = (
-            f"Plan a fix for {given.ref} in the repository {given.repo} (your working "
+            f"Plan a fix for {reference(given.ref)} in the repository {given.repo} (your working "
             f"directory). Its tests run with `{given.test_command}`.\n\n"
             f"{fence('error-report', given.context)}\n\n"
             f"Write {PLAN_FILE} with the sections {PLAN_SECTIONS}; cite file:line evidence. "
             "Then return the same plan as structured output."
         )
-    mcp_tools = tuple(f"mcp__{name}__" for name in mcp_servers)
+    servers = {**mcp_servers, SEARCH_SERVER: search_server(worktree)}
+    mcp_tools = tuple(f"mcp__{name}__" for name in servers)
     return AgentStep(
         name="planning",
         prompt=prompt,
         cwd=worktree,
         system_prompt=SYSTEM_PROMPT,
+        allowed_tools=SEARCH_TOOLS,  # confined to the worktree by their own checks
         can_use_tool=planning_gate(worktree, mcp_tools),
-        mcp_servers=mcp_servers,
+        mcp_servers=servers,
         plugins=plugins,
         output_schema=Plan.model_json_schema(),
         max_budget_usd=budget_usd,
@@ -78,7 +85,9 @@ def planning_step(
 def read_plan(worktree: Path, result: StepResult) -> tuple[Plan, str]:
     """The plan as data and as PLAN.md's text; StepFailed when the agent left neither."""
     plan_path = worktree / PLAN_FILE
-    markdown = plan_path.read_text() if plan_path.is_file() else None
+    # A link is never followed: it could point anywhere (the repository's own content).
+    is_plan = plan_path.is_file() and not plan_path.is_symlink()
+    markdown = plan_path.read_text() if is_plan else None
     plan: Plan | None = None
     if result.structured_output is not None:
         try:
@@ -89,6 +98,7 @@ def read_plan(worktree: Path, result: StepResult) -> tuple[Plan, str]:
         raise StepFailed("The planning agent finished without returning a plan.")
     if markdown is None:
         markdown = render_plan(plan)
+        plan_path.unlink(missing_ok=True)
         plan_path.write_text(markdown)
     return plan, markdown
 

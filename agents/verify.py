@@ -1,7 +1,15 @@
 """Verification: Fixbot proves red → green itself, whatever the agent claimed.
 
 The new tests must fail on the base commit, pass with the fix, and the whole suite must
-pass with the fix. Each run is a shell command in its own process group, bounded by a
+pass with the fix. Then the existing tests are checked against the executor's hand on how
+tests run: an existing test that passed on the base commit and fails or is gone with the
+fix, run with the base commit's test set-up, fails verification. With pytest that is per
+test (its JUnit XML report): the suite's outcomes on the base commit (run once per base
+commit) against those of the suite run above when the fix left the test set-up
+(`conftest.py`, pytest and tox settings) alone, else of a further run with the base set-up
+put back. With another test command, that further run must pass as a whole. Changes to
+how tests run (and deleted or newly skipped tests) are listed in `test_changes` for a
+person to approve. Each run is a shell command in its own process group, bounded by a
 timeout that kills the whole group, and inside the sandbox (agents/sandbox.py): the code
 under test was written by an agent, so it runs with no network (but the repository's
 `network_allow` hosts), no view of other processes, and only its checkout writable.
@@ -23,6 +31,14 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from agents.sandbox import Endpoint, Sandbox
+from agents.test_changes import (
+    Outcomes,
+    broken_and_skipped,
+    infrastructure_changes,
+    is_infrastructure,
+    take_outcomes,
+    with_report,
+)
 from agents.workspace import changed_files, git, remove_tree
 
 if TYPE_CHECKING:  # agents/environment.py runs its setup through this module
@@ -59,6 +75,9 @@ class Verification:
     red: CommandResult | None = None
     green: CommandResult | None = None
     suite: CommandResult | None = None
+    # The suite with the fix but the base commit's test set-up (see the module's text).
+    guarded: CommandResult | None = None
+    test_changes: list[str] = field(default_factory=list)  # changes to how tests run
 
     @staticmethod
     def excerpt(result: CommandResult | None, lines: int = 15) -> str:
@@ -69,6 +88,9 @@ class Verification:
         kept = [line.rstrip() for line in text.splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
 
+
+Runner = Callable[[str, Path], Awaitable[CommandResult]]
+"""Runs a command in a checkout, the way every run of one verification is made."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -261,7 +283,8 @@ async def verify_fix(
 ) -> Verification:
     """Check the fix in `worktree` against `base_commit` with the repo's test command,
     every run in `sandbox` (reaching only `reach`, in the repository's `environment`)."""
-    changed = _existing(worktree, await changed_files(worktree, base_commit))
+    changed_all = await changed_files(worktree, base_commit)
+    changed = _existing(worktree, changed_all)
     tests = test_files(changed)
     if not tests:
         return Verification(ok=False, reason=NO_TEST)
@@ -273,7 +296,7 @@ async def verify_fix(
             command, cwd, timeout, sandbox=sandbox, reach=reach, environment=environment
         )
 
-    red = await _run_on_base(worktree, base_commit, copied, targeted, run)
+    red, _ = await _run_on_base(worktree, base_commit, copied, targeted, run)
     if red.timed_out:
         reason = f"the new tests time out without the fix (after {timeout:g} s)"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
@@ -288,19 +311,111 @@ async def verify_fix(
         reason = f"the new tests {_failure(green, timeout)} with the fix"
         return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
 
-    suite = await run(test_command, worktree)
+    deleted = sorted(set(changed_all) - set(changed))
+    # With the test set-up untouched, the suite run itself can say how each test did.
+    set_up_changed = any(map(is_infrastructure, changed_all))
+    reported = None if set_up_changed else with_report(test_command)
+    suite = await run(reported or test_command, worktree)
+    after = take_outcomes(worktree) if reported else None
+    if not suite.passed:
+        reason = f"the test suite {_failure(suite, timeout)} with the fix"
+        return Verification(
+            ok=False, reason=reason, test_files=tests, red=red, green=green, suite=suite
+        )
+    guarded, broken, test_changes = await _existing_tests(
+        worktree, base_commit, test_command, changed, deleted, timeout, after, run
+    )
     return Verification(
-        ok=suite.passed,
-        reason=(
-            "the new tests fail without the fix and pass with it; the suite passes"
-            if suite.passed
-            else f"the test suite {_failure(suite, timeout)} with the fix"
-        ),
+        ok=broken is None,
+        reason=broken or "the new tests fail without the fix and pass with it; the suite passes",
         test_files=tests,
         red=red,
         green=green,
         suite=suite,
+        guarded=guarded,
+        test_changes=test_changes,
     )
+
+
+async def _existing_tests(
+    worktree: Path,
+    base_commit: str,
+    test_command: str,
+    changed: list[str],
+    deleted: list[str],
+    timeout: float,  # noqa: ASYNC109 (only named in what it says)
+    after: Outcomes | None,
+    run: Runner,
+) -> tuple[CommandResult | None, str | None, list[str]]:
+    """Whether the existing tests hold with the fix, judged with the base commit's test
+    set-up: the run that judged (when one was made here), why they do not hold (None when
+    they do), and the changes to how tests run.
+
+    `after`: per-test outcomes of the suite with the fix, when its test set-up is the base
+    commit's already; otherwise the suite runs again with the base set-up put back.
+    """
+    infrastructure = [path for path in [*changed, *deleted] if is_infrastructure(path)]
+    changes = await infrastructure_changes(worktree, base_commit, infrastructure)
+    changes += [f"`{path}` deleted" for path in test_files(deleted)]
+    reported = with_report(test_command)
+    if reported is None and not changes:
+        return None, None, changes  # the suite above ran with the base set-up already
+    guarded: CommandResult | None = None
+    if after is None:
+        # The fix's code and its edits to existing tests; new test files stay out, so that
+        # nothing new is imported into the run that judges the existing tests.
+        listed = await git("ls-tree", "-r", "-z", "--name-only", base_commit, cwd=worktree)
+        new_tests = set(test_files(changed)) - set(listed.split("\0"))
+        code = [p for p in changed if not is_infrastructure(p) and p not in new_tests]
+        removed = [path for path in deleted if not is_infrastructure(path)]
+        guarded, after = await _run_on_base(
+            worktree, base_commit, code, reported or test_command, run, deleted=removed
+        )
+        if reported is None:
+            if guarded.passed:
+                return guarded, None, changes
+            why = f"the suite {_failure(guarded, timeout)} with the base commit's test set-up"
+            return guarded, why, changes
+    assert reported is not None
+    baseline, before = await _baseline(worktree, base_commit, reported, run)
+    if before is None or after is None:
+        judged = guarded if after is None else baseline
+        failed = f" ({_failure(judged, timeout)})" if judged is not None else ""
+        return judged, f"the suite left no per-test report{failed}", changes
+    broken, skipped = broken_and_skipped(before, after, deleted)
+    changes += [f"`{test}` newly skipped" for test in skipped]
+    if broken:
+        names = ", ".join(f"`{test}`" for test in broken[:10])
+        more = f" and {len(broken) - 10} more" if len(broken) > 10 else ""
+        why = (
+            f"existing tests that passed on the base commit fail or are gone with the fix "
+            f"(run with the base commit's test set-up): {names}{more}"
+        )
+        return guarded, why, changes
+    return guarded, None, changes
+
+
+# Per-test outcomes of the suite on a base commit are the same for every fix of it: kept.
+_BASELINES: dict[tuple[str, str], Outcomes] = {}
+_BASELINES_KEPT = 64
+
+
+async def _baseline(
+    worktree: Path,
+    base_commit: str,
+    command: str,
+    run: Runner,
+) -> tuple[CommandResult | None, Outcomes | None]:
+    """The suite's per-test outcomes on `base_commit` (and the run, when one was needed)."""
+    key = (base_commit, command)
+    if key in _BASELINES:
+        return None, _BASELINES[key]
+    result, outcomes = await _run_on_base(worktree, base_commit, [], command, run)
+    if outcomes is not None:
+        if len(_BASELINES) >= _BASELINES_KEPT:
+            del _BASELINES[next(iter(_BASELINES))]
+        _BASELINES[key] = outcomes
+    return result, outcomes
 
 
 async def _run_on_base(
@@ -308,9 +423,13 @@ async def _run_on_base(
     base_commit: str,
     files: list[str],
     command: str,
-    run: Callable[[str, Path], Awaitable[CommandResult]],
-) -> CommandResult:
-    """Run `command` in a temporary checkout of `base_commit` holding `files`.
+    run: Runner,
+    *,
+    deleted: list[str] | None = None,
+) -> tuple[CommandResult, Outcomes | None]:
+    """Run `command` with `run` in a temporary checkout of `base_commit` holding `files`
+    (copied from the worktree) and without `deleted`; returns the run and its per-test
+    report, if any.
 
     The checkout is a shared clone, not a worktree of the mirror: it borrows the mirror's
     objects and writes nothing into it, so fetches and other tasks' worktrees never see
@@ -330,7 +449,10 @@ async def _run_on_base(
         )
         await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
         _copy(worktree, checkout, files)
-        return await run(command, checkout)
+        for path in deleted or ():
+            (checkout / path).unlink(missing_ok=True)
+        result = await run(command, checkout)
+        return result, take_outcomes(checkout)
     finally:
         # Shielded: a cancelled verification still takes its checkout away.
         await asyncio.shield(remove_tree(holder))
@@ -348,10 +470,9 @@ def _copy(source: Path, target: Path, paths: list[str]) -> None:
     for path in paths:
         origin, destination = source / path, target / path
         destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.unlink(missing_ok=True)
         if origin.is_symlink():
-            # As the link it is: Fixbot reads nothing outside the worktree into a sandbox
-            # on behalf of what the agent left there.
-            destination.unlink(missing_ok=True)
+            # A link stays a link: Fixbot never reads through it on the agent's behalf.
             destination.symlink_to(os.readlink(origin))
         else:
             destination.write_bytes(origin.read_bytes())

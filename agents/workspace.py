@@ -398,9 +398,10 @@ async def remove_tree(path: Path) -> None:
 # Commits and pushes ---------------------------------------------------------------------
 
 
-async def commit_all(worktree: Path, message: str) -> str:
-    """Stage everything and commit it as Fixbot; return the new commit's sha."""
-    await git("add", "-A", cwd=worktree)
+async def commit_all(worktree: Path, message: str, *, only: Sequence[str] = ()) -> str:
+    """Stage everything (or only the paths `only`) and commit it as Fixbot; return the new
+    commit's sha."""
+    await git("add", "-A", "--", *only, cwd=worktree)
     staged = await _run_git(["diff", "--cached", "--quiet"], cwd=worktree)
     if staged.exit_code == 0:
         raise GitError(f"nothing to commit in {worktree}: the worktree has no changes")
@@ -410,9 +411,17 @@ async def commit_all(worktree: Path, message: str) -> str:
         "--no-verify",
         f"--author={FIXBOT_NAME} <{FIXBOT_EMAIL}>",
         f"--message={message}",
+        *(["--", *only] if only else []),
         cwd=worktree,
     )
     return (await git("rev-parse", "HEAD", cwd=worktree)).strip()
+
+
+async def discard_except(worktree: Path, keep: str) -> None:
+    """Undo every change in the worktree but to `keep` (a path at its top): edited tracked
+    files go back to HEAD, untracked files go. Ignored files stay (they are never committed)."""
+    await git("checkout", "--", ".", f":(exclude){keep}", cwd=worktree)
+    await git("clean", "-d", "--force", "--quiet", f"--exclude=/{keep}", cwd=worktree)
 
 
 async def changed_files(worktree: Path, base_commit: str) -> list[str]:

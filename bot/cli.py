@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import HINTS, RepoConfig, Settings, load_settings, scrub_environment
+from bot.config import HINTS, RepoConfig, Settings, blank_secrets, load_settings, scrub_environment
 from bot.errors import ConfigError, FixbotError
 from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
@@ -142,6 +142,7 @@ async def _checks() -> AsyncIterator[Check]:
     else:
         where = settings.fixbot_config if settings.fixbot_config.is_file() else "no fixbot.yml"
         yield Check(True, "settings", f"loaded ({where}; repositories: {len(settings.repos)})")
+    blank = blank_secrets()
     scrub_environment()
     yield await _check_git()
     yield await _check_claude(settings.claude_cli_path if settings else None)
@@ -169,6 +170,7 @@ async def _checks() -> AsyncIterator[Check]:
             yield await _check_setup(settings, repo, redact)
     async for check in _check_services(settings, redact):
         yield check
+    yield _check_webhooks(settings, blank)
 
 
 async def _guarded(name: str, probe: Awaitable[Check], redact: Callable[[str], str]) -> Check:
@@ -411,6 +413,31 @@ async def _check_services(settings: Settings, redact: Callable[[str], str]) -> A
         yield await _service("jira", jira, "JIRA_URL, JIRA_EMAIL and JIRA_API_TOKEN", redact)
     else:
         yield Check(None, "jira", "skipped: not configured (JIRA_URL, JIRA_EMAIL, JIRA_API_TOKEN)")
+
+
+def _check_webhooks(settings: Settings, blank: list[str]) -> Check:
+    """Which webhooks are signed, and that empty secrets and GitHub approvals are off."""
+    secrets = {
+        "sentry": ("SENTRY_WEBHOOK_SECRET", settings.sentry_webhook_secret),
+        "github": ("GITHUB_WEBHOOK_SECRET", settings.github_webhook_secret),
+        "jira": ("JIRA_WEBHOOK_SECRET", settings.jira_webhook_secret),
+    }
+    on = [name for name, (_, secret) in secrets.items() if secret is not None]
+    empty = [variable for variable, _ in secrets.values() if variable in blank]
+    approvals = (
+        f"GitHub approvals by {', '.join(settings.github_approvers)}"
+        if settings.github_approvers
+        else "GitHub approvals off (no github_approvers)"
+    )
+    detail = f"signed: {', '.join(on) or 'none'}; the others answer 401; {approvals}"
+    if empty:
+        return Check(
+            False,
+            "webhooks",
+            f"{', '.join(empty)} set but empty, which counts as unset (401): set a long random "
+            f"value or remove the variable; {detail}",
+        )
+    return Check(True if on else None, "webhooks", detail)
 
 
 async def _service(name: str, client: Any, variables: str, redact: Callable[[str], str]) -> Check:

@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.errors import ConfigError
 
@@ -151,7 +153,8 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     mcp_servers: dict[str, McpServer] = {}
     jira_transition: str | None = "In Review"  # where a Jira issue moves when its PR is ready
-    github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` comments count
+    github_approvers: list[str] = []  # GitHub logins whose `@fixbot approve` counts; []: off
+    require_second_person: bool = False  # the requester may not approve their own plan
     jira_label: str = "fixbot"  # Jira issues created with this label become tasks
     question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
     # required: no agent or test run without an OS sandbox (agents/sandbox.py); off: unconfined.
@@ -161,6 +164,21 @@ class Settings(BaseSettings):
     # where the task's Jira issue moves.
     verify_window_hours: float = Field(default=24, gt=0)
     jira_done_transition: str | None = "Done"
+
+    @field_validator(
+        "sentry_auth_token",
+        "sentry_webhook_secret",
+        "github_token",
+        "github_webhook_secret",
+        "jira_api_token",
+        "jira_webhook_secret",
+        "anthropic_api_key",
+        "claude_code_oauth_token",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty secret would sign webhooks with "" (anyone can): it counts as unset.
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -212,13 +230,20 @@ class Settings(BaseSettings):
         return next((repo for repo in self.repos if repo.name.lower() == name.lower()), None)
 
     def secret_values(self) -> list[str]:
-        """The values of Fixbot's own secrets, for the redaction filter."""
-        values = []
-        for field in type(self).model_fields:
-            value = getattr(self, field)
-            if isinstance(value, SecretStr) and field != "database_url":
-                values.append(value.get_secret_value())
-        return [value for value in values if len(value) >= 6]
+        """The values of Fixbot's own secrets, for the redaction filter: every token and
+        webhook secret, however short, and the database password."""
+        values = [
+            value.get_secret_value()
+            for field in type(self).model_fields
+            if field != "database_url" and isinstance(value := getattr(self, field), SecretStr)
+        ]
+        try:
+            password = make_url(self.database_url.get_secret_value()).password
+        except ArgumentError:  # not a URL SQLAlchemy reads: hide all of it
+            password = self.database_url.get_secret_value()
+        if password:
+            values.append(str(password))
+        return [value for value in values if value]
 
 
 def load_settings(env_file: str | Path = ".env", **overrides: Any) -> Settings:
@@ -246,6 +271,16 @@ def load_settings(env_file: str | Path = ".env", **overrides: Any) -> Settings:
         return Settings(_env_file=env_file, _yaml_file=yaml_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as error:
         raise ConfigError(_explain(error, yaml_file)) from None
+
+
+def blank_secrets(env_file: str | Path = ".env") -> list[str]:
+    """Secret variables set to an empty value (in the environment or `.env`): unset."""
+    dotenv = {key.upper(): value for key, value in dotenv_values(env_file).items()}
+    return [
+        name
+        for name in SECRET_VARIABLES
+        if (value := os.environ.get(name, dotenv.get(name))) is not None and not value.strip()
+    ]
 
 
 def scrub_environment() -> None:
@@ -296,6 +331,7 @@ _YAML_KEYS = {
     "limits",
     "mcp_servers",
     "github_approvers",
+    "require_second_person",
     "jira_label",
     "question_timeout_s",
     "jira_transition",

@@ -44,7 +44,8 @@ TRANSITIONS: dict[State, set[State]] = {
     State.APPROVED: {State.EXECUTING, State.FAILED, State.CANCELLED},
     State.EXECUTING: {State.DONE, State.APPROVED, State.FAILED, State.CANCELLED},
     # Retry: planning again when there is no plan yet, execution again when there is.
-    State.FAILED: {State.QUEUED, State.APPROVED, State.CANCELLED},
+    # Retry with replies kept since the approval: the plan is revised (approval again).
+    State.FAILED: {State.QUEUED, State.APPROVED, State.REVISING, State.CANCELLED},
     State.DONE: set(),
     State.REJECTED: set(),
     State.CANCELLED: set(),

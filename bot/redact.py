@@ -1,8 +1,9 @@
 """The one redaction filter everything Fixbot posts passes through (Slack, pull requests, Jira).
 
-A `Redactor` knows the secret values Fixbot holds (its own tokens, read from settings) and the
-shapes common tokens take; it replaces both with `[redacted]`. It errs towards hiding: an
-agent's output or a stack trace can carry anything.
+A `Redactor` knows the secret values Fixbot holds (its own tokens, webhook secrets, the
+database password, read from settings) and the shapes common tokens take; it replaces both
+with `[redacted]`. It errs towards hiding: an agent's output or a stack trace can carry
+anything.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from urllib.parse import quote
 
 REDACTED = "[redacted]"
 
-# Shorter values would hide ordinary words; they are too weak to be worth a match anyway.
-MIN_SECRET_LENGTH = 6
+# A known value shorter than this is hidden only where it stands alone (not inside a word),
+# so that a short secret is still caught without hiding parts of ordinary words.
+WHOLE_WORD_BELOW = 8
 
 # Patterns whose whole match is the secret.
 _TOKEN_SHAPES: tuple[re.Pattern[str], ...] = (
@@ -55,18 +57,15 @@ class Redactor:
     def __init__(self, secret_values: Iterable[str]) -> None:
         values: set[str] = set()
         for value in secret_values:
-            if not value:
-                continue
-            value = value.strip()
-            if len(value) < MIN_SECRET_LENGTH:
-                continue
-            values.add(value)
-            # The same secret as it appears inside a URL or a form body.
-            values.add(quote(value, safe=""))
+            value = (value or "").strip()
+            if value:
+                values.add(value)
+                # The same secret as it appears inside a URL or a form body.
+                values.add(quote(value, safe=""))
         # Longest first, so a secret that contains another is hidden whole.
         ordered = sorted(values, key=lambda v: (-len(v), v))
         self._values: re.Pattern[str] | None = (
-            re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+            re.compile("|".join(_value_pattern(v) for v in ordered)) if ordered else None
         )
 
     def __call__(self, text: str) -> str:
@@ -80,6 +79,16 @@ class Redactor:
             replacement = r"\1" + REDACTED + ("@" if pattern is _URL_CREDENTIALS else "")
             text = pattern.sub(replacement, text)
         return text
+
+    def holds_secret_value(self, text: str) -> bool:
+        """Whether `text` carries one of Fixbot's own secret values verbatim."""
+        return self._values is not None and self._values.search(text) is not None
+
+
+def _value_pattern(value: str) -> str:
+    if len(value) >= WHOLE_WORD_BELOW:
+        return re.escape(value)
+    return rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])"
 
 
 # Slack's length limits for a text object, by the type of the element holding it.

@@ -67,7 +67,8 @@ class SlackThreads:
         )
 
     async def publish_home(self, user: str, view: dict[str, Any]) -> None:
-        await self.client.views_publish(user_id=user, view=view)
+        blocks = redact_blocks(view.get("blocks", []), self.redact)
+        await self.client.views_publish(user_id=user, view={**view, "blocks": blocks})
 
     async def permalink(self, channel: str, ts: str) -> str | None:
         try:

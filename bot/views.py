@@ -418,11 +418,27 @@ def done_message(
     green_excerpt: str,
     cost_usd: float,
     duration_s: float,
+    test_changes: Sequence[str] = (),
+    approve_test_changes: bool = False,
 ) -> Message:
-    """The pull request's link, with red-then-green test evidence, spend and time."""
+    """The pull request's link, with red-then-green test evidence, spend and time.
+
+    With `test_changes` the message lists the changes to how tests run; with
+    `approve_test_changes` the pull request is a draft until an approver clicks
+    "Approve test changes" here.
+    """
     pr = link(pr_url, pr_url)
     where = link(pr_url, "the pull request")
-    blocks: list[Block] = [_section(f":white_check_mark: Pull request ready: {pr}")]
+    if approve_test_changes:
+        head = (
+            f":warning: Pull request opened as a draft: {pr}. It changes how tests run; "
+            "an approver's *Approve test changes* marks it ready."
+        )
+        fallback = f"Pull request opened as a draft (test changes need approval): {pr_url}"
+    else:
+        head = f":white_check_mark: Pull request ready: {pr}"
+        fallback = f"Pull request ready: {pr_url}"
+    blocks: list[Block] = [_section(head)]
     if red_excerpt.strip():
         head = ":red_circle: *Failing before the fix*\n"
         blocks.append(
@@ -434,7 +450,33 @@ def done_message(
             _section(head + _code_block(green_excerpt, EXCERPT_LIMIT, rest=where, tail=True))
         )
     blocks.append(_context(f"Spent {fmt_cost(cost_usd)} · Took {fmt_duration(duration_s)}"))
-    return _message(f"Pull request ready: {pr_url} · {_title(task, 300)}", blocks)
+    if test_changes:
+        blocks.append(_section(changes_to_tests_text(test_changes)))
+    if approve_test_changes:
+        blocks.append(
+            ActionsBlock(
+                block_id=f"test_changes:{task.id}",
+                elements=[
+                    _button("Approve test changes", "approve_test_changes", str(task.id), "primary")
+                ],
+            )
+        )
+    return _message(f"{fallback} · {_title(task, 300)}", blocks)
+
+
+def changes_to_tests_text(changes: Sequence[str]) -> str:
+    """The changes to how tests run, as a list (paths come from the repository: escaped)."""
+    lines = [f"• {escape(change)}" for change in changes[:20]]
+    if len(changes) > 20:
+        lines.append(f"• …and {len(changes) - 20} more (see the pull request)")
+    return _fit(":test_tube: *Changes to how tests run*\n" + "\n".join(lines), SECTION_LIMIT)
+
+
+def test_changes_approved(user: str, pr_url: str | None) -> Message:
+    """An approver approved the changes to how tests run."""
+    ready = f" Pull request ready: {link(pr_url, pr_url)}" if pr_url else ""
+    line = f":white_check_mark: Test changes approved by {who(user)}.{ready}"
+    return _message(line, [_section(line)])
 
 
 def ended_message(text: str) -> Message:
@@ -485,6 +527,7 @@ def pull_request_body(
     green: str | None,
     cost_usd: float,
     duration_s: float | None,
+    test_changes: Sequence[str] = (),
 ) -> str:
     """The pull request's description in GitHub markdown; without `red`/`green` it is the draft."""
     parts = ["## Summary", plan.summary.strip(), "", "## Root cause", plan.root_cause.strip()]
@@ -508,6 +551,15 @@ def pull_request_body(
         parts += ["The new test fails before the fix (red):", _fence(red, PR_EXCERPT_LIMIT)]
     if green is not None:
         parts += ["", "The suite passes with the fix (green):", _fence(green, PR_EXCERPT_LIMIT)]
+    if test_changes:
+        parts += [
+            "",
+            "## Changes to how tests run",
+            *(f"- {change}" for change in test_changes),
+            "",
+            "_Fixbot marks this pull request ready only after an approver approves these "
+            "changes in Slack._",
+        ]
     spend = f"Spend: {fmt_cost(cost_usd)}"
     if duration_s is not None:
         spend += f" · Time: {fmt_duration(duration_s)}"
@@ -706,12 +758,20 @@ def revising_message(user: str, feedback: str) -> Message:
 
 
 def feedback_kept(state: str) -> Message:
-    """A reply while a step runs: kept for the next step."""
+    """A reply while a step runs: kept for a revised plan, which needs approval again."""
     line = (
         f":memo: Noted. The task is {state_words(state).split(' ', 1)[-1].lower()}; "
-        "I'll pass this on to the next step."
+        "your reply goes into a revised plan, which needs approval again. A running fix "
+        "follows only the approved plan."
     )
     return _message(line, [_context(line)])
+
+
+def revising_with_kept_replies(count: int) -> Message:
+    """Replies came in while a plan was made or a fix ran: the plan is revised with them."""
+    replies = "A reply" if count == 1 else f"{count} replies"
+    line = f":pencil2: {replies} came in meanwhile; revising the plan with them."
+    return _message("Revising the plan", [_section(line)])
 
 
 def question_message(question: str, approvers: Sequence[str], timeout_s: float) -> Message:

@@ -10,7 +10,7 @@ nothing else happens), then records the delivery id (a replay of a handled deliv
 - GitHub (`X-Hub-Signature-256: sha256=…`; `X-GitHub-Delivery`): a task's pull request
   closed (merged or not) tells its thread, and a merge starts the after-merge follow-up
   (`bot/aftermerge.py`); an `@fixbot approve` comment on it from an approver approves the
-  plan.
+  plan (only logins in `github_approvers`; no list: GitHub approvals are off).
 - Jira (`JIRA_WEBHOOK_SECRET`: Jira's own `X-Hub-Signature: sha256=…`, or the secret itself
   in `X-Fixbot-Webhook-Secret` or `?secret=`; `X-Atlassian-Webhook-Identifier`): an issue
   created with the `jira_label` label becomes a task.
@@ -129,7 +129,8 @@ class Webhooks:
             if task is None:
                 return _ignored("not a Fixbot pull request")
             login = str(_dig(payload, "comment", "user", "login") or "")
-            if not self._github_approver(login):
+            if not self.workflow.policy.is_github_approver(login):
+                # Only logins listed in github_approvers approve; no list: GitHub approvals off.
                 return web.json_response({"ok": False, "error": "not an approver"}, status=200)
             try:
                 await self.workflow.approve_as(task.id, f"{login} on GitHub")
@@ -137,12 +138,6 @@ class Webhooks:
                 return web.json_response({"ok": False, "error": str(error)})
             return _ok()
         return _ignored(f"event {event or 'unknown'} is not one Fixbot acts on")
-
-    def _github_approver(self, login: str) -> bool:
-        allowed = {name.lower() for name in self.settings.github_approvers}
-        if allowed:
-            return login.lower() in allowed
-        return not self.settings.approvers  # no list anywhere: anyone may approve
 
     # Jira
 
@@ -183,9 +178,9 @@ class Webhooks:
 
     def _jira_signed(self, request: web.Request, body: bytes) -> bool:
         secret = self.settings.jira_webhook_secret
-        if secret is None:
+        value = secret.get_secret_value() if secret is not None else ""
+        if not value:
             return False
-        value = secret.get_secret_value()
         signature = request.headers.get("X-Hub-Signature", "")
         if signature:
             return hmac.compare_digest(f"sha256={hmac_sha256(value, body)}", signature)
@@ -206,7 +201,9 @@ class Webhooks:
 
 
 def _hmac_or_none(secret: SecretStr | None, body: bytes) -> str | None:
-    return hmac_sha256(secret.get_secret_value(), body) if secret is not None else None
+    """The body's signature, or None when no secret is set (an empty one counts as unset)."""
+    value = secret.get_secret_value() if secret is not None else ""
+    return hmac_sha256(value, body) if value else None
 
 
 def _json(body: bytes) -> dict[str, Any] | None:

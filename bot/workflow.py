@@ -25,19 +25,29 @@ from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
 from agents.environment import prepare_environment
 from agents.execution import execution_step
+from agents.permissions import PLAN_FILE
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from agents.sandbox import Endpoint
 from agents.verify import Verification, verify_fix
-from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
+from agents.workspace import (
+    Workspaces,
+    Worktree,
+    branch_name,
+    changed_files,
+    commit_all,
+    discard_except,
+    push,
+)
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
-from bot.errors import DailyBudgetReached, InvalidTransition, NotAllowed, StepFailed
+from bot.errors import DailyBudgetReached, InvalidTransition, StepFailed
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
+from bot.policy import ApprovalPolicy
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, TaskContext, UnmappedProject
@@ -103,6 +113,7 @@ class Workflow:
         self.github = github
         self.jira = jira
         self.redact = redactor
+        self.policy = ApprovalPolicy.from_settings(settings)
         # Set by the worker pool of this process: wake idle workers for a new job; cancel a
         # task's running step here at once (other replicas notice at their next heartbeat).
         self.job_added: Callable[[], None] = lambda: None
@@ -186,7 +197,8 @@ class Workflow:
 
     async def approve(self, decision: Decision) -> Task:
         """Approve the current plan: queue execution, replace the buttons with who and when."""
-        self._check_approver(decision.user)
+        async with self.sessions() as session:
+            self.policy.check_approve(decision.user, await self._get(session, decision.task_id))
         return await self.approve_as(decision.task_id, decision.user, decision.plan_version)
 
     async def approve_as(self, task_id: int, actor: str, plan_version: int | None = None) -> Task:
@@ -205,7 +217,7 @@ class Workflow:
 
     async def reject(self, decision: Decision) -> Task:
         """Reject the current plan: the task ends and nothing more is pushed."""
-        self._check_approver(decision.user)
+        self.policy.check_decide(decision.user)
         task = await self.transition(
             decision.task_id,
             State.REJECTED,
@@ -219,17 +231,58 @@ class Workflow:
         await self._remove_worktree(task)
         return task
 
+    async def approve_test_changes(self, decision: Decision) -> Task:
+        """An approver accepts the fix's changes to how tests run: its draft pull request is
+        marked ready. Asked of the same policy as a plan's approval."""
+        async with self.sessions() as session:
+            task = await self._get(session, decision.task_id)
+            self.policy.check_approve(decision.user, task)
+            done_before = await session.scalar(
+                select(TaskEvent.id).where(
+                    TaskEvent.task_id == task.id,
+                    TaskEvent.detail["test_changes"].as_string() == "approved",
+                )
+            )
+        if done_before is not None:
+            raise InvalidTransition("These test changes were already approved; nothing changed.")
+        if task.state != State.DONE or task.pr_number is None or self.github is None:
+            raise InvalidTransition(_already(State(task.state)))
+        repo = self._repo(task)
+        owner, name = repo.name.split("/")
+        async with self.sessions.begin() as session:
+            session.add(
+                TaskEvent(
+                    task_id=task.id,
+                    from_state=State.DONE,
+                    to_state=State.DONE,
+                    actor=decision.user,
+                    detail={"test_changes": "approved"},
+                )
+            )
+        await self.github.mark_ready_for_review(owner, name, task.pr_number)
+        await self.threads.post(
+            task.channel_id,
+            views.test_changes_approved(decision.user, task.pr_url),
+            thread_ts=task.thread_ts,
+        )
+        return task
+
     async def retry(self, decision: Decision) -> Task:
         """Run a failed task's step again: execution when a plan was approved, else planning."""
         async with self.sessions() as session:
             task = await self._get(session, decision.task_id)
         approved = task.decided_by is not None and task.plan is not None
+        if approved and task.feedback:
+            # Replies since the approval: they revise the plan, which needs approval again.
+            to = State.REVISING
+        else:
+            to = State.APPROVED if approved else State.QUEUED
         task = await self.transition(
             decision.task_id,
-            State.APPROVED if approved else State.QUEUED,
+            to,
             actor=decision.user,
             expect={State.FAILED},
-            enqueue=EXECUTION if approved else PLANNING,
+            enqueue=EXECUTION if to == State.APPROVED else PLANNING,
         )
         await self.threads.post(
             task.channel_id,
@@ -250,14 +303,6 @@ class Workflow:
         )
         await self._update_parent(task)
         return task
-
-    def _check_approver(self, user: str) -> None:
-        approvers = self.settings.approvers
-        if approvers and user not in approvers:
-            raise NotAllowed(
-                "Only the approvers listed in Fixbot's settings can decide on plans; "
-                "nothing was changed."
-            )
 
     # The one transition function
 
@@ -471,9 +516,15 @@ class Workflow:
         worktree: Path,
         plan: Plan,
         markdown: str,
-        **values: Any,
+        *,
+        consumed: int = 0,
     ) -> Task:
-        """Publish a new plan version and post it with Approve / Reject."""
+        """Publish a new plan version and post it with Approve / Reject.
+
+        `consumed`: how many of the task's kept replies this plan took in. Replies that came
+        while it was made are not lost: they start a revision at once.
+        """
+        markdown = self.redact(markdown)
         plan_url = await self._publish_plan(task, repo, worktree, plan, markdown)
         task = await self.transition(
             task.id,
@@ -482,14 +533,35 @@ class Workflow:
                 "plan": plan.model_dump(),
                 "plan_markdown": markdown,
                 "plan_version": task.plan_version + 1,
-                **values,
             },
         )
+        async with self.sessions.begin() as session:
+            fresh = await self._get(session, task.id)
+            fresh.feedback = list(fresh.feedback or [])[consumed:]
+            task.feedback = kept = fresh.feedback
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
         plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         await self._save(task, plan_message_ts=plan_ts)
         await self._update_parent(task)
+        if kept:
+            await self._revise_with_kept(task, len(kept))
         return task
+
+    async def _revise_with_kept(self, task: Task, count: int) -> None:
+        try:
+            task = await self.transition(
+                task.id,
+                State.REVISING,
+                expect={State.AWAITING_APPROVAL},
+                enqueue=PLANNING,
+                detail={"kept_replies": count},
+            )
+        except InvalidTransition:
+            return  # someone replied or decided meanwhile: that took over
+        await self.threads.post(
+            task.channel_id, views.revising_with_kept_replies(count), thread_ts=task.thread_ts
+        )
+        await self._update_parent(task)
 
     async def _execute(self, task: Task, job: Job) -> None:
         if task.state == State.APPROVED:
@@ -513,7 +585,6 @@ class Workflow:
             ref=task.ref_key,
             repo=repo,
             plan_markdown=task.plan_markdown,
-            feedback=tuple(task.feedback or ()),
             plugins=(SKILLS,),
             mcp_servers=self._mcp_servers(read_only=False),
             budget_usd=self._budget_left(task),
@@ -533,7 +604,8 @@ class Workflow:
         )
         if not verification.ok:
             raise VerificationFailed(verification)
-        await commit_all(worktree.path, f"Fix {task.ref_key}: {task.title}"[:72])
+        await self._refuse_secret_values(worktree.path, task.base_commit)
+        await commit_all(worktree.path, self.redact(f"Fix {task.ref_key}: {task.title}"[:72]))
         pr_url = await self._deliver(task, repo, worktree.path, verification, started)
         task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
         done = views.done_message(
@@ -543,10 +615,25 @@ class Workflow:
             green_excerpt=Verification.excerpt(verification.green),
             cost_usd=task.cost_usd,
             duration_s=time.monotonic() - started,
+            test_changes=verification.test_changes,
+            approve_test_changes=bool(verification.test_changes) and task.pr_number is not None,
         )
         await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
         await self._update_parent(task)
         await self.workspaces.remove(worktree)
+
+    async def _refuse_secret_values(self, worktree: Path, base_commit: str) -> None:
+        """StepFailed when a file the agent left holds one of Fixbot's secret values: such a
+        file is never committed or pushed."""
+        for path in await changed_files(worktree, base_commit):
+            file = worktree / path
+            if file.is_file() and not file.is_symlink():
+                text = (await asyncio.to_thread(file.read_bytes)).decode(errors="replace")
+                if self.redact.holds_secret_value(text):
+                    raise StepFailed(
+                        f"`{path}` holds the value of one of Fixbot's own secrets, so nothing "
+                        "was committed or pushed. Remove it and retry, and rotate that secret."
+                    )
 
     async def _run_step(self, task: Task, job: Job, step: AgentStep, label: str) -> StepResult:
         """Run an agent step behind a live status message, and record it in agent_runs."""
@@ -663,8 +750,15 @@ class Workflow:
     async def _publish_plan(
         self, task: Task, repo: RepoConfig, worktree: Path, plan: Plan, markdown: str
     ) -> str | None:
-        """Make the full plan reachable: a draft pull request with GitHub, else a file."""
+        """Make the full plan reachable: a draft pull request with GitHub, else a file.
+
+        Only the plan leaves planning: whatever else is in the worktree is discarded and the
+        commit holds PLAN.md (redacted) and nothing else.
+        """
         assert task.branch and task.thread_ts
+        await discard_except(worktree, PLAN_FILE)
+        (worktree / PLAN_FILE).unlink(missing_ok=True)  # never written through a link
+        (worktree / PLAN_FILE).write_text(markdown)
         if self.github is None:
             await self.threads.upload(
                 task.channel_id,
@@ -674,7 +768,7 @@ class Workflow:
                 title=f"Plan for {task.ref_key}",
             )
             return None
-        await commit_all(worktree, f"Plan for {task.ref_key}")
+        await commit_all(worktree, self.redact(f"Plan for {task.ref_key}"), only=[PLAN_FILE])
         await self._push(repo, worktree, task.branch)
         owner, name = repo.name.split("/")
         thread_url = await self.threads.permalink(task.channel_id, task.thread_ts)
@@ -692,7 +786,7 @@ class Workflow:
             name,
             head=task.branch,
             base=repo.default_branch,
-            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            title=self.redact(f"Fix {task.ref_key}: {task.title}"[:200]),
             body=self.redact(body),
             draft=True,
         )
@@ -722,16 +816,18 @@ class Workflow:
             green=Verification.excerpt(verification.green),
             cost_usd=task.cost_usd,
             duration_s=time.monotonic() - started,
+            test_changes=verification.test_changes,
         )
         pull = await self.github.ensure_pull_request(
             owner,
             name,
             head=task.branch,
             base=repo.default_branch,
-            title=f"Fix {task.ref_key}: {task.title}"[:200],
+            title=self.redact(f"Fix {task.ref_key}: {task.title}"[:200]),
             body=self.redact(body),
         )
-        pull = await self.github.mark_ready_for_review(owner, name, pull.number)
+        if not verification.test_changes:  # else it stays a draft until they are approved
+            pull = await self.github.mark_ready_for_review(owner, name, pull.number)
         await self._save(task, pr_number=pull.number, pr_url=pull.html_url)
         summary = Plan.model_validate(task.plan).summary
         await self._tell_jira(
@@ -779,8 +875,7 @@ class Workflow:
 
     async def _publish_home_page(self, user: str, page: int) -> None:
         dashboard = await load_dashboard(self.sessions, user, self.settings, page)
-        approvers = self.settings.approvers
-        view = views.home_view(dashboard, user, is_approver=not approvers or user in approvers)
+        view = views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
         await self.threads.publish_home(user, view)
 
     # Helpers
@@ -945,9 +1040,11 @@ class Workflow:
         plan, markdown = read_plan(worktree.path, result)
         if markdown == task.plan_markdown:  # the agent returned the plan but left PLAN.md
             markdown = render_plan(plan)
-            (worktree.path / "PLAN.md").write_text(markdown)
+            (worktree.path / PLAN_FILE).write_text(markdown)
         await self._close_plan(task, views.decision_note("superseded", None, _now()))
-        await self._offer_plan(task, repo, worktree.path, plan, markdown, feedback=[])
+        await self._offer_plan(
+            task, repo, worktree.path, plan, markdown, consumed=len(given.feedback)
+        )
 
     def _with_ask_tool(self, task: Task, step: AgentStep) -> AgentStep:
         """Give a step the `ask_in_thread` tool, bound to this task's thread."""
@@ -991,8 +1088,7 @@ class Workflow:
         return None
 
     async def _answer_question(self, task: Task, user: str, text: str) -> bool:
-        approvers = self.settings.approvers
-        if approvers and user not in approvers:
+        if not self.policy.is_approver(user):
             return False
         async with self.sessions.begin() as session:
             open_id = await session.scalar(
@@ -1037,7 +1133,9 @@ class VerificationFailed(StepFailed):
     """Fixbot's own red→green check did not hold; nothing was pushed."""
 
     def __init__(self, verification: Verification) -> None:
-        failing = verification.suite or verification.green or verification.red
+        failing = (
+            verification.guarded or verification.suite or verification.green or verification.red
+        )
         super().__init__(
             f"Verification failed: {verification.reason}. Nothing was pushed.",
             output=failing.output if failing is not None else None,

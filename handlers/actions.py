@@ -1,4 +1,7 @@
-"""Buttons: Approve, Reject, Retry, Cancel. A refused click gets a polite ephemeral answer."""
+"""Buttons: Approve, Reject, Retry, Cancel, Approve test changes.
+
+A refused click gets a polite ephemeral answer.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
         "reject": workflow.reject,
         "retry": workflow.retry,
         "cancel": workflow.cancel,
+        "approve_test_changes": workflow.approve_test_changes,
     }
     for action_id, verb in verbs.items():
         app.action(action_id)(_button(verb))

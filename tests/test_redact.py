@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bot.config import Settings
 from bot.redact import REDACTED, Redactor, redact_blocks
 from bot.views import Message, failure_message, parent_message
 from storage.tables import Task
@@ -48,8 +49,28 @@ def test_known_value_is_hidden_inside_other_text_and_url_encoded() -> None:
     assert "p%40ss" not in out and value not in out
 
 
-def test_short_and_empty_values_are_ignored() -> None:
-    assert redact("a short note") == "a short note"
+def test_short_values_are_hidden_where_they_stand_alone() -> None:
+    assert redact("a short note, shorter") == f"a {REDACTED} note, shorter"
+    out = Redactor(["Zq7", ""])("key=Zq7 and Zq7x and https://h/?t=Zq7")
+    assert out == f"key={REDACTED} and Zq7x and https://h/?t={REDACTED}"
+
+
+def test_every_secret_setting_is_a_known_value_including_the_database_password() -> None:
+    settings = Settings(
+        slack_bot_token="xoxb-1",
+        slack_app_token="xapp-1",
+        database_url="postgresql+asyncpg://fixbot:pw9@db/fixbot",
+        github_webhook_secret="hk",
+        sentry_webhook_secret="",
+        jira_api_token="jira-api-token-value",
+    )
+    assert settings.sentry_webhook_secret is None  # empty counts as unset
+    values = set(settings.secret_values())
+    assert {"xoxb-1", "xapp-1", "pw9", "hk", "jira-api-token-value"} <= values
+    redactor = Redactor(values)
+    assert redactor.holds_secret_value("password pw9 in a file")
+    assert not redactor.holds_secret_value("pw99 is another word")
+    assert redactor("hk and xoxb-1") == f"{REDACTED} and {REDACTED}"
 
 
 def test_bearer_and_authorization_values() -> None:

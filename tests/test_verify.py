@@ -13,6 +13,7 @@ import pytest
 
 from agents import verify
 from agents.sandbox import Sandbox
+from agents.test_changes import infrastructure_changes
 from agents.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
 from agents.workspace import commit_all, git
 
@@ -225,3 +226,101 @@ async def test_verifications_of_one_repository_run_side_by_side(
     )
 
     assert [result.ok for result in results] == [True, True], [r.reason for r in results]
+
+
+# Changes to how tests run, and existing tests the fix broke or hid
+
+HIDE_FAILURES = """\
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "test_mean" in item.nodeid and "nothing" not in item.nodeid:
+        report.outcome = "passed"
+"""
+BREAKS_MEAN = "def mean(values):\n    return sum(values) / len(values) if values else 0.0 + 1\n"
+BREAKS_EXISTING = "def mean(values):\n    return 0.0 if not values else -1\n"
+
+
+async def test_only_test_sections_of_shared_settings_count(tmp_path: Path) -> None:
+    repo_path = tmp_path / "r"
+    repo_path.mkdir()
+    await git("init", "-q", "-b", "main", str(repo_path), cwd=tmp_path)
+    (repo_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    (repo_path / "setup.cfg").write_text("[metadata]\nname = x\n")
+    base = await commit_all(repo_path, "base")
+    (repo_path / "pyproject.toml").write_text('[project]\nname = "y"\n')
+    (repo_path / "setup.cfg").write_text("[metadata]\nname = y\n[tool:pytest]\naddopts = -x\n")
+    (repo_path / "sub").mkdir()
+    (repo_path / "sub" / "conftest.py").write_text("")
+    changes = await infrastructure_changes(
+        repo_path, base, ["pyproject.toml", "setup.cfg", "sub/conftest.py"]
+    )
+    assert changes == [
+        "`setup.cfg` test settings changed or added",
+        "`sub/conftest.py` changed or added",
+    ]
+
+    (repo_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-k x"\n')
+    changes = await infrastructure_changes(repo_path, base, ["pyproject.toml"])
+    assert changes == ["`pyproject.toml` test settings changed or added"]
+
+
+async def test_a_conftest_hiding_a_broken_test_is_caught(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(BREAKS_EXISTING)
+    (path / "conftest.py").write_text(HIDE_FAILURES)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+
+    assert result.suite is not None and result.suite.passed  # the hidden failure
+    assert not result.ok
+    assert "tests/test_stats.py::test_mean" in result.reason
+    assert result.guarded is not None and "test_mean" in result.guarded.output
+
+
+async def test_a_deleted_or_skipped_test_is_a_change_to_approve(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    skipped = EXISTING_TEST.replace(
+        "def test_mean", "import pytest\n\n\n@pytest.mark.skip\ndef test_mean"
+    )
+    (path / "tests" / "test_stats.py").write_text(skipped)
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+    assert result.ok, result.reason
+    assert result.test_changes == ["`tests/test_stats.py::test_mean` newly skipped"]
+
+    (path / "tests" / "test_stats.py").unlink()
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+    assert result.ok, result.reason
+    assert result.test_changes == ["`tests/test_stats.py` deleted"]
+
+
+async def test_a_test_that_disappears_fails_verification(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    (path / "tests" / "test_stats.py").write_text(EXISTING_TEST.replace("test_mean", "check_mean"))
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+    assert not result.ok
+    assert "tests/test_stats.py::test_mean" in result.reason and result.test_changes == []
+
+
+async def test_without_pytest_the_base_set_up_must_pass_as_a_whole(repo: tuple[Path, str]) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(BREAKS_EXISTING)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    (path / "conftest.py").write_text(HIDE_FAILURES)
+    # The same runner under a name Fixbot cannot tell is pytest (the shell removes the '').
+    disguised = TEST_COMMAND.replace("-m pytest", "-m py''test")
+    result = await verify_fix(path, base, disguised, timeout=120, sandbox=SANDBOX)
+    assert not result.ok
+    assert "base commit's test set-up" in result.reason
+    assert result.test_changes == ["`conftest.py` changed or added"]
