@@ -27,11 +27,19 @@ from agents.execution import execution_step
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from agents.verify import Verification, verify_fix
-from agents.workspace import Workspaces, Worktree, branch_name, commit_all, push
+from agents.workspace import Workspaces, Worktree, branch_name, commit_all, committed, push
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
-from bot.errors import DailyBudgetReached, InvalidTransition, NotAllowed, StepFailed
+from bot.errors import (
+    BadReference,
+    DailyBudgetReached,
+    InvalidTransition,
+    NotAllowed,
+    Postponed,
+    StepFailed,
+    Transient,
+)
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
@@ -41,6 +49,7 @@ from bot.redact import Redactor
 from bot.sources import Sources, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import QUEUED, JobQueue
+from storage.queue import RUNNING as JOB_RUNNING
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
 
 log = logging.getLogger(__name__)
@@ -145,9 +154,15 @@ class Workflow:
             parent_ts = await self.threads.post(
                 channel, views.parent_message(task), thread_ts=thread_ts
             )
-        except SlackUnavailable as error:
-            await self.transition(task.id, State.FAILED, values={"failure": str(error)})
-            raise
+        except Exception as error:
+            # No thread, no job: the task ends here rather than waiting forever unseen.
+            reason = str(error) if isinstance(error, SlackUnavailable) else f"Slack: {error}"
+            await self.transition(task.id, State.FAILED, values={"failure": reason})
+            if isinstance(error, SlackUnavailable):
+                raise
+            raise SlackUnavailable(
+                f"Slack did not take the task's first message ({error}); nothing was started."
+            ) from error
         placed = {"parent_ts": parent_ts} if thread_ts else {"thread_ts": parent_ts}
         async with self.sessions.begin() as session:
             await session.execute(update(Task).where(Task.id == task.id).values(**placed))
@@ -319,6 +334,8 @@ class Workflow:
                 await self._plan(task, job)
             else:
                 await self._execute(task, job)
+        except (Transient, Postponed):
+            raise  # the pool tries again later
         except InvalidTransition:
             log.info("job %s for task %s is stale; skipping", job.id, task.id)
         except UnmappedProject as error:
@@ -327,6 +344,8 @@ class Workflow:
             )
         except StepFailed as error:
             await self.fail(task.id, str(error), output=error.output)
+        except (IntegrationError, BadReference) as error:  # refused for good, in its words
+            await self.fail(task.id, str(error))
 
     async def _check_daily_budget(self, task: Task) -> None:
         """A step may not start once today's spend reached the daily budget: it waits."""
@@ -387,6 +406,53 @@ class Workflow:
                 task_id,
                 f"The step waited in the queue for more than {limits.queued_ttl_hours:g} h.",
             )
+        await self._requeue_orphans(now - timedelta(seconds=2 * limits.job_lease_s))
+
+    async def _requeue_orphans(self, quiet_since: datetime) -> None:
+        """Active tasks with no queued or running job (a failure that could not be told, a
+        crash between two writes): queue their step again, or fail them when there is no
+        thread to work in. Only tasks whose last job ended before `quiet_since` count."""
+        live = select(Job.id).where(Job.task_id == Task.id, Job.status.in_([QUEUED, JOB_RUNNING]))
+        last_end = (
+            select(Job.finished_at)
+            .where(Job.task_id == Task.id)
+            .order_by(Job.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self.sessions() as session:
+            orphans = list(
+                await session.scalars(
+                    select(Task.id).where(
+                        Task.state.in_([state.value for state in ACTIVE]),
+                        ~live.exists(),
+                        Task.created_at < quiet_since,
+                        (last_end.is_(None)) | (last_end < quiet_since),
+                    )
+                )
+            )
+        for task_id in orphans:
+            kind = await self._requeue_orphan(task_id)
+            if kind is None:
+                await self.fail(task_id, "Fixbot lost track of this task before its thread began.")
+            else:
+                log.warning("task %s had no job; its %s step is queued again", task_id, kind)
+                self.job_added()
+
+    async def _requeue_orphan(self, task_id: int) -> str | None:
+        """Queue the step an orphaned task is in; None when it never got a thread."""
+        async with self.sessions.begin() as session:
+            # The row lock makes replicas' sweeps take turns (PostgreSQL; SQLite has one writer).
+            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+            if task is None or task.thread_ts is None:
+                return None
+            if await session.scalar(
+                select(Job.id).where(Job.task_id == task_id, Job.status.in_([QUEUED, JOB_RUNNING]))
+            ):
+                return "running"  # a job appeared meanwhile
+            kind = EXECUTION if task.state in (State.APPROVED, State.EXECUTING) else PLANNING
+            JobQueue.enqueue(session, task_id, kind, task.priority)
+            return kind
 
     async def fail(
         self,
@@ -468,8 +534,14 @@ class Workflow:
         return task
 
     async def _execute(self, task: Task, job: Job) -> None:
+        """Run the execution step. Each side effect checks what already happened, so a step
+        resumed after a crash at any point completes once: the fix commit already on the
+        branch skips the agent, the push and pull request are idempotent, and a task
+        already DONE only lacks its final thread message."""
         if task.state == State.APPROVED:
             task = await self.transition(task.id, State.EXECUTING, detail={"job": job.id})
+        elif task.state == State.DONE and task.done_message_ts is None:
+            pass  # a crash came between DONE and the final message
         elif task.state != State.EXECUTING:
             raise InvalidTransition(_already(State(task.state)))
         await self._update_parent(task)
@@ -477,19 +549,21 @@ class Workflow:
         assert task.branch and task.base_commit and task.plan_markdown and task.plan
         worktree = await self.workspaces.prepare(repo, task.branch)
         started = time.monotonic()
-        step = execution_step(
-            worktree.path,
-            ref=task.ref_key,
-            repo=repo,
-            plan_markdown=task.plan_markdown,
-            feedback=tuple(task.feedback or ()),
-            plugins=(SKILLS,),
-            mcp_servers=self._mcp_servers(read_only=False),
-            budget_usd=self._budget_left(task),
-        )
-        result = await self._run_step(task, job, step, "Execution")
-        if result.outcome != "success":
-            raise StepFailed(f"The execution agent stopped early ({result.outcome}).")
+        message = f"Fix {task.ref_key}: {task.title}"[:72]
+        if await committed(worktree.path, message) is None:
+            step = execution_step(
+                worktree.path,
+                ref=task.ref_key,
+                repo=repo,
+                plan_markdown=task.plan_markdown,
+                feedback=tuple(task.feedback or ()),
+                plugins=(SKILLS,),
+                mcp_servers=self._mcp_servers(read_only=False),
+                budget_usd=self._budget_left(task),
+            )
+            result = await self._run_step(task, job, step, "Execution")
+            if result.outcome != "success":
+                raise StepFailed(f"The execution agent stopped early ({result.outcome}).")
         verification = await verify_fix(
             worktree.path,
             task.base_commit,
@@ -498,9 +572,10 @@ class Workflow:
         )
         if not verification.ok:
             raise VerificationFailed(verification)
-        await commit_all(worktree.path, f"Fix {task.ref_key}: {task.title}"[:72])
+        await commit_all(worktree.path, message)
         pr_url = await self._deliver(task, repo, worktree.path, verification, started)
-        task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
+        if task.state != State.DONE:
+            task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
         done = views.done_message(
             task,
             pr_url=pr_url,
@@ -509,7 +584,8 @@ class Workflow:
             cost_usd=task.cost_usd,
             duration_s=time.monotonic() - started,
         )
-        await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
+        done_ts = await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
+        await self._save(task, done_message_ts=done_ts)
         await self._update_parent(task)
         await self.workspaces.remove(worktree)
 
@@ -930,10 +1006,15 @@ class Workflow:
         """Post an agent's question in the thread; the answer, or None after the timeout."""
         timeout = self.settings.question_timeout_s
         message = views.question_message(question, self.settings.approvers, timeout)
+        # Saved before it is posted: a reply that comes at once finds an open question.
+        async with self.sessions.begin() as session:
+            asked = Question(task_id=task.id, question=question)
+            session.add(asked)
         ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         async with self.sessions.begin() as session:
-            asked = Question(task_id=task.id, question=question, message_ts=ts)
-            session.add(asked)
+            await session.execute(
+                update(Question).where(Question.id == asked.id).values(message_ts=ts)
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(QUESTION_POLL_S)
