@@ -145,9 +145,9 @@ async def _checks() -> AsyncIterator[Check]:
     redact = Redactor(settings.secret_values())
     yield _check_claude_credentials(settings)
     for name, probe in (
-        ("slack bot token", _check_slack_bot),
-        ("slack app token", _check_slack_app),
-        ("database", _check_database),
+        ("slack bot token", check_slack_bot),
+        ("slack app token", check_slack_app),
+        ("database", check_database),
     ):
         yield await _guarded(name, probe(settings), redact)
     if not settings.repos:
@@ -225,7 +225,7 @@ def _check_claude_credentials(settings: Settings) -> Check:
     )
 
 
-async def _check_slack_bot(settings: Settings) -> Check:
+async def check_slack_bot(settings: Settings) -> Check:
     from slack_sdk.web.async_client import AsyncWebClient
 
     client = AsyncWebClient(
@@ -247,7 +247,7 @@ async def _check_slack_bot(settings: Settings) -> Check:
     return Check(True, "slack bot token", f"auth.test: @{auth.get('user')} in {auth.get('team')}")
 
 
-async def _check_slack_app(settings: Settings) -> Check:
+async def check_slack_app(settings: Settings) -> Check:
     from slack_sdk.web.async_client import AsyncWebClient
 
     client = AsyncWebClient(base_url=settings.slack_api_url, timeout=int(CHECK_TIMEOUT_S))
@@ -265,7 +265,7 @@ async def _check_slack_app(settings: Settings) -> Check:
     return Check(True, "slack app token", "apps.connections.open: Socket Mode can connect")
 
 
-async def _check_database(settings: Settings) -> Check:
+async def check_database(settings: Settings) -> Check:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
