@@ -14,9 +14,16 @@ import signal
 import socket
 import sqlite3
 import time
+from typing import Any
 
+from sqlalchemy import text
 from test_cli import fixbot
-from world import World, seed_sentry_issue
+from test_conversation import buttons as fixbot_buttons
+from test_conversation import post_alert, sentry_alert
+from test_core_loop import buttons, script_execution, script_planning, start_plan, thread_texts
+from world import CHANNEL, World, seed_sentry_issue
+
+from storage.db import create_engine
 
 
 def free_port() -> int:
@@ -106,3 +113,111 @@ async def test_tasks_create_with_slack_down_leaves_no_orphan(world: World) -> No
         tasks = connection.execute("select state, thread_ts from tasks").fetchall()
         jobs = connection.execute("select count(*) from jobs").fetchone()
     assert tasks == [("failed", None)] and jobs == (0,)
+
+
+# Services answering 503 and 429 for a while
+
+
+async def test_sentry_github_and_slack_errors_are_waited_out(world: World) -> None:
+    seed_sentry_issue(world)
+    script_planning(world)
+    script_execution(world)
+    world.sentry.faults.fail(503, times=2)  # the first two planning attempts cannot resolve
+    world.slack.force_429("chat.postMessage", retry_after=1, times=2)
+    await world.start_app()
+    started = time.monotonic()
+    thread_ts, plan = await start_plan(world)
+    planned_s = time.monotonic() - started
+    texts = thread_texts(world, thread_ts)
+    assert any("passing reason" in t and "HTTP 503" in t and "attempt 3" in t for t in texts)
+
+    world.github.faults.fail(503, times=1, method="GET", path="/pulls")  # at delivery
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
+        timeout=120,
+        what="the pull request after GitHub's 503",
+    )
+    delivered_s = time.monotonic() - started
+    texts = thread_texts(world, thread_ts)
+    assert any("execution step failed for a passing reason" in t for t in texts), texts
+    assert not any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
+    assert world.sentry.faults.failed == 2 and world.github.faults.failed == 1
+    pulls = world.github.pulls("acme/shop")
+    assert len(pulls) == 1 and not pulls[0].draft
+    assert world.model.unexpected == []  # the resumed execution did not run the agent again
+    print(
+        f"503/429 waited out: plan after {planned_s:.1f} s, pull request after {delivered_s:.1f} s"
+    )
+
+
+# The same trigger twice
+
+
+async def test_the_same_envelope_delivered_twice_makes_one_task(world: World) -> None:
+    seed_sentry_issue(world)
+    seed_sentry_issue(world, "SHOP-2")
+    script_planning(world)
+    script_planning(world, "SHOP-2")
+    await world.start_app()
+    ack = await world.slack.slash_command("SHOP-1")
+    again = await world.slack.deliver_again(ack.envelope_id)
+    assert again.retry_attempt == 1
+    await world.slack.mention(CHANNEL, "<@UFIXBOT> fix SHOP-2", user="U_ALICE")
+    mention_ack = world.slack.acks[-1]
+    await world.slack.deliver_again(mention_ack.envelope_id)
+    await world.slack.wait_for(
+        lambda: sum(bool(buttons(m)) for m in all_thread_messages(world)) == 2,
+        timeout=90,
+        what="two plans",
+    )
+    with db(world) as connection:
+        refs = [ref for (ref,) in connection.execute("select ref_key from tasks order by id")]
+    assert refs == ["SHOP-1", "SHOP-2"]
+    assert len(world.slack.messages(CHANNEL)) == 2  # SHOP-1's thread and the mention's
+    assert world.app_log().count("slack trigger") == 2  # each second delivery, ignored
+
+
+def all_thread_messages(world: World) -> list[dict[str, Any]]:
+    return [
+        message
+        for parent in world.slack.messages(CHANNEL)
+        for message in world.slack.thread(CHANNEL, parent["ts"])
+    ]
+
+
+async def test_plan_a_fix_clicked_on_two_replicas_makes_one_task(
+    world: World, postgres_database: str
+) -> None:
+    world.env["DATABASE_URL"] = postgres_database
+    issue_id = seed_sentry_issue(world)
+    script_planning(world)
+    await world.start_app(replica=0, wait=False)
+    await world.start_app(replica=1, wait=False)
+    await world.slack.wait_connected(n=2, timeout=60)
+    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
+    offer = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, alert_ts) if fixbot_buttons(m)), None),
+        what="the Plan a fix offer",
+    )
+    # Envelopes go to the open connections in turn: one click reaches each replica.
+    await asyncio.gather(
+        world.slack.click_button(CHANNEL, offer["ts"], "plan_alert", user="U_BOB"),
+        world.slack.click_button(CHANNEL, offer["ts"], "plan_alert", user="U_CAROL"),
+    )
+    await world.slack.wait_for(
+        lambda: any(
+            fixbot_buttons(m)[:1] == ["Approve"] for m in world.slack.thread(CHANNEL, alert_ts)
+        ),
+        timeout=90,
+        what="the plan",
+    )
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.connect() as connection:
+            tasks = (await connection.execute(text("select count(*) from tasks"))).scalar()
+    finally:
+        await engine.dispose()
+    assert tasks == 1
+    refused = [e["text"] for e in world.slack.ephemerals()]
+    assert any("already under way" in text for text in refused), refused
