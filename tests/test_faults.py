@@ -9,13 +9,17 @@ done twice, every failure told. Figures are printed (`pytest -s`) for benchmarks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from test_cli import fixbot
 from test_conversation import buttons as fixbot_buttons
@@ -221,3 +225,106 @@ async def test_plan_a_fix_clicked_on_two_replicas_makes_one_task(
     assert tasks == 1
     refused = [e["text"] for e in world.slack.ephemerals()]
     assert any("already under way" in text for text in refused), refused
+
+
+# kill -9 between two side effects
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Every process below `root_pid` (git runs in sessions of its own)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    frontier = [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found += children
+        frontier += children
+    return found
+
+
+async def crash(world: World) -> None:
+    """kill -9 the app and everything it started, as a power cut does."""
+    assert world.process is not None
+    for pid in [world.process.pid, *descendants(world.process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await world.stop_app()
+
+
+PRE_RECEIVE_WAIT = """#!/bin/sh
+touch "{reached}"
+while [ ! -f "{released}" ]; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize(
+    "point", ["after the fix commit", "after the push", "after the PR", "before the final message"]
+)
+async def test_kill_9_between_side_effects_ends_with_one_pull_request(
+    world: World, point: str
+) -> None:
+    world.config["limits"].update(job_lease_s=2, sweep_interval_s=0.5)
+    seed_sentry_issue(world)
+    script_planning(world)
+    script_execution(world)  # once: a resumed step finds the fix committed and skips the agent
+    await world.start_app()
+    thread_ts, plan = await start_plan(world)
+
+    reached = world.root / "push-reached"
+    hook = world.origin / "hooks" / "pre-receive"
+    held = None
+    if point == "after the fix commit":  # the push waits in the remote's hook
+        hook.write_text(PRE_RECEIVE_WAIT.format(reached=reached, released=world.root / "never"))
+        hook.chmod(0o755)
+    elif point == "after the push":  # looking for the pull request waits
+        held = world.github.faults.hold("GET", "/pulls")
+    else:  # making the pull request ready waits
+        held = world.github.faults.hold("POST", "/graphql")
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
+    if held is None:
+        await world.slack.wait_for(reached.exists, timeout=120, what="the push in the hook")
+    else:
+        await asyncio.wait_for(held.reached.wait(), 120)
+    if point == "before the final message":
+        # The next message is the final one: Slack holds it back long enough to crash.
+        world.slack.force_429("chat.postMessage", retry_after=300, times=1)
+        held.release()  # type: ignore[union-attr]
+        await world.slack.wait_for(
+            lambda: any(
+                method == "chat.postMessage" and "Pull request ready" in str(args.get("text"))
+                for method, args in world.slack.calls
+            ),
+            timeout=60,
+            what="the final message on its way",
+        )
+    await crash(world)
+    hook.unlink(missing_ok=True)
+    if held is not None:
+        held.release()
+
+    restarted = time.monotonic()
+    await world.start_app()
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
+        timeout=120,
+        what="the pull request after the restart",
+    )
+    recovery_s = time.monotonic() - restarted
+    await world.stop_app()  # nothing more may come: a second message would show below
+    messages = world.slack.thread(CHANNEL, thread_ts)
+    finals = [m for m in messages if "Pull request ready" in m["text"]]
+    assert len(finals) == 1, [m["text"] for m in messages]
+    assert not any("Retry" in buttons(m) for m in messages)
+    pulls = world.github.pulls("acme/shop")
+    assert len(pulls) == 1 and not pulls[0].draft
+    assert world.model.unexpected == []
+    with db(world) as connection:
+        state = connection.execute("select state, done_message_ts from tasks").fetchone()
+    assert state == ("done", finals[0]["ts"])
+    print(f"kill -9 {point}: recovered in {recovery_s:.1f} s, 1 PR, 1 final message")
