@@ -628,9 +628,10 @@ class Workflow:
         try:
             result = await run_agent_step(step, self.agent_env, on_event, on_session)
         except BaseException as error:
-            await status.finish(
-                "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
-            )
+            cancelled = isinstance(error, asyncio.CancelledError)
+            if cancelled and await self.queue.lease_lost(job.id):
+                raise  # the step is another worker's now: its status and run are not ours
+            await status.finish("cancelled" if cancelled else "failed")
             # A failed resume is not tried again: the next attempt starts the step afresh.
             await self._record_run(task, job, step.name, None, started, str(error), run_id)
             await self._save(task, status_message_ts=None)

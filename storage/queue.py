@@ -159,6 +159,17 @@ class JobQueue:
             )
             return int(count or 0)
 
+    async def lease_lost(self, job_id: int) -> bool:
+        """Whether another worker took this job over (a cancelled job is not lost: it ended)."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(select(Job.status, Job.lease_owner).where(Job.id == job_id))
+            ).one_or_none()
+        if row is None:
+            return True
+        status, owner = row
+        return status != CANCELLED and not (status == RUNNING and owner == self.owner)
+
     async def status_of(self, job_id: int) -> str | None:
         async with self.sessions() as session:
             return await session.scalar(select(Job.status).where(Job.id == job_id))

@@ -19,13 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fakes.anthropic import pause, structured
+from fakes.proxy import LineProxy
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from test_cli import fixbot
 from test_conversation import buttons as fixbot_buttons
 from test_conversation import post_alert, sentry_alert
 from test_core_loop import buttons, script_execution, script_planning, start_plan, thread_texts
-from world import CHANNEL, World, seed_sentry_issue
+from world import CHANNEL, World, plan_data, seed_sentry_issue
 
 from storage.db import create_engine
 
@@ -328,3 +332,119 @@ async def test_kill_9_between_side_effects_ends_with_one_pull_request(
         state = connection.execute("select state, done_message_ts from tasks").fetchone()
     assert state == ("done", finals[0]["ts"])
     print(f"kill -9 {point}: recovered in {recovery_s:.1f} s, 1 PR, 1 final message")
+
+
+# A replica paused past its lease
+
+
+def replica_running(world: World, text: str) -> int | None:
+    return next((r for r in world.processes if text in world.app_log(r)), None)
+
+
+async def test_a_replica_paused_past_its_lease_leaves_the_job_to_the_one_that_took_it(
+    world: World, postgres_database: str
+) -> None:
+    world.env["DATABASE_URL"] = postgres_database
+    world.config["limits"].update(job_lease_s=3, sweep_interval_s=0.5)
+    seed_sentry_issue(world)
+    planning = world.model.script(
+        [
+            [pause(600), structured(plan_data())],  # the paused replica's turn, never answered
+            [pause(3), structured(plan_data())],  # the resumed session, on the other replica
+        ],
+        match="Plan a fix for SHOP-1",
+    )
+    for replica in (0, 1):
+        await world.start_app(replica=replica, wait=False)
+    await world.slack.wait_connected(n=2, timeout=60)
+    await world.slack.slash_command("SHOP-1")
+    await world.slack.wait_for(lambda: planning.served == 1, timeout=60, what="the first turn")
+    paused = replica_running(world, "planning step started")
+    assert paused is not None
+    other = 1 - paused
+    os.killpg(world.processes[paused].pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        await wait_for_log(world, "planning step started", replica=other)
+        taken_over_s = time.monotonic() - stopped
+    finally:
+        os.killpg(world.processes[paused].pid, signal.SIGCONT)
+    await wait_for_log(world, "lease lost", replica=paused)
+    parent = world.slack.messages(CHANNEL)[0]
+    await world.slack.wait_for(
+        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, parent["ts"])),
+        timeout=60,
+        what="the plan from the replica that took over",
+    )
+    done_s = time.monotonic() - stopped
+    await world.stop_app()
+    thread = world.slack.thread(CHANNEL, parent["ts"])
+    assert sum(bool(buttons(m)) for m in thread) == 1
+    assert not any("cancelled" in m["text"].lower() for m in thread)
+    assert "lease lost" not in world.app_log(other)
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.connect() as connection:
+            jobs = (await connection.execute(text("select status from jobs"))).all()
+            state = (await connection.execute(text("select state from tasks"))).scalar()
+    finally:
+        await engine.dispose()
+    assert [status for (status,) in jobs] == ["done"] and state == "awaiting_approval"
+    print(
+        f"replica paused past its lease: taken over after {taken_over_s:.1f} s, "
+        f"plan after {done_s:.1f} s, 0 lost, 0 duplicates"
+    )
+
+
+# The database away mid-step
+
+
+async def test_the_database_away_for_10_s_mid_step_loses_no_task(
+    world: World, postgres_database: str
+) -> None:
+    real = make_url(postgres_database)
+    assert real.host and real.port
+    async with LineProxy(real.host, real.port) as line:
+        world.env["DATABASE_URL"] = real.set(port=line.port).render_as_string(hide_password=False)
+        port = free_port()
+        world.env["FIXBOT_HTTP_PORT"] = str(port)
+        world.config["concurrency"] = {"planning": 1, "execution": 1}
+        world.config["limits"].update(job_lease_s=5, sweep_interval_s=0.5)
+        refs = ["SHOP-1", "SHOP-2", "SHOP-3"]
+        for ref in refs:
+            seed_sentry_issue(world, ref)
+        first = world.model.script(
+            [[pause(3), structured(plan_data())], [structured(plan_data())]],
+            match="Plan a fix for SHOP-1",
+        )
+        for ref in refs[1:]:
+            script_planning(world, ref)
+        await world.start_app()
+        for ref in refs:
+            await world.slack.slash_command(ref)
+        await world.slack.wait_for(lambda: first.served == 1, timeout=60, what="SHOP-1 planning")
+        await line.cut()  # while the step waits for its answer, then records it
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await wait_for_log(world, "failed; trying again in")  # a worker waits it out
+            assert (await client.get("/readyz")).status_code == 503
+            await asyncio.sleep(10)  # the outage itself
+            await line.restore()
+            restored = time.monotonic()
+            parents = world.slack.messages(CHANNEL)
+            await world.slack.wait_for(
+                lambda: all(
+                    any(buttons(m) for m in world.slack.thread(CHANNEL, p["ts"])) for p in parents
+                ),
+                timeout=180,
+                what="every task's plan",
+            )
+            recovery_s = time.monotonic() - restored
+            ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert len(parents) == 3
+        for parent in parents:
+            thread = world.slack.thread(CHANNEL, parent["ts"])
+            assert sum(bool(buttons(m)) for m in thread) == 1
+            assert not any("Retry" in buttons(m) for m in thread)
+        assert "Traceback" not in world.app_log()
+    print(f"database away 10 s mid-step: all 3 plans {recovery_s:.1f} s after it came back")
