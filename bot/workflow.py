@@ -503,7 +503,9 @@ class Workflow:
         plan, markdown = read_plan(worktree.path, result)
         task = await self._offer_plan(task, repo, worktree.path, plan, markdown)
         await self._tell_jira(
-            task, f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}"
+            task,
+            f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}",
+            marker=f"plan v{task.plan_version}",
         )
 
     async def _offer_plan(
@@ -568,7 +570,7 @@ class Workflow:
             worktree.path,
             task.base_commit,
             repo.test_command,
-            timeout=self.settings.limits.execution_timeout_s,
+            timeout=self.settings.limits.test_run_timeout_s,
         )
         if not verification.ok:
             raise VerificationFailed(verification)
@@ -779,16 +781,26 @@ class Workflow:
         await self._tell_jira(
             task,
             f"Fixbot opened a pull request: {pull.html_url}\n\n{summary}",
+            marker="pull request",
             transition=self.settings.jira_transition,
         )
         return pull.html_url
 
-    async def _tell_jira(self, task: Task, text: str, *, transition: str | None = None) -> None:
-        """Comment on (and move) the task's Jira issue; a Jira failure is told, not fatal."""
+    async def _tell_jira(
+        self, task: Task, text: str, *, marker: str, transition: str | None = None
+    ) -> None:
+        """Comment on (and move) the task's Jira issue; a Jira failure is told, not fatal.
+
+        The comment ends with a marker naming the task and what it reports, so a resumed
+        step that finds its marker there does not comment twice.
+        """
         if self.jira is None or task.ref_kind != RefKind.JIRA:
             return
+        signed = f"(Fixbot task {task.id}: {marker})"
         try:
-            await self.jira.add_comment(task.ref_key, self.redact(text))
+            said = await self.jira.comments(task.ref_key)
+            if not any(signed in comment.body for comment in said):
+                await self.jira.add_comment(task.ref_key, f"{self.redact(text)}\n\n{signed}")
             if transition:
                 await self.jira.transition(task.ref_key, transition)
         except IntegrationError as error:
