@@ -448,3 +448,25 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
             assert not any("Retry" in buttons(m) for m in thread)
         assert "Traceback" not in world.app_log()
     print(f"database away 10 s mid-step: all 3 plans {recovery_s:.1f} s after it came back")
+
+
+# What people type is kept whole
+
+
+async def test_a_reference_longer_than_200_characters_is_kept_whole(
+    world: World, postgres_database: str
+) -> None:
+    world.env["DATABASE_URL"] = postgres_database
+    await world.start_app()
+    words = "checkout totals go negative when the discount is a whole percent " * 5
+    ack = await world.slack.slash_command(f"repo:acme/shop {words}")
+    assert ack.latency_s < 3
+    await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1], what="the thread")
+    await world.stop_app()
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.connect() as connection:
+            ref_key = (await connection.execute(text("select ref_key from tasks"))).scalar()
+    finally:
+        await engine.dispose()
+    assert ref_key == words.strip() and len(ref_key) > 200
