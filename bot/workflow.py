@@ -51,6 +51,7 @@ from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import QUEUED, JobQueue
 from storage.queue import RUNNING as JOB_RUNNING
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
+from storage.triggers import forget_before
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ RESUME_PROMPT = (
     "Fixbot was interrupted while you worked on this step. Continue from where you "
     "stopped: check what is already done (files, test runs) and finish the step."
 )
+SLACK_TRIGGER_MEMORY = timedelta(days=1)  # how long a Slack event id is kept to spot repeats
 QUESTION_POLL_S = 0.5  # how often a waiting agent question looks for an answer
 SKILLS = Path(__file__).resolve().parent.parent / "skills"
 
@@ -407,6 +409,8 @@ class Workflow:
                 f"The step waited in the queue for more than {limits.queued_ttl_hours:g} h.",
             )
         await self._requeue_orphans(now - timedelta(seconds=2 * limits.job_lease_s))
+        # Slack redelivers within minutes; every event it sends is recorded (handlers/triggers).
+        await forget_before(self.sessions, "slack", now - SLACK_TRIGGER_MEMORY)
 
     async def _requeue_orphans(self, quiet_since: datetime) -> None:
         """Active tasks with no queued or running job (a failure that could not be told, a

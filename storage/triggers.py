@@ -9,7 +9,9 @@ replica, finds it there.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,3 +31,15 @@ async def first_delivery(sessions: async_sessionmaker[AsyncSession], source: str
         log.info("%s trigger %s seen before; ignored", source, key)
         return False
     return True
+
+
+async def forget_before(
+    sessions: async_sessionmaker[AsyncSession], source: str, before: datetime
+) -> None:
+    """Drop `source`'s triggers recorded before `before`: their redeliveries are long over."""
+    async with sessions.begin() as session:
+        await session.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.source == source, WebhookDelivery.received_at < before
+            )
+        )
