@@ -641,7 +641,10 @@ class LocalSlack:
         )
         self._envelopes[envelope_id] = envelope
         await self._send_to_some_socket(envelope.to_json())
-        return await asyncio.wait_for(envelope.acked, self.ack_timeout * (MAX_RETRIES + 1))
+        ack = await asyncio.wait_for(envelope.acked, self.ack_timeout)
+        if ack is None:
+            raise AssertionError(f"the envelope sent again was not acknowledged\n{self.describe()}")
+        return ack
 
     def rate_limit(self, method: str, per_minute: float | None = None) -> None:
         """Answer 429 when ``method`` goes over its published tier (or ``per_minute``).
