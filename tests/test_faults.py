@@ -434,7 +434,7 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
             await world.slack.wait_for(
                 lambda: all(
                     any(buttons(m) for m in world.slack.thread(CHANNEL, p["ts"])) for p in parents
-                ),
+                ),  # a plan, or a failure with Retry: both end the wait, only one passes
                 timeout=180,
                 what="every task's plan",
             )
@@ -444,8 +444,8 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
         assert len(parents) == 3
         for parent in parents:
             thread = world.slack.thread(CHANNEL, parent["ts"])
-            assert sum(bool(buttons(m)) for m in thread) == 1
-            assert not any("Retry" in buttons(m) for m in thread)
+            texts = [m["text"] for m in thread]
+            assert [buttons(m)[:2] for m in thread if buttons(m)] == [["Approve", "Reject"]], texts
         assert "Traceback" not in world.app_log()
     print(f"database away 10 s mid-step: all 3 plans {recovery_s:.1f} s after it came back")
 
