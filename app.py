@@ -15,11 +15,11 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
@@ -173,23 +173,17 @@ async def _check_slack(settings: Settings, client: AsyncWebClient) -> str:
     """The workspace's name; a refused token is CannotStart, an unreachable Slack a warning."""
     from bot.cli import check_slack_app, check_slack_bot
 
-    app_token = settings.slack_app_token.get_secret_value()
-    workspace = ""
-    calls: list[tuple[Callable[[], Awaitable[Any]], Callable[[Settings], Awaitable[Any]]]] = [
-        (client.auth_test, check_slack_bot),
-        (lambda: client.apps_connections_open(app_token=app_token), check_slack_app),
-    ]
-    for call, check in calls:
-        try:
-            answer = await call()
-        except Exception as error:
-            if isinstance(error, SlackApiError) and transient(error) is None:
-                raise CannotStart((await check(settings)).detail) from None
+    try:
+        auth = await client.auth_test()
+        await client.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
+    except Exception as error:
+        if not isinstance(error, SlackApiError) or transient(error) is not None:
             log.warning("Slack does not answer yet (%s); connecting in the background", error)
             return "unknown (Slack not reached yet)"
-        if check is check_slack_bot:
-            workspace = f"{answer.get('team')} ({answer.get('url')})"
-    return workspace
+        refused_bot = error.response.api_url.endswith("auth.test")
+        check = check_slack_bot if refused_bot else check_slack_app
+        raise CannotStart((await check(settings)).detail) from None
+    return f"{auth.get('team')} ({auth.get('url')})"
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

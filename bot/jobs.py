@@ -181,10 +181,7 @@ class WorkerPool:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            try:
-                await counted.finish(self.queue.sessions, job)
-            except Exception as error:
-                log.warning("job %s: step metrics not recorded: %s", job.id, error)
+            await counted.finish(self.queue.sessions, job)
             log.info("%s step ended: %s", job.kind, counted.status, extra={"data": {"job": job.id}})
 
     async def _run_and_record(self, job: Job, timeout: float, counted: metrics.StepMetrics) -> None:  # noqa: ASYNC109
