@@ -9,6 +9,7 @@ coroutine, so any replica can run any step and a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -437,8 +438,11 @@ class Workflow:
             )
         for task_id in orphans:
             kind = await self._requeue_orphan(task_id)
-            if kind is None:
-                await self.fail(task_id, "Fixbot lost track of this task before its thread began.")
+            if kind is None:  # no thread to say it in; the person was answered at the time
+                reason = "Fixbot lost track of this task before its thread began."
+                log.warning("task %s: %s", task_id, reason)
+                with contextlib.suppress(InvalidTransition):  # it moved on meanwhile
+                    await self.transition(task_id, State.FAILED, values={"failure": reason})
             else:
                 log.warning("task %s had no job; its %s step is queued again", task_id, kind)
                 self.job_added()

@@ -423,6 +423,11 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
         for ref in refs:
             await world.slack.slash_command(ref)
         await world.slack.wait_for(lambda: first.served == 1, timeout=60, what="SHOP-1 planning")
+        await world.slack.wait_for(  # the other two are queued (their "ahead" notes posted)
+            lambda: sum("ahead" in m["text"] for m in all_thread_messages(world)) == 2,
+            timeout=60,
+            what="two tasks waiting",
+        )
         await line.cut()  # while the step waits for its answer, then records it
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             await wait_for_log(world, "failed; trying again in")  # a worker waits it out
