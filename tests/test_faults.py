@@ -25,7 +25,7 @@ from fakes.anthropic import pause, structured
 from fakes.proxy import LineProxy
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from test_cli import fixbot
+from test_cli import fixbot, seed_task
 from test_conversation import buttons as fixbot_buttons
 from test_conversation import post_alert, sentry_alert
 from test_core_loop import buttons, script_execution, script_planning, start_plan, thread_texts
@@ -475,3 +475,21 @@ async def test_a_reference_longer_than_200_characters_is_kept_whole(
     finally:
         await engine.dispose()
     assert ref_key == words.strip() and len(ref_key) > 200
+
+
+# A task left without a job
+
+
+async def test_an_active_task_without_a_job_is_queued_again(world: World) -> None:
+    world.config["limits"].update(job_lease_s=1, sweep_interval_s=0.5)
+    seed_sentry_issue(world)
+    script_planning(world)
+    task_id = await seed_task(world, "planning")  # its job's end was never told
+    thread_ts = world.slack.messages(CHANNEL)[0]["ts"]
+    await world.start_app()
+    await world.slack.wait_for(
+        lambda: any(buttons(m)[:1] == ["Approve"] for m in world.slack.thread(CHANNEL, thread_ts)),
+        timeout=60,
+        what="the plan of the task the sweep found",
+    )
+    assert f"task {task_id} had no job; its planning step is queued again" in world.app_log()
