@@ -58,7 +58,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
 from agents.sandbox import Endpoint, Sandbox
-from bot.errors import FixbotError
+from bot.errors import FixbotError, Transient
 
 __all__ = [
     "PASSED_THROUGH",
@@ -186,7 +186,7 @@ class AgentError(FixbotError):
         self.session_id = session_id
 
 
-class AgentTransientError(AgentError):
+class AgentTransientError(AgentError, Transient):
     """Worth retrying later: API overloaded or rate limited, network trouble, CLI crash."""
 
 

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bot.config import RepoConfig
-from bot.errors import StepFailed
+from bot.errors import StepFailed, Transient
 
 FIXBOT_NAME = "Fixbot"
 FIXBOT_EMAIL = "fixbot@users.noreply.github.com"
@@ -51,12 +51,25 @@ _EXCLUDES = (
     "node_modules/",
 )
 
+# Commands that talk to the remote, and git's words for a remote that was briefly away
+# (as opposed to one that refused: bad credentials, a rejected push).
+_NETWORK_COMMANDS = {"fetch", "push", "ls-remote", "clone"}
+_NETWORK_TROUBLE = re.compile(
+    r"could not resolve host|connection (refused|reset|timed out)|operation timed out|"
+    r"the remote end hung up unexpectedly|early eof|rpc failed|"
+    r"returned error: (429|5\d\d)|http (429|5\d\d)|temporary failure|network is unreachable",
+    re.IGNORECASE,
+)
 _INHERITED_GIT_VARIABLES = ("GIT_SSH", "GIT_SSH_COMMAND")
 _CREDENTIALS_IN_URL = re.compile(r"(://)[^/@\s]+@")
 
 
 class GitError(StepFailed):
     """A git command failed or timed out; the message names the command and git's words."""
+
+
+class GitNetworkError(GitError, Transient):
+    """Talking to the repository's remote failed in a way that may pass (network, 5xx)."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +99,16 @@ async def git(
     `extra_config` holds `key=value` settings for this one call. They travel in git's
     GIT_CONFIG_* environment rather than argv, so secrets never show in a process list.
     """
-    result = await _run_git(args, cwd=cwd, timeout=timeout, extra_config=extra_config)
+    network = bool(args) and args[0] in _NETWORK_COMMANDS
+    try:
+        result = await _run_git(args, cwd=cwd, timeout=timeout, extra_config=extra_config)
+    except GitError as error:  # timed out
+        raise (GitNetworkError(str(error)) if network else error) from None
     if result.exit_code != 0:
-        raise GitError(
-            f"{_describe(args)} failed (exit {result.exit_code}): {_tail(result.stderr)}"
-        )
+        message = f"{_describe(args)} failed (exit {result.exit_code}): {_tail(result.stderr)}"
+        if network and _NETWORK_TROUBLE.search(result.stderr):
+            raise GitNetworkError(message)
+        raise GitError(message)
     return result.stdout
 
 
@@ -400,10 +418,17 @@ async def remove_tree(path: Path) -> None:
 
 async def commit_all(worktree: Path, message: str, *, only: Sequence[str] = ()) -> str:
     """Stage everything (or only the paths `only`) and commit it as Fixbot; return the new
-    commit's sha."""
+    commit's sha.
+
+    When nothing is left to commit and HEAD is already Fixbot's commit with this message
+    (a step resumed after a crash that followed the commit), that commit is returned.
+    """
     await git("add", "-A", "--", *only, cwd=worktree)
     staged = await _run_git(["diff", "--cached", "--quiet"], cwd=worktree)
     if staged.exit_code == 0:
+        made = await committed(worktree, message)
+        if made is not None:
+            return made
         raise GitError(f"nothing to commit in {worktree}: the worktree has no changes")
     await git(
         "commit",
@@ -422,6 +447,17 @@ async def discard_except(worktree: Path, keep: str) -> None:
     files go back to HEAD, untracked files go. Ignored files stay (they are never committed)."""
     await git("checkout", "--", ".", f":(exclude){keep}", cwd=worktree)
     await git("clean", "-d", "--force", "--quiet", f"--exclude=/{keep}", cwd=worktree)
+
+
+async def committed(worktree: Path, message: str) -> str | None:
+    """HEAD's sha when it is Fixbot's commit with `message` and nothing is left uncommitted."""
+    status = await git("status", "--porcelain", cwd=worktree)
+    head = await git("log", "-1", "--format=%H%n%ae%n%B", cwd=worktree)
+    sha, _, rest = head.partition("\n")
+    email, _, body = rest.partition("\n")
+    if status.strip() or email != FIXBOT_EMAIL or body.strip() != message.strip():
+        return None
+    return sha
 
 
 async def changed_files(worktree: Path, base_commit: str) -> list[str]:

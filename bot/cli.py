@@ -154,9 +154,9 @@ async def _checks() -> AsyncIterator[Check]:
     yield await _check_sandbox(settings)
     yield _check_claude_credentials(settings)
     for name, probe in (
-        ("slack bot token", _check_slack_bot),
-        ("slack app token", _check_slack_app),
-        ("database", _check_database),
+        ("slack bot token", check_slack_bot),
+        ("slack app token", check_slack_app),
+        ("database", check_database),
     ):
         yield await _guarded(name, probe(settings), redact)
     if not settings.repos:
@@ -248,7 +248,7 @@ def _check_claude_credentials(settings: Settings) -> Check:
     )
 
 
-async def _check_slack_bot(settings: Settings) -> Check:
+async def check_slack_bot(settings: Settings) -> Check:
     from slack_sdk.web.async_client import AsyncWebClient
 
     client = AsyncWebClient(
@@ -270,7 +270,7 @@ async def _check_slack_bot(settings: Settings) -> Check:
     return Check(True, "slack bot token", f"auth.test: @{auth.get('user')} in {auth.get('team')}")
 
 
-async def _check_slack_app(settings: Settings) -> Check:
+async def check_slack_app(settings: Settings) -> Check:
     from slack_sdk.web.async_client import AsyncWebClient
 
     client = AsyncWebClient(base_url=settings.slack_api_url, timeout=int(CHECK_TIMEOUT_S))
@@ -288,7 +288,7 @@ async def _check_slack_app(settings: Settings) -> Check:
     return Check(True, "slack app token", "apps.connections.open: Socket Mode can connect")
 
 
-async def _check_database(settings: Settings) -> Check:
+async def check_database(settings: Settings) -> Check:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

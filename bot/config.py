@@ -58,6 +58,7 @@ class Limits(BaseModel):
     daily_budget_usd: float = Field(default=100.0, gt=0)
     planning_timeout_s: float = Field(default=900, gt=0)
     execution_timeout_s: float = Field(default=2700, gt=0)
+    test_run_timeout_s: float = Field(default=600, gt=0)  # each of Fixbot's red/green/suite runs
     plan_ttl_hours: float = Field(default=72, gt=0)
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this

@@ -26,6 +26,7 @@ from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD, names_a_reference, parse_reference
 from bot.workflow import PRIORITY_URGENT, Decision, Workflow, priority_for_level
 from storage.tables import Alert, Task
+from storage.triggers import first_delivery
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class Conversation:
         self.threads = workflow.threads
         self.after_merge = AfterMerge(workflow)
         self._notes: dict[int, asyncio.Task[None]] = {}
-        self._offer_locks: dict[int, asyncio.Lock] = {}
 
     # Alerts
 
@@ -94,26 +94,27 @@ class Conversation:
         return None
 
     async def plan_alert(self, alert_id: int, user: str) -> Task:
-        """`Plan a fix`: start the task for an alert, once."""
-        lock = self._offer_locks.setdefault(alert_id, asyncio.Lock())
-        async with lock:
-            async with self.sessions() as session:
-                row = await session.get(Alert, alert_id)
-            if row is None:
-                raise InvalidTransition("That alert is not one I know any more.")
-            if row.task_id is not None:
-                task = await self._task(row.task_id)
-                if task is not None and not State(task.state).finished:
-                    raise InvalidTransition("A fix for this issue is already under way.")
-                if task is not None and task.state == State.DONE:
-                    raise InvalidTransition("This issue was fixed already.")
-            alert = SentryAlert(
-                issue_id=row.sentry_issue if row.sentry_issue.isdigit() else None,
-                short_id=row.short_id,
-                url=row.url,
-                title=row.title,
-            )
-            return await self._start(row, alert, user=user)
+        """`Plan a fix`: start the task for an alert, once, whichever replica gets the click."""
+        async with self.sessions() as session:
+            row = await session.get(Alert, alert_id)
+        if row is None:
+            raise InvalidTransition("That alert is not one I know any more.")
+        if row.task_id is not None:
+            task = await self._task(row.task_id)
+            if task is not None and not State(task.state).finished:
+                raise InvalidTransition("A fix for this issue is already under way.")
+            if task is not None and task.state == State.DONE:
+                raise InvalidTransition("This issue was fixed already.")
+        # One task per Sentry issue and alert thread (a regression gets a new thread).
+        if not await first_delivery(self.sessions, "alert", f"{row.sentry_issue}:{row.message_ts}"):
+            raise InvalidTransition("A fix for this issue is already under way.")
+        alert = SentryAlert(
+            issue_id=row.sentry_issue if row.sentry_issue.isdigit() else None,
+            short_id=row.short_id,
+            url=row.url,
+            title=row.title,
+        )
+        return await self._start(row, alert, user=user)
 
     async def _start(self, row: Alert, alert: SentryAlert, *, user: str | None) -> Task:
         assert row.channel_id and row.message_ts

@@ -1,4 +1,10 @@
-"""Fixbot's named errors. Each carries the sentence a person should see."""
+"""Fixbot's named errors. Each carries the sentence a person should see.
+
+Four kinds decide what happens next, and the worker pool acts on them: `Refused`
+(nothing was done; say why), `StepFailed` (the step ends; the thread offers Retry),
+`Transient` (a service is briefly away; the step is tried again after a back-off),
+`Postponed` (the step waits until a given time without counting as an attempt).
+"""
 
 from datetime import datetime
 
@@ -11,24 +17,41 @@ class ConfigError(FixbotError):
     """A setting is missing or malformed."""
 
 
-class BadReference(FixbotError):
+class Refused(FixbotError):
+    """Fixbot will not do what was asked, and changed nothing."""
+
+
+class BadReference(Refused):
     """What someone typed after `/fix` is not a reference Fixbot can use."""
 
 
-class NotAllowed(FixbotError):
+class NotAllowed(Refused):
     """The person may not do this (approve without being an approver, for example)."""
 
 
-class InvalidTransition(FixbotError):
+class InvalidTransition(Refused):
     """The task is not in a state where this can happen (a second click, a finished task)."""
 
 
-class DailyBudgetReached(FixbotError):
-    """Today's agent spend reached the daily budget; work waits until `until`."""
+class Transient(FixbotError):
+    """A service (Sentry, GitHub, Jira, Slack, git's remote, the database, the model API)
+    is briefly unavailable; the same call later may well succeed."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds the service asked for, if it said
+
+
+class Postponed(FixbotError):
+    """The step may not run before `until`; it waits without using an attempt."""
 
     def __init__(self, message: str, *, until: datetime) -> None:
         super().__init__(message)
         self.until = until
+
+
+class DailyBudgetReached(Postponed):
+    """Today's agent spend reached the daily budget; work waits until `until`."""
 
 
 class StepFailed(FixbotError):
@@ -37,3 +60,7 @@ class StepFailed(FixbotError):
     def __init__(self, message: str, *, output: str | None = None) -> None:
         super().__init__(message)
         self.output = output  # command output worth showing with the reason
+
+
+class LeaseLost(FixbotError):
+    """This worker no longer holds the job's lease (it ran past it, and another took over)."""

@@ -1,9 +1,11 @@
 """The worker pool: asyncio workers per kind claim jobs from the durable queue and run them.
 
 A running job holds a lease that a heartbeat renews; when the heartbeat finds the job
-cancelled (by a person, on any replica) the step is cancelled. Transient failures go
-back to the queue with exponential backoff and jitter; everything else ends the task
-with a reason in its thread.
+cancelled (by a person, on any replica) or taken over (its lease ran out) the step is
+cancelled. The error a step raises decides what follows (bot/errors.py): `Transient`
+goes back to the queue with exponential backoff and jitter, `Postponed` waits, anything
+else ends the task with its reason in the thread. A worker's own database writes are
+retried while the database is away, and no error ends a worker: it logs and serves on.
 """
 
 from __future__ import annotations
@@ -12,22 +14,31 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
-from agents.runner import AgentPermanentError, AgentTransientError
+from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
-from bot.errors import DailyBudgetReached
+from bot.errors import Postponed, Transient
+from bot.faults import transient
 from bot.models import AFTER_MERGE
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0  # how often idle workers look for jobs other replicas added
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
+DATABASE_RETRY_MAX_S = 30.0  # a worker's own write waits at most this long between tries
+# An idle worker looks for work every POLL_INTERVAL_S; one that has not looked for this
+# long (and is not running a job) is stuck, and /readyz says so.
+CLAIM_STALE_S = 60.0
 
 JobRunner = Callable[[Job], Awaitable[None]]
 Sweep = Callable[[], Awaitable[None]]
@@ -57,6 +68,8 @@ class WorkerPool:
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._stopping = False
+        # Per worker: when it last looked for a job (None while it runs one).
+        self._last_claim: dict[str, float | None] = {}
 
     def start(self) -> None:
         limits = self.settings.concurrency
@@ -77,6 +90,18 @@ class WorkerPool:
     def active_jobs(self) -> int:
         return len(self._running)
 
+    @property
+    def claiming(self) -> bool:
+        """Whether every worker is alive and either running a job or looking for one."""
+        if self._stopping or not self._workers:
+            return False
+        if any(worker.done() for worker in self._workers):
+            return False
+        now = time.monotonic()
+        return all(
+            looked is None or now - looked < CLAIM_STALE_S for looked in self._last_claim.values()
+        )
+
     async def stop(self, grace_s: float = 20.0) -> None:
         """Stop claiming; give running steps `grace_s` to finish, then cancel them."""
         self._stopping = True
@@ -89,18 +114,25 @@ class WorkerPool:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _work(self, kind: str) -> None:
+        name = asyncio.current_task().get_name()  # type: ignore[union-attr]
+        unavailable = _Backoff(f"{name}: claiming a job")
         while not self._stopping:
+            self._last_claim[name] = time.monotonic()
             try:
                 job = await self.queue.claim([kind])
-            except Exception:
-                log.exception("claiming a %s job failed", kind)
-                job = None
+            except Exception as error:
+                if transient(error) is None:
+                    log.exception("%s: claiming a job failed", name)
+                await unavailable.wait(error)
+                continue
+            unavailable.reset()
             if job is None:
                 event = self._wake[kind]
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), POLL_INTERVAL_S)
                 event.clear()
                 continue
+            self._last_claim[name] = None
             step = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._running[job.id] = (job, step)
             try:
@@ -110,6 +142,8 @@ class WorkerPool:
                     step.cancel()
                     await asyncio.gather(step, return_exceptions=True)
                 raise
+            except Exception:  # _run ends every job itself; this is a bug, not a reason to stop
+                log.exception("%s: job %s ended with an unexpected error", name, job.id)
             finally:
                 self._running.pop(job.id, None)
 
@@ -129,55 +163,113 @@ class WorkerPool:
         )
         heartbeat = asyncio.create_task(self._heartbeat(job, step))
         try:
-            async with asyncio.timeout(timeout):
-                await self.run_job(job)
-        except TimeoutError:
-            counted.ended("failed", "timeout")
-            await self.queue.finish(job.id, FAILED, "timed out")
-            await self.on_failure(
-                job.task_id,
-                f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped.",
-            )
-        except DailyBudgetReached as wait:
-            counted.ended("waiting")
-            await self.queue.postpone(job.id, wait.until)
-        except AgentTransientError as error:
-            counted.ended("failed", "agent_transient")
-            await self._retry_or_fail(job, str(error))
-        except AgentPermanentError as error:  # retrying will not help: say why at once
-            counted.ended("failed", "agent_permanent")
-            await self.queue.finish(job.id, FAILED, str(error))
-            await self.on_failure(job.task_id, f"Claude Code could not run this step: {error}")
+            await self._run_and_record(job, timeout, counted)
         except asyncio.CancelledError:
             counted.ended("interrupted" if self._stopping else "cancelled")
             if self._stopping:
                 raise  # shutting down: the lease expires and another worker resumes the job
-            await self.queue.finish(job.id, CANCELLED)
-        except Exception as error:
-            counted.ended("failed", "internal")
-            log.exception("job %s failed", job.id)
-            await self.queue.finish(job.id, FAILED, str(error))
-            await self.on_failure(job.task_id, "Fixbot hit an internal error running this step.")
-        else:
-            await self.queue.finish(job.id, DONE)
+            # Nothing to write: whoever cancelled the job marked it, and a job taken over
+            # belongs to the worker that took it.
+            status = await self._guarded(
+                f"reading job {job.id}", lambda: self.queue.status_of(job.id)
+            )
+            if status != CANCELLED:
+                log.warning(
+                    "job %s: lease lost (now %s under another worker); this step stopped",
+                    job.id,
+                    status,
+                )
+        except Exception:  # the outcome could not be written: the lease runs out, it runs again
+            log.exception("job %s: its outcome could not be recorded", job.id)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             await counted.finish(self.queue.sessions, job)
             log.info("%s step ended: %s", job.kind, counted.status, extra={"data": {"job": job.id}})
 
-    async def _retry_or_fail(self, job: Job, error: str) -> None:
+    async def _run_and_record(self, job: Job, timeout: float, counted: metrics.StepMetrics) -> None:  # noqa: ASYNC109
+        """Run the job; its error decides what is written and what the thread is told."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.run_job(job)
+        except TimeoutError:
+            counted.ended("failed", "timeout")
+            await self._fail(
+                job,
+                "timed out",
+                f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped.",
+            )
+        except Postponed as wait:
+            counted.ended("waiting")
+            until = wait.until
+            if not await self._guarded(
+                f"postponing job {job.id}", lambda: self.queue.postpone(job.id, until)
+            ):
+                log.warning("job %s: lease lost before it could wait", job.id)
+        except AgentPermanentError as error:  # retrying will not help: say why at once
+            counted.ended("failed", "agent_permanent")
+            await self._fail(job, str(error), f"Claude Code could not run this step: {error}")
+        except Exception as error:
+            passing = transient(error)
+            if passing is not None:
+                counted.ended("failed", "transient")
+                await self._retry_or_fail(job, passing)
+                return
+            counted.ended("failed", "internal")
+            log.exception("job %s failed", job.id)
+            reason = f"{type(error).__name__}: {error}"
+            told = f"Fixbot hit an unexpected error in this step ({reason})."
+            await self._fail(job, reason, told)
+        else:
+            if not await self._guarded(
+                f"finishing job {job.id}", lambda: self.queue.finish(job.id, DONE)
+            ):
+                log.warning("job %s: lease lost; the worker that took it over finishes it", job.id)
+
+    async def _fail(self, job: Job, error: str, told: str) -> None:
+        """End the job FAILED and tell the thread, unless another worker holds it now."""
+        if not await self._guarded(
+            f"failing job {job.id}", lambda: self.queue.finish(job.id, FAILED, error)
+        ):
+            log.warning("job %s: lease lost; not reporting its failure (%s)", job.id, error)
+            return
+        try:
+            await self.on_failure(job.task_id, told)
+        except Exception:  # the sweep finds the task without a job and deals with it
+            log.exception("job %s: its failure could not be told", job.id)
+
+    async def _retry_or_fail(self, job: Job, error: Transient) -> None:
         if job.attempts >= job.max_attempts:
-            await self.queue.finish(job.id, FAILED, error)
-            await self.on_failure(
-                job.task_id,
-                f"Claude Code kept failing after {job.attempts} attempts: {error}",
+            await self._fail(
+                job,
+                str(error),
+                f"This step kept failing for a passing reason after {job.attempts} attempts: "
+                f"{error}",
             )
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (job.attempts - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter keeps replicas from retrying in step
+        delay = max(delay, min(error.retry_after or 0.0, BACKOFF_MAX_S))
         log.warning("job %s: transient failure, retrying in %.0f s: %s", job.id, delay, error)
-        await self.queue.retry_later(job.id, timedelta(seconds=delay), error)
+        if not await self._guarded(
+            f"requeueing job {job.id}",
+            lambda: self.queue.retry_later(job.id, timedelta(seconds=delay), str(error)),
+        ):
+            log.warning("job %s: lease lost before it could be requeued", job.id)
+
+    async def _guarded(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run one of this worker's database calls, trying again while the database is away.
+
+        Other errors pass; cancellation (shutdown) ends the waiting.
+        """
+        unavailable = _Backoff(what)
+        while True:
+            try:
+                return await write()
+            except Exception as error:
+                if transient(error) is None:
+                    raise
+                await unavailable.wait(error)
 
     async def _maintain(self) -> None:
         """Take over jobs whose worker died (on any replica), and end stale work."""
@@ -186,8 +278,11 @@ class WorkerPool:
                 if await self.queue.reclaim_expired():
                     self.wake()
                 await self.sweep()
-            except Exception:
-                log.exception("maintenance failed; trying again later")
+            except Exception as error:
+                if transient(error) is None:
+                    log.exception("maintenance failed; trying again later")
+                else:
+                    log.warning("maintenance skipped: %s", transient(error))
             await asyncio.sleep(self.settings.limits.sweep_interval_s)
 
     async def _heartbeat(self, job: Job, step: asyncio.Task[None]) -> None:
@@ -195,8 +290,8 @@ class WorkerPool:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
                 still_ours = await self.queue.heartbeat(job.id)
-            except Exception:
-                log.exception("heartbeat for job %s failed", job.id)
+            except Exception as error:
+                log.warning("heartbeat for job %s failed: %s", job.id, transient(error) or error)
                 continue
             if not still_ours:
                 log.info("job %s was cancelled or taken over; stopping its step", job.id)
@@ -208,3 +303,21 @@ class WorkerPool:
         for job, step in list(self._running.values()):
             if job.task_id == task_id:
                 step.cancel()
+
+
+class _Backoff:
+    """Waits between tries of a call to a service that is away, 1 s doubling to 30 s,
+    and logs each wait once, in one line, without a traceback."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.delay = 1.0
+
+    async def wait(self, error: BaseException) -> None:
+        reason = transient(error) or error
+        log.warning("%s failed; trying again in %.0f s: %s", self.what, self.delay, reason)
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, DATABASE_RETRY_MAX_S)
+
+    def reset(self) -> None:
+        self.delay = 1.0

@@ -125,3 +125,19 @@ def setup_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)  # Python warnings become records too: every line is JSON
+
+
+class WithoutTraceback(logging.Filter):
+    """Keeps a library's retry-loop records to their one line: the traceback is dropped
+    (the message already names the error), so an outage logs a line per try, not pages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.CRITICAL:
+            error = record.exc_info[1]
+            record.exc_info = None
+            record.exc_text = None
+            message = record.getMessage()
+            if error is not None and str(error) not in message:
+                message = f"{message} ({type(error).__name__}: {error})"
+            record.msg, record.args = message, None
+        return True

@@ -29,14 +29,13 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import SecretStr
-from sqlalchemy.exc import IntegrityError
 
 from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
 from bot.errors import BadReference, FixbotError
 from bot.refs import jira_reference
 from bot.workflow import PRIORITY_OTHER
-from storage.tables import WebhookDelivery
+from storage.triggers import first_delivery
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class Webhooks:
         repo = str(_dig(payload, "repository", "full_name") or "")
         if event == "pull_request" and payload.get("action") == "closed":
             pull = payload.get("pull_request") or {}
-            task = await self.workflow.task_for_pull(repo, int(pull.get("number") or 0))
+            task = await self.workflow.task_for_pull(repo, _number(pull.get("number")))
             if task is None:
                 return _ignored("not a Fixbot pull request")
             merged = bool(pull.get("merged"))
@@ -125,7 +124,7 @@ class Webhooks:
             comment = str(_dig(payload, "comment", "body") or "")
             if not issue.get("pull_request") or not APPROVE_COMMENT.search(comment):
                 return _ignored("not an approval on a pull request")
-            task = await self.workflow.task_for_pull(repo, int(issue.get("number") or 0))
+            task = await self.workflow.task_for_pull(repo, _number(issue.get("number")))
             if task is None:
                 return _ignored("not a Fixbot pull request")
             login = str(_dig(payload, "comment", "user", "login") or "")
@@ -191,13 +190,7 @@ class Webhooks:
 
     async def _first_delivery(self, source: str, delivery: str) -> bool:
         """Record a delivery id; False when it was handled before."""
-        try:
-            async with self.workflow.sessions.begin() as session:
-                session.add(WebhookDelivery(source=source, delivery_id=delivery[:200]))
-        except IntegrityError:
-            log.info("replayed %s webhook %s ignored", source, delivery)
-            return False
-        return True
+        return await first_delivery(self.workflow.sessions, source, delivery)
 
 
 def _hmac_or_none(secret: SecretStr | None, body: bytes) -> str | None:
@@ -221,6 +214,11 @@ def _dig(data: Mapping[str, Any], *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+def _number(value: Any) -> int:
+    """A pull request number from a payload; 0 (no such pull) when it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _unauthorized() -> web.Response:

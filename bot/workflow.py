@@ -9,6 +9,7 @@ coroutine, so any replica can run any step and a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -36,13 +37,21 @@ from agents.workspace import (
     branch_name,
     changed_files,
     commit_all,
+    committed,
     discard_except,
     push,
 )
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
-from bot.errors import DailyBudgetReached, InvalidTransition, StepFailed
+from bot.errors import (
+    BadReference,
+    DailyBudgetReached,
+    InvalidTransition,
+    Postponed,
+    StepFailed,
+    Transient,
+)
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
@@ -53,7 +62,9 @@ from bot.redact import Redactor
 from bot.sources import Sources, TaskContext, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
 from storage.queue import QUEUED, JobQueue
+from storage.queue import RUNNING as JOB_RUNNING
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent
+from storage.triggers import forget_before
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,7 @@ RESUME_PROMPT = (
     "Fixbot was interrupted while you worked on this step. Continue from where you "
     "stopped: check what is already done (files, test runs) and finish the step."
 )
+SLACK_TRIGGER_MEMORY = timedelta(days=1)  # how long a Slack event id is kept to spot repeats
 QUESTION_POLL_S = 0.5  # how often a waiting agent question looks for an answer
 SKILLS = Path(__file__).resolve().parent.parent / "skills"
 
@@ -180,9 +192,15 @@ class Workflow:
             parent_ts = await self.threads.post(
                 channel, views.parent_message(task), thread_ts=thread_ts
             )
-        except SlackUnavailable as error:
-            await self.transition(task.id, State.FAILED, values={"failure": str(error)})
-            raise
+        except Exception as error:
+            # No thread, no job: the task ends here rather than waiting forever unseen.
+            reason = str(error) if isinstance(error, SlackUnavailable) else f"Slack: {error}"
+            await self.transition(task.id, State.FAILED, values={"failure": reason})
+            if isinstance(error, SlackUnavailable):
+                raise
+            raise SlackUnavailable(
+                f"Slack did not take the task's first message ({error}); nothing was started."
+            ) from error
         placed = {"parent_ts": parent_ts} if thread_ts else {"thread_ts": parent_ts}
         async with self.sessions.begin() as session:
             await session.execute(update(Task).where(Task.id == task.id).values(**placed))
@@ -388,6 +406,8 @@ class Workflow:
                 await self._plan(task, job)
             else:
                 await self._execute(task, job)
+        except (Transient, Postponed):
+            raise  # the pool tries again later
         except InvalidTransition:
             log.info("job %s for task %s is stale; skipping", job.id, task.id)
         except UnmappedProject as error:
@@ -396,6 +416,8 @@ class Workflow:
             )
         except StepFailed as error:
             await self.fail(task.id, str(error), output=error.output)
+        except (IntegrationError, BadReference) as error:  # refused for good, in its words
+            await self.fail(task.id, str(error))
 
     async def _check_daily_budget(self, task: Task) -> None:
         """A step may not start once today's spend reached the daily budget: it waits."""
@@ -456,6 +478,58 @@ class Workflow:
                 task_id,
                 f"The step waited in the queue for more than {limits.queued_ttl_hours:g} h.",
             )
+        await self._requeue_orphans(now - timedelta(seconds=2 * limits.job_lease_s))
+        # Slack redelivers within minutes; every event it sends is recorded (handlers/triggers).
+        await forget_before(self.sessions, "slack", now - SLACK_TRIGGER_MEMORY)
+
+    async def _requeue_orphans(self, quiet_since: datetime) -> None:
+        """Active tasks with no queued or running job (a failure that could not be told, a
+        crash between two writes): queue their step again, or fail them when there is no
+        thread to work in. Only tasks whose last job ended before `quiet_since` count."""
+        live = select(Job.id).where(Job.task_id == Task.id, Job.status.in_([QUEUED, JOB_RUNNING]))
+        last_end = (
+            select(Job.finished_at)
+            .where(Job.task_id == Task.id)
+            .order_by(Job.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self.sessions() as session:
+            orphans = list(
+                await session.scalars(
+                    select(Task.id).where(
+                        Task.state.in_([state.value for state in ACTIVE]),
+                        ~live.exists(),
+                        Task.created_at < quiet_since,
+                        (last_end.is_(None)) | (last_end < quiet_since),
+                    )
+                )
+            )
+        for task_id in orphans:
+            kind = await self._requeue_orphan(task_id)
+            if kind is None:  # no thread to say it in; the person was answered at the time
+                reason = "Fixbot lost track of this task before its thread began."
+                log.warning("task %s: %s", task_id, reason)
+                with contextlib.suppress(InvalidTransition):  # it moved on meanwhile
+                    await self.transition(task_id, State.FAILED, values={"failure": reason})
+            else:
+                log.warning("task %s had no job; its %s step is queued again", task_id, kind)
+                self.job_added()
+
+    async def _requeue_orphan(self, task_id: int) -> str | None:
+        """Queue the step an orphaned task is in; None when it never got a thread."""
+        async with self.sessions.begin() as session:
+            # The row lock makes replicas' sweeps take turns (PostgreSQL; SQLite has one writer).
+            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+            if task is None or task.thread_ts is None:
+                return None
+            if await session.scalar(
+                select(Job.id).where(Job.task_id == task_id, Job.status.in_([QUEUED, JOB_RUNNING]))
+            ):
+                return "running"  # a job appeared meanwhile
+            kind = EXECUTION if task.state in (State.APPROVED, State.EXECUTING) else PLANNING
+            JobQueue.enqueue(session, task_id, kind, task.priority)
+            return kind
 
     async def fail(
         self,
@@ -506,7 +580,9 @@ class Workflow:
         plan, markdown = read_plan(worktree.path, result)
         task = await self._offer_plan(task, repo, worktree.path, plan, markdown)
         await self._tell_jira(
-            task, f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}"
+            task,
+            f"Fixbot's plan (v{task.plan_version}): {plan.summary}\n\n{plan.root_cause}",
+            marker=f"plan v{task.plan_version}",
         )
 
     async def _offer_plan(
@@ -564,8 +640,14 @@ class Workflow:
         await self._update_parent(task)
 
     async def _execute(self, task: Task, job: Job) -> None:
+        """Run the execution step. Each side effect checks what already happened, so a step
+        resumed after a crash at any point completes once: the fix commit already on the
+        branch skips the agent, the push and pull request are idempotent, and a task
+        already DONE only lacks its final thread message."""
         if task.state == State.APPROVED:
             task = await self.transition(task.id, State.EXECUTING, detail={"job": job.id})
+        elif task.state == State.DONE and task.done_message_ts is None:
+            pass  # a crash came between DONE and the final message
         elif task.state != State.EXECUTING:
             raise InvalidTransition(_already(State(task.state)))
         await self._update_parent(task)
@@ -573,6 +655,7 @@ class Workflow:
         assert task.branch and task.base_commit and task.plan_markdown and task.plan
         worktree = await self.workspaces.prepare(repo, task.branch)
         started = time.monotonic()
+        message = self.redact(f"Fix {task.ref_key}: {task.title}"[:72])
         environment = await prepare_environment(
             repo,
             worktree.path,
@@ -580,24 +663,25 @@ class Workflow:
             within_s=self.settings.limits.setup_timeout_s,
             sandbox=self.agent_env.sandbox,
         )
-        step = execution_step(
-            worktree.path,
-            ref=task.ref_key,
-            repo=repo,
-            plan_markdown=task.plan_markdown,
-            plugins=(SKILLS,),
-            mcp_servers=self._mcp_servers(read_only=False),
-            budget_usd=self._budget_left(task),
-            environment=environment,
-        )
-        result = await self._run_step(task, job, step, "Execution")
-        if result.outcome != "success":
-            raise StepFailed(f"The execution agent stopped early ({result.outcome}).")
+        if await committed(worktree.path, message) is None:
+            step = execution_step(
+                worktree.path,
+                ref=task.ref_key,
+                repo=repo,
+                plan_markdown=task.plan_markdown,
+                plugins=(SKILLS,),
+                mcp_servers=self._mcp_servers(read_only=False),
+                budget_usd=self._budget_left(task),
+                environment=environment,
+            )
+            result = await self._run_step(task, job, step, "Execution")
+            if result.outcome != "success":
+                raise StepFailed(f"The execution agent stopped early ({result.outcome}).")
         verification = await verify_fix(
             worktree.path,
             task.base_commit,
             repo.test_command,
-            timeout=self.settings.limits.execution_timeout_s,
+            timeout=self.settings.limits.test_run_timeout_s,
             sandbox=self.agent_env.sandbox,
             reach=[Endpoint.parse(host) for host in repo.network_allow],
             environment=environment,
@@ -605,9 +689,10 @@ class Workflow:
         if not verification.ok:
             raise VerificationFailed(verification)
         await self._refuse_secret_values(worktree.path, task.base_commit)
-        await commit_all(worktree.path, self.redact(f"Fix {task.ref_key}: {task.title}"[:72]))
+        await commit_all(worktree.path, message)
         pr_url = await self._deliver(task, repo, worktree.path, verification, started)
-        task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
+        if task.state != State.DONE:
+            task = await self.transition(task.id, State.DONE, values={"pr_url": pr_url})
         done = views.done_message(
             task,
             pr_url=pr_url,
@@ -618,7 +703,8 @@ class Workflow:
             test_changes=verification.test_changes,
             approve_test_changes=bool(verification.test_changes) and task.pr_number is not None,
         )
-        await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
+        done_ts = await self.threads.post(task.channel_id, done, thread_ts=task.thread_ts)
+        await self._save(task, done_message_ts=done_ts)
         await self._update_parent(task)
         await self.workspaces.remove(worktree)
 
@@ -674,9 +760,10 @@ class Workflow:
         try:
             result = await run_agent_step(step, self.agent_env, on_event, on_session)
         except BaseException as error:
-            await status.finish(
-                "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
-            )
+            cancelled = isinstance(error, asyncio.CancelledError)
+            if cancelled and await self.queue.lease_lost(job.id):
+                raise  # the step is another worker's now: its status and run are not ours
+            await status.finish("cancelled" if cancelled else "failed")
             # A failed resume is not tried again: the next attempt starts the step afresh.
             await self._record_run(task, job, step.name, None, started, str(error), run_id)
             await self._save(task, status_message_ts=None)
@@ -833,16 +920,26 @@ class Workflow:
         await self._tell_jira(
             task,
             f"Fixbot opened a pull request: {pull.html_url}\n\n{summary}",
+            marker="pull request",
             transition=self.settings.jira_transition,
         )
         return pull.html_url
 
-    async def _tell_jira(self, task: Task, text: str, *, transition: str | None = None) -> None:
-        """Comment on (and move) the task's Jira issue; a Jira failure is told, not fatal."""
+    async def _tell_jira(
+        self, task: Task, text: str, *, marker: str, transition: str | None = None
+    ) -> None:
+        """Comment on (and move) the task's Jira issue; a Jira failure is told, not fatal.
+
+        The comment ends with a marker naming the task and what it reports, so a resumed
+        step that finds its marker there does not comment twice.
+        """
         if self.jira is None or task.ref_kind != RefKind.JIRA:
             return
+        signed = f"(Fixbot task {task.id}: {marker})"
         try:
-            await self.jira.add_comment(task.ref_key, self.redact(text))
+            said = await self.jira.comments(task.ref_key)
+            if not any(signed in comment.body for comment in said):
+                await self.jira.add_comment(task.ref_key, f"{self.redact(text)}\n\n{signed}")
             if transition:
                 await self.jira.transition(task.ref_key, transition)
         except IntegrationError as error:
@@ -1062,10 +1159,15 @@ class Workflow:
         """Post an agent's question in the thread; the answer, or None after the timeout."""
         timeout = self.settings.question_timeout_s
         message = views.question_message(question, self.settings.approvers, timeout)
+        # Saved before it is posted: a reply that comes at once finds an open question.
+        async with self.sessions.begin() as session:
+            asked = Question(task_id=task.id, question=question)
+            session.add(asked)
         ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
         async with self.sessions.begin() as session:
-            asked = Question(task_id=task.id, question=question, message_ts=ts)
-            session.add(asked)
+            await session.execute(
+                update(Question).where(Question.id == asked.id).values(message_ts=ts)
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(QUESTION_POLL_S)

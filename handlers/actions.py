@@ -10,6 +10,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
+from bot.errors import Refused
 from bot.workflow import Decision, Workflow
 from handlers.answers import answering
 
@@ -29,9 +30,10 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
 def _button(verb: Callable[[Decision], Awaitable[Any]]) -> Callable[..., Awaitable[None]]:
     async def on_click(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        action = body["actions"][0]
-        task_id, _, version = str(action.get("value", "")).partition(":")
-        async with answering(respond, "That button does not belong to a task I know."):
+        task_id, _, version = str(body["actions"][0].get("value", "")).partition(":")
+        async with answering(respond):
+            if not task_id.isdigit() or not (version.isdigit() or version == ""):
+                raise Refused("That button does not belong to a task I know.")
             decision = Decision(
                 task_id=int(task_id),
                 user=body["user"]["id"],

@@ -10,9 +10,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.dashboard import load_dashboard
-from bot.errors import FixbotError
 from bot.refs import ACCEPTED_FORMS, parse_reference
 from bot.workflow import Workflow
+from handlers.answers import answering
 
 HELP = (
     "*`/fix REF`* plans a fix for a production error in a thread here. "
@@ -39,8 +39,6 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
                 text = dashboard.summary()
             await respond(text=text, response_type="ephemeral")
             return
-        try:
+        async with answering(respond):
             ref = parse_reference(command.get("text", ""), workflow.settings)
             await workflow.request_fix(ref, channel=command["channel_id"], user=command["user_id"])
-        except FixbotError as error:
-            await respond(text=str(error), response_type="ephemeral")

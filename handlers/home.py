@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.workflow import Workflow
+from handlers.answers import answering
 
 
 def register(app: AsyncApp, workflow: Workflow) -> None:
@@ -16,7 +17,8 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
             await workflow.publish_home(event["user"])
 
     @app.action("home_page")
-    async def home_page(ack: AsyncAck, body: dict[str, Any]) -> None:
+    async def home_page(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         value = str(body["actions"][0].get("value", "0"))
-        await workflow.publish_home(body["user"]["id"], int(value) if value.isdigit() else 0)
+        async with answering(respond):
+            await workflow.publish_home(body["user"]["id"], int(value) if value.isdigit() else 0)

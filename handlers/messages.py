@@ -11,7 +11,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
 from bot.conversation import Conversation
-from bot.errors import FixbotError
+from bot.errors import FixbotError, Refused
 from handlers.answers import answering
 
 HUMAN_SUBTYPES = {None, "thread_broadcast"}
@@ -72,12 +72,17 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
     @app.action("plan_alert")
     async def plan_alert(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
-        async with answering(respond, "That button does not belong to an alert I know."):
-            await conversation.plan_alert(int(body["actions"][0]["value"]), body["user"]["id"])
+        value = str(body["actions"][0].get("value", ""))
+        async with answering(respond):
+            if not value.isdigit():
+                raise Refused("That button does not belong to an alert I know.")
+            await conversation.plan_alert(int(value), body["user"]["id"])
 
     @app.action("plan_again")
     async def plan_again(ack: Any, body: dict[str, Any], respond: Any) -> None:
         await ack()
-        async with answering(respond, "That button does not belong to a fix I know."):
-            watch_id = int(body["actions"][0]["value"])
-            await conversation.after_merge.plan_again(watch_id, body["user"]["id"])
+        value = str(body["actions"][0].get("value", ""))
+        async with answering(respond):
+            if not value.isdigit():
+                raise Refused("That button does not belong to a fix I know.")
+            await conversation.after_merge.plan_again(int(value), body["user"]["id"])

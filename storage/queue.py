@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Update, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.tables import Job, utcnow
@@ -77,28 +77,28 @@ class JobQueue:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def finish(self, job_id: int, status: str, error: str | None = None) -> None:
+    async def finish(self, job_id: int, status: str, error: str | None = None) -> bool:
+        """End a job this worker runs; False (nothing written) when its lease was lost."""
         async with self.sessions.begin() as session:
-            await session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(status=status, last_error=error, finished_at=utcnow(), lease_owner=None)
+            result = await session.execute(
+                self._owned(job_id).values(
+                    status=status, last_error=error, finished_at=utcnow(), lease_owner=None
+                )
             )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def retry_later(self, job_id: int, delay: timedelta, error: str) -> None:
-        """Put a job back in the queue after a transient failure."""
-        await self._requeue(job_id, utcnow() + delay, last_error=error)
+    async def retry_later(self, job_id: int, delay: timedelta, error: str) -> bool:
+        """Put a job back in the queue after a transient failure; False if the lease was lost."""
+        return await self._requeue(job_id, utcnow() + delay, last_error=error)
 
-    async def postpone(self, job_id: int, until: datetime) -> None:
+    async def postpone(self, job_id: int, until: datetime) -> bool:
         """Put a job back until `until` without counting the claim as an attempt."""
-        await self._requeue(job_id, until, attempts=Job.attempts - 1)
+        return await self._requeue(job_id, until, attempts=Job.attempts - 1)
 
-    async def _requeue(self, job_id: int, run_after: datetime, **values: Any) -> None:
+    async def _requeue(self, job_id: int, run_after: datetime, **values: Any) -> bool:
         async with self.sessions.begin() as session:
-            await session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
+            result = await session.execute(
+                self._owned(job_id).values(
                     status=QUEUED,
                     run_after=run_after,
                     lease_owner=None,
@@ -106,6 +106,13 @@ class JobQueue:
                     **values,
                 )
             )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _owned(self, job_id: int) -> Update:
+        """An UPDATE of the job that applies only while this worker holds its lease."""
+        return update(Job).where(
+            Job.id == job_id, Job.status == RUNNING, Job.lease_owner == self.owner
+        )
 
     async def reclaim_expired(self) -> int:
         """Requeue running jobs whose owner stopped renewing its lease."""
@@ -151,6 +158,17 @@ class JobQueue:
                 )
             )
             return int(count or 0)
+
+    async def lease_lost(self, job_id: int) -> bool:
+        """Whether another worker took this job over (a cancelled job is not lost: it ended)."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(select(Job.status, Job.lease_owner).where(Job.id == job_id))
+            ).one_or_none()
+        if row is None:
+            return True
+        status, owner = row
+        return status != CANCELLED and not (status == RUNNING and owner == self.owner)
 
     async def status_of(self, job_id: int) -> str | None:
         async with self.sessions() as session:

@@ -43,7 +43,7 @@ class Task(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     state: Mapped[str] = mapped_column(String(32), index=True)
     ref_kind: Mapped[str] = mapped_column(String(16))
-    ref_key: Mapped[str] = mapped_column(String(200))
+    ref_key: Mapped[str] = mapped_column(Text)  # whatever was typed, whole
     ref_url: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)
     repo: Mapped[str | None] = mapped_column(String(200))
@@ -68,6 +68,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # A task started in someone else's thread (an alert's): Fixbot's own status message there.
     parent_ts: Mapped[str | None] = mapped_column(String(32))
+    # The "pull request ready" reply, once posted: a resumed step does not post it twice.
+    done_message_ts: Mapped[str | None] = mapped_column(String(32))
     # Replies kept for the next agent step (untrusted text).
     feedback: Mapped[list[str] | None] = mapped_column(JSON)
 
@@ -166,7 +168,8 @@ class Question(Base):
 
 
 class WebhookDelivery(Base):
-    """A webhook delivery already handled: a replay with the same id is a no-op."""
+    """A trigger already handled: a webhook delivery, a Slack event or click, an alert's
+    `Plan a fix`. A second delivery with the same (source, id) is a no-op, on any replica."""
 
     __tablename__ = "webhook_deliveries"
 

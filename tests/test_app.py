@@ -74,7 +74,7 @@ async def test_health_readiness_and_clean_shutdown(world: World) -> None:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"ok": True, "database": True, "slack": True}
+        assert ready.json() == {"ok": True, "database": True, "slack": True, "workers": True}
         assert "python_info" in (await client.get("/metrics")).text
     assert await world.stop_app(signal.SIGTERM) == 0
     assert "Traceback" not in world.app_log()

@@ -56,7 +56,12 @@ async def test_metrics_health_and_logs_after_a_planning_run(world: World) -> Non
             assert response.status == 200 and await response.json() == {"ok": True}
         async with http.get(f"{base}/readyz") as response:
             assert response.status == 200
-            assert await response.json() == {"ok": True, "database": True, "slack": True}
+            assert await response.json() == {
+                "ok": True,
+                "database": True,
+                "slack": True,
+                "workers": True,
+            }
 
     ack = await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from storage.db import create_engine, sessionmaker
 from storage.queue import CANCELLED, DONE, QUEUED, RUNNING, JobQueue
 from storage.tables import Job, Task, utcnow
+from storage.triggers import first_delivery, forget_before
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -255,3 +256,31 @@ async def test_ahead_of_counts_running_and_earlier_queued_jobs_of_its_kind(
     assert [await queue.ahead_of(j) for j in (a, b, last)] == [1, 2, 3]  # running still counts
     await queue.finish(urgent.id, DONE)
     assert [await queue.ahead_of(j) for j in (a, b, last)] == [0, 1, 2]
+
+
+async def test_a_worker_past_its_lease_cannot_finish_or_requeue_the_job(
+    sessions: Sessions, task_id: int
+) -> None:
+    job = await enqueue(sessions, task_id)
+    paused = JobQueue(sessions, "paused-worker", lease=timedelta(milliseconds=50))
+    taker = JobQueue(sessions, "taker", lease=timedelta(minutes=5))
+    assert await claimed_id(paused, ["plan"]) == job.id
+    await asyncio.sleep(0.1)
+    assert await taker.reclaim_expired() == 1
+    assert await claimed_id(taker, ["plan"]) == job.id
+
+    assert await paused.finish(job.id, CANCELLED) is False
+    assert await paused.retry_later(job.id, timedelta(0), "late") is False
+    assert await paused.lease_lost(job.id) and not await taker.lease_lost(job.id)
+    row = await job_row(sessions, job.id)
+    assert (row.status, row.lease_owner) == (RUNNING, "taker")
+    assert await taker.finish(job.id, DONE) is True
+
+
+async def test_a_trigger_counts_once_until_forgotten(sessions: Sessions) -> None:
+    assert await first_delivery(sessions, "slack", "Ev001") is True
+    assert await first_delivery(sessions, "slack", "Ev001") is False
+    assert await first_delivery(sessions, "alert", "Ev001") is True  # another source
+    await forget_before(sessions, "slack", utcnow() + timedelta(seconds=1))
+    assert await first_delivery(sessions, "slack", "Ev001") is True
+    assert await first_delivery(sessions, "alert", "Ev001") is False

@@ -158,3 +158,17 @@ async def test_jira_issue_created_with_the_label(world: World) -> None:
     other = {"X-Atlassian-Webhook-Identifier": str(uuid.uuid4())}
     status, answer = await post(f"{hooks}/jira?secret={SECRETS['jira']}", unlabelled, other)
     assert status == 200 and "ignored" in answer and count(world, "tasks") == 1
+
+
+async def test_a_signed_github_webhook_with_a_malformed_field_is_ignored(world: World) -> None:
+    hooks = await start(world)
+    data = json.loads(payload("github_pull_request_closed.json", NUMBER="1"))
+    data["number"] = data["pull_request"]["number"] = "not a number"
+    closed = json.dumps(data).encode()
+    headers = {
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], closed),
+    }
+    status, answer = await post(f"{hooks}/github", closed, headers)
+    assert (status, answer) == (200, {"ok": True, "ignored": "not a Fixbot pull request"})

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import httpx
 import pydantic
 
-from bot.errors import FixbotError
+from bot.errors import FixbotError, Transient
 
 DEFAULT_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -30,6 +30,10 @@ class IntegrationError(FixbotError):
         self.service = service
         self.message = message
         self.status = status
+
+
+class IntegrationUnavailable(IntegrationError, Transient):
+    """Sentry, GitHub or Jira did not answer, or answered 429 or 5xx: worth asking again."""
 
 
 class ServiceClient:
@@ -92,9 +96,11 @@ class ServiceClient:
         try:
             response = await self._http.request(method, url, json=json, params=params)
         except httpx.TimeoutException:
-            raise self.error(f"{self.base_url} did not answer in time for {what}.") from None
+            message = f"{self.base_url} did not answer in time for {what}."
+            raise IntegrationUnavailable(self.service, message) from None
         except httpx.TransportError as exc:
-            raise self.error(f"could not reach {self.base_url} for {what} ({exc}).") from exc
+            message = f"could not reach {self.base_url} for {what} ({exc})."
+            raise IntegrationUnavailable(self.service, message) from exc
         if response.is_error:
             raise self._status_error(response, what)
         if not response.content:
@@ -122,13 +128,26 @@ class ServiceClient:
             message = f"the token may not read or change {what} (HTTP 403).{said}"
         elif status == 404:
             message = f"{what} was not found (HTTP 404).{said}"
-        elif status == 429:
-            message = f"rate limit reached for {what} (HTTP 429); try again later."
-        elif status >= 500:
-            message = f"the server failed on {what} (HTTP {status}); try again later.{said}"
+        elif status == 429 or status >= 500:
+            busy = (
+                f"rate limit reached for {what} (HTTP 429); try again later."
+                if status == 429
+                else f"the server failed on {what} (HTTP {status}); try again later.{said}"
+            )
+            unavailable = IntegrationUnavailable(self.service, busy, status=status)
+            unavailable.retry_after = _seconds(response.headers.get("Retry-After"))
+            return unavailable
         else:
             message = f"the request for {what} was refused (HTTP {status}).{said}"
         return self.error(message, status=status)
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare from these APIs and ignored)."""
+    try:
+        return float(retry_after) if retry_after else None
+    except ValueError:
+        return None
 
 
 def vendor_detail(response: httpx.Response) -> str:

@@ -136,6 +136,16 @@ class JiraClient(ServiceClient):
         )
         return self.parse(JiraComment.from_api, data, what=what)
 
+    async def comments(self, key: str) -> list[JiraComment]:
+        """The issue's comments, oldest first (the first page: up to 100)."""
+        what = f"the comments on issue {key}"
+        data = await self.request(
+            "GET", _issue_path(key, "comment"), params={"maxResults": "100"}, what=what
+        )
+        return self.parse(
+            lambda d: [JiraComment.from_api(c) for c in d["comments"]], data, what=what
+        )
+
     async def transitions(self, key: str) -> list[JiraTransition]:
         """The moves the issue can make from its current status."""
         what = f"the transitions of issue {key}"

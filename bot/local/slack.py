@@ -40,6 +40,7 @@ Surface::
         # how Slack pushes back
         slack.rate_limit("chat.update")        # published tier; "*" for every method
         slack.force_429("chat.postMessage", retry_after=1, times=1)
+        await slack.deliver_again(ack.envelope_id)  # as Slack does when an ack is lost
 
 Envelopes not acknowledged within ``ack_timeout`` seconds (3, as Slack) are sent
 again, to any connection, with ``retry_attempt`` counting up and ``retry_reason``
@@ -683,6 +684,26 @@ class LocalSlack:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ rate limits
+
+    async def deliver_again(self, envelope_id: str) -> Ack:
+        """Send an envelope once more, as Slack does when it missed the acknowledgement;
+        returns the new acknowledgement."""
+        old = self._envelopes[envelope_id]
+        envelope = _Envelope(
+            id=old.id,
+            type=old.type,
+            payload=old.payload,
+            accepts_response_payload=old.accepts_response_payload,
+            acked=asyncio.get_running_loop().create_future(),
+            retry_attempt=old.retry_attempt + 1,
+            first_sent_at=time.monotonic(),
+        )
+        self._envelopes[envelope_id] = envelope
+        await self._send_to_some_socket(envelope.to_json())
+        ack = await asyncio.wait_for(envelope.acked, self.ack_timeout * (MAX_RETRIES + 1))
+        if ack is None:
+            raise AssertionError(f"the envelope {envelope_id} was not acknowledged again")
+        return ack
 
     def rate_limit(self, method: str, per_minute: float | None = None) -> None:
         """Answer 429 when ``method`` goes over its published tier (or ``per_minute``).

@@ -12,6 +12,7 @@ Opening a pull request checks, with git, that both branches exist in the bare
 repo and that head has commits base lacks, and answers 422 as GitHub does when
 not. GraphQL knows one mutation, `markPullRequestReadyForReview`. Every request
 needs `Authorization: Bearer <token>` (or `token <token>`), else 401.
+`github.faults` injects errors and holds requests (fakes/faults.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+
+from .faults import Faults
 
 GIT_TIMEOUT_S = 10.0
 DOCS_URL = "https://docs.github.com/rest"
@@ -101,6 +104,7 @@ class FakeGitHub:
         self.repos: dict[str, FakeRepo] = {}
         self._node_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.faults = Faults()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -185,6 +189,9 @@ class FakeGitHub:
                 body=_decode(raw),
             )
         )
+        injected = await self.faults.apply(request)
+        if injected is not None:
+            return injected
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() not in ("bearer", "token") or credential != self.token:
             return _error(401, "Bad credentials")

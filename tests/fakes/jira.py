@@ -85,6 +85,7 @@ class FakeJira:
         app.router.add_get("/rest/api/3/myself", self._myself)
         app.router.add_get(issue, self._get_issue)
         app.router.add_post(issue + "/comment", self._add_comment)
+        app.router.add_get(issue + "/comment", self._list_comments)
         app.router.add_get(issue + "/transitions", self._list_transitions)
         app.router.add_post(issue + "/transitions", self._do_transition)
         self._runner = web.AppRunner(app, access_log=None)
@@ -210,6 +211,16 @@ class FakeJira:
                 "self": f"{self.url}/rest/api/3/issue/{issue.id}",
                 "fields": fields,
             }
+        )
+
+    async def _list_comments(self, request: web.Request) -> web.Response:
+        issue = self._issue_or_404(request)
+        comments = [
+            {"id": f"{issue.id}{number:03d}", "body": body}
+            for number, body in enumerate(issue.comments, start=1)
+        ]
+        return web.json_response(
+            {"startAt": 0, "maxResults": 100, "total": len(comments), "comments": comments}
         )
 
     async def _add_comment(self, request: web.Request) -> web.Response:

@@ -7,7 +7,8 @@
 Payloads follow Sentry's API: the short-id lookup, issue details, and the latest
 event with `entries` of type `exception` and `breadcrumbs`. Every request must
 carry `Authorization: Bearer <token>` (401 otherwise); unknown things are 404.
-Everything received is kept in `requests`.
+Everything received is kept in `requests`. `sentry.faults` injects errors and holds
+requests (fakes/faults.py).
 
 After a merge (what Fixbot calls then):
 
@@ -32,6 +33,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+
+from .faults import Faults
 
 
 @dataclass
@@ -74,6 +77,7 @@ class FakeSentry:
         self.resolutions: list[tuple[str, Any]] = []
         self._ids = itertools.count(4_000_000_001)
         self._runner: web.AppRunner | None = None
+        self.faults = Faults()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -297,6 +301,9 @@ class FakeSentry:
                 body=_decode(raw),
             )
         )
+        injected = await self.faults.apply(request)
+        if injected is not None:
+            return injected
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response({"detail": "Invalid token"}, status=401)
         if request.match_info.get("org", self.org) != self.org:
