@@ -324,9 +324,11 @@ def _bind_all(flag: str, paths: Sequence[Path]) -> list[str]:
 
 def _bridge_script(socat: str, listens: list[tuple[str, int, Path]]) -> str:
     """Inside: a socat listener per bridge, each ready before the command starts."""
+    # Their stdio goes nowhere: the command's pipes (the CLI's protocol stream) are its own
+    # and close when it ends.
     lines = [
         f"{shlex.quote(socat)} TCP-LISTEN:{port},bind={address},reuseaddr,fork "
-        f"UNIX-CONNECT:{socket_path} &"
+        f"UNIX-CONNECT:{socket_path} </dev/null >/dev/null 2>&1 &"
         for address, port, socket_path in listens
     ]
     ports = " ".join(f"{port:04X}" for _, port, _ in listens)
