@@ -214,18 +214,18 @@ async def run_agent_step(
     (home / ".claude").mkdir(parents=True, exist_ok=True)
     if not env.sandbox.enabled:
         log.warning("the %s agent runs WITHOUT a sandbox (fixbot.yml `sandbox: off`)", step.name)
-    api = Endpoint.parse(env.base_url or ANTHROPIC_API)
-    readable = [*step.plugins, *step.readable]
+        return await _run(step, env, home, env.cli_path, on_event, on_session)
+    cli = claude_cli(env.cli_path)
     async with env.sandbox.confine(
-        writable=[step.cwd, home], readable=readable, reach=[api]
+        writable=[step.cwd, home],
+        # A CLI installed outside /usr and Fixbot's Python, the skills, the repo's environment.
+        readable=[Path(cli).parent, *step.plugins, *step.readable],
+        reach=[Endpoint.parse(env.base_url or ANTHROPIC_API)],
     ) as confinement:
-        cli_path = env.cli_path
-        if env.sandbox.enabled:
-            # Resuming from the session store, the SDK sets CLAUDE_CONFIG_DIR to a folder
-            # of its own at start: the launcher binds it too.
-            launcher = confinement.launcher([claude_cli(env.cli_path)], bind_variable=CONFIG_DIR)
-            cli_path = str(launcher)
-        return await _run(step, env, home, cli_path, on_event, on_session)
+        # Resuming from the session store, the SDK sets CLAUDE_CONFIG_DIR to a folder of
+        # its own at start: the launcher binds that too.
+        launcher = confinement.launcher([cli], bind_variable=CONFIG_DIR)
+        return await _run(step, env, home, str(launcher), on_event, on_session)
 
 
 async def _run(
@@ -287,13 +287,14 @@ def task_home(env: AgentEnvironment, worktree: Path) -> Path:
 
 
 def claude_cli(configured: str | None) -> str:
-    """The CLI path claude-agent-sdk would run: `configured`, its bundled binary, else
-    `claude` on PATH."""
+    """The CLI claude-agent-sdk would run, links resolved: `configured`, its bundled
+    binary, else `claude` on PATH."""
     if configured:
-        return shutil.which(configured) or configured
+        return os.path.realpath(shutil.which(configured) or configured)
     from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
-    return SubprocessCLITransport(prompt="", options=ClaudeAgentOptions())._find_cli()
+    found = SubprocessCLITransport(prompt="", options=ClaudeAgentOptions())._find_cli()
+    return os.path.realpath(found)
 
 
 def agent_env(

@@ -327,9 +327,11 @@ def _bind_all(flag: str, paths: Sequence[Path]) -> list[str]:
 
 def _bridge_script(socat: str, listens: list[tuple[str, int, Path]]) -> str:
     """Inside: a socat listener per bridge, each ready before the command starts."""
+    # Their stdio goes nowhere: the command's pipes (the CLI's protocol stream) are its own
+    # and close when it ends.
     lines = [
         f"{shlex.quote(socat)} TCP-LISTEN:{port},bind={address},reuseaddr,fork "
-        f"UNIX-CONNECT:{socket_path} &"
+        f"UNIX-CONNECT:{socket_path} </dev/null >/dev/null 2>&1 &"
         for address, port, socket_path in listens
     ]
     ports = " ".join(f"{port:04X}" for _, port, _ in listens)
@@ -349,39 +351,41 @@ async def _host_side(
 ) -> AsyncIterator[None]:
     """Outside, in Fixbot's event loop: every connection to `socket_path` goes on to
     `forward_to`, or (an HTTP CONNECT proxy) to the `allowed` endpoint it asks for."""
-    handlers: set[asyncio.Task[None]] = set()
+    # Each running connection's task and the streams it holds: closing the streams ends
+    # it (cancelling it instead makes asyncio log the cancellation as an error).
+    connections: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        handlers.add(task)
+        streams = connections[task] = [writer]
         try:
             target = forward_to or await _proxy_request(reader, writer, allowed)
             if target is None:
                 return
-            upstream = await asyncio.wait_for(
+            upstream_reader, upstream_writer = await asyncio.wait_for(
                 asyncio.open_connection(target.host, target.port), _CONNECT_TIMEOUT_S
             )
+            streams.append(upstream_writer)
             if forward_to is None:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            try:
-                await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
-            finally:
-                upstream[1].close()
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
             pass  # the sandboxed client sees its connection end
         finally:
-            writer.close()
-            handlers.discard(task)
+            for stream in streams:
+                stream.close()
+            connections.pop(task, None)
 
     server = await asyncio.start_unix_server(serve, path=str(socket_path))
     try:
         yield
     finally:
         server.close()
-        for handler in list(handlers):
-            handler.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        for stream in [stream for streams in connections.values() for stream in streams]:
+            stream.close()
+        if connections:
+            await asyncio.wait(list(connections), timeout=_CONNECT_TIMEOUT_S)
 
 
 async def _proxy_request(

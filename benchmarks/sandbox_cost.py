@@ -3,8 +3,9 @@
 An agent step here is the real Claude Code CLI (through agents/runner.py) answering a
 scripted model for three turns: a Read, a Bash command (the repo's test command) and a
 final text. A test run is Fixbot's own `run_command` of `python -m pytest -q` on a small
-repository with two tests. Cases alternate (sandboxed, off, sandboxed, off, …) so that
-whatever else loads the machine falls on both alike.
+repository with two tests; an empty run is `run_command("true")`, the sandbox's fixed cost
+alone (its probe that bubblewrap works, then the namespaces and mounts). Cases alternate
+(sandboxed, off, sandboxed, off, …) so that whatever else loads the machine falls on both.
 
     .venv/bin/python benchmarks/sandbox_cost.py [--steps 5] [--runs 10]
 """
@@ -71,9 +72,9 @@ async def agent_step(model: ScriptedModel, root: Path, repo: Path, sandbox: Sand
     return elapsed
 
 
-async def test_run(repo: Path, sandbox: Sandbox) -> float:
+async def test_run(repo: Path, sandbox: Sandbox, command: str = TEST_COMMAND) -> float:
     started = time.perf_counter()
-    result = await run_command(TEST_COMMAND, repo, timeout=120, sandbox=sandbox)
+    result = await run_command(command, repo, timeout=120, sandbox=sandbox)
     elapsed = time.perf_counter() - started
     assert result.passed, result.output
     return elapsed
@@ -97,6 +98,10 @@ async def main(steps: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="fixbot-bench-") as folder:
         root = Path(folder)
         repo = make_repo(root)
+        empty_times: dict[str, list[float]] = {case: [] for case in CASES}
+        for _ in range(runs):
+            for case, sandbox in CASES.items():
+                empty_times[case].append(await test_run(repo, sandbox, "true"))
         runs_times: dict[str, list[float]] = {case: [] for case in CASES}
         await test_run(repo, CASES["sandboxed"])  # warm-up: page cache, bytecode
         for _ in range(runs):
@@ -108,6 +113,7 @@ async def main(steps: int, runs: int) -> None:
             for _ in range(steps):
                 for case, sandbox in CASES.items():
                     step_times[case].append(await agent_step(model, root, repo, sandbox))
+        summary("Empty run (true)", empty_times)
         summary("Test run (python -m pytest -q, 2 tests)", runs_times)
         summary("Agent step (Claude Code CLI, 3 turns: Read, Bash test command, text)", step_times)
 
