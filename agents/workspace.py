@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import math
 import os
 import re
 import signal
@@ -232,7 +233,8 @@ class Workspaces:
         self.mirrors = self.root / "mirrors"
         self.tasks = self.root / "tasks"
         self.locks = self.root / "locks"
-        self._locks: dict[Path, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._fetched: dict[Path, float] = {}  # mirror → when its last fetch here began
 
     def mirror_path(self, repo: RepoConfig) -> Path:
         owner, name = repo.name.split("/", 1)
@@ -241,33 +243,46 @@ class Workspaces:
     def worktree_path(self, branch: str) -> Path:
         return self.tasks / branch.replace("/", "__")
 
-    async def prepare(self, repo: RepoConfig, branch: str) -> Worktree:
-        """A worktree on a new branch `branch` from the default branch's freshly fetched tip.
+    async def prepare(
+        self, repo: RepoConfig, branch: str, base_commit: str | None = None
+    ) -> Worktree:
+        """A worktree on branch `branch`, reused when it is there already (a later step of
+        the task, a restart mid-task) and holds `base_commit`.
 
-        If the worktree for `branch` is already there (a restart mid-task), it is reused.
+        A new one starts at `base_commit` when given (a task's later steps: no fetch when
+        the mirror has that commit), else at the default branch's freshly fetched tip.
+        Worktrees of one repository are added side by side: only the fetch is serial.
         """
         mirror = self.mirror_path(repo)
         path = self.worktree_path(branch)
-        async with self._lock(mirror):
-            await self._update_mirror(repo, mirror)
-            await git("worktree", "prune", cwd=mirror)  # forget directories deleted by hand
+        async with self._lock(f"tasks/{path.name}"):
+            if base_commit is None or not await _has_commit(mirror, base_commit):
+                await self._fetch(repo, mirror)
             upstream = f"refs/remotes/origin/{repo.default_branch}"
             existing = await _worktree_branches(mirror)
-            if existing.get(path) == branch:
-                base = await git("merge-base", "HEAD", upstream, cwd=path)
-                return Worktree(path, branch, base.strip())
+            if existing.get(path) == branch and path.is_dir():
+                if base_commit is None:
+                    base = await git("merge-base", "HEAD", upstream, cwd=path)
+                    return Worktree(path, branch, base.strip())
+                if await _is_ancestor(path, base_commit):
+                    return Worktree(path, branch, base_commit)
             if path.exists() or path in existing:
                 await self._discard(mirror, path)
-            check = await _run_git(["rev-parse", "--verify", "--quiet", upstream], cwd=mirror)
+            start = base_commit or upstream
+            check = await _run_git(["rev-parse", "--verify", "--quiet", start], cwd=mirror)
             if check.exit_code != 0:
+                where = _tail(repo.clone_url)
                 raise GitError(
-                    f"{repo.name} has no branch {repo.default_branch!r} at "
-                    f"{_tail(repo.clone_url)}: check default_branch in fixbot.yml."
+                    f"{repo.name} has no branch {repo.default_branch!r} at {where}: check "
+                    "default_branch in fixbot.yml."
+                    if base_commit is None
+                    else f"{repo.name} has no commit {base_commit} at {where} any more."
                 )
             self.tasks.mkdir(parents=True, exist_ok=True)
-            await git(
-                "worktree", "add", "--no-track", "-B", branch, str(path), upstream, cwd=mirror
-            )
+            async with self._worktrees(mirror, shared=True):
+                await git(
+                    "worktree", "add", "--no-track", "-B", branch, str(path), start, cwd=mirror
+                )
             base = await git("rev-parse", "HEAD", cwd=path)
             return Worktree(path, branch, base.strip())
 
@@ -277,12 +292,14 @@ class Workspaces:
         mirrors = [mirror] if mirror else self._all_mirrors()
         if mirror is None and worktree.path.exists():
             await remove_tree(worktree.path)
-        for candidate in mirrors:
-            async with self._lock(candidate):
+        async with self._lock(f"tasks/{worktree.path.name}"):
+            for candidate in mirrors:
                 if mirror is not None:
                     await self._discard(candidate, worktree.path)
-                await git("worktree", "prune", cwd=candidate)
-                await _run_git(["branch", "-D", worktree.branch], cwd=candidate)
+                else:
+                    await self._prune(candidate)
+                async with self._lock(candidate.name):  # refs are rewritten as by a fetch
+                    await _run_git(["branch", "-D", worktree.branch], cwd=candidate)
 
     async def cleanup(self, max_age: timedelta) -> list[Path]:
         """Remove task worktrees untouched for longer than `max_age`; return their paths.
@@ -305,18 +322,43 @@ class Workspaces:
                 await remove_tree(path)
             removed.append(path)
         for mirror in self._all_mirrors():
-            async with self._lock(mirror):
-                await git("worktree", "prune", cwd=mirror)
+            await self._prune(mirror)
         return removed
 
+    async def _fetch(self, repo: RepoConfig, mirror: Path) -> None:
+        """Bring the mirror up to date, holding it for the fetch alone. A fetch that began
+        after this call was made serves it too: prepares waiting together fetch once."""
+        asked = time.monotonic()
+        async with self._lock(mirror.name):
+            if self._fetched.get(mirror, -math.inf) >= asked:
+                return
+            started = time.monotonic()
+            await self._update_mirror(repo, mirror)
+            self._fetched[mirror] = started
+
     @contextlib.asynccontextmanager
-    async def _lock(self, mirror: Path) -> AsyncIterator[None]:
-        """The mirror to ourselves: tasks here queue on an asyncio lock, and replicas that
-        share the work folder (one volume, as in docker-compose.yml) on a file lock."""
-        async with self._locks.setdefault(mirror, asyncio.Lock()):
-            self.locks.mkdir(parents=True, exist_ok=True)
-            async with _file_lock(self.locks / f"{mirror.name}.lock"):
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        """`name` to ourselves: a mirror's fetches and ref rewrites (`<mirror>`), or a task's
+        worktree (`tasks/<worktree>`, always taken before its mirror's). Tasks here queue
+        on an asyncio lock, and replicas that share the work folder (one volume, as in
+        docker-compose.yml) on a file lock."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            lock = self.locks / f"{name}.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            async with _file_lock(lock):
                 yield
+
+    def _worktrees(
+        self, mirror: Path, *, shared: bool
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """The mirror's list of worktrees: added to side by side (shared), pruned alone.
+        `worktree prune` would take a worktree being added for one deleted by hand."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return _file_lock(self.locks / f"{mirror.name}.worktrees.lock", shared=shared)
+
+    async def _prune(self, mirror: Path) -> None:
+        async with self._worktrees(mirror, shared=False):
+            await git("worktree", "prune", cwd=mirror)
 
     def _all_mirrors(self) -> list[Path]:
         if not self.mirrors.is_dir():
@@ -363,19 +405,25 @@ class Workspaces:
         # `worktree remove` fails on a directory git no longer knows; rm -rf covers that.
         await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
         await remove_tree(path)
-        await git("worktree", "prune", cwd=mirror)
+        await self._prune(mirror)
 
 
 @contextlib.asynccontextmanager
-async def _file_lock(path: Path, timeout: float = NETWORK_TIMEOUT) -> AsyncIterator[None]:  # noqa: ASYNC109
-    """An exclusive flock on `path`, polled so the event loop never blocks; the kernel
-    releases it when its holder dies, so a killed replica never leaves it held."""
+async def _file_lock(
+    path: Path,
+    timeout: float = NETWORK_TIMEOUT,  # noqa: ASYNC109
+    *,
+    shared: bool = False,
+) -> AsyncIterator[None]:
+    """An exclusive (or `shared`) flock on `path`, polled so the event loop never blocks;
+    the kernel releases it when its holder dies, so a killed replica never leaves it held.
+    Each call opens the file anew, so calls in one process exclude each other too."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
@@ -384,6 +432,18 @@ async def _file_lock(path: Path, timeout: float = NETWORK_TIMEOUT) -> AsyncItera
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+async def _has_commit(mirror: Path, commit: str) -> bool:
+    if not mirror.is_dir():  # noqa: ASYNC240 (one stat of a local directory)
+        return False
+    result = await _run_git(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror)
+    return result.exit_code == 0
+
+
+async def _is_ancestor(worktree: Path, commit: str) -> bool:
+    result = await _run_git(["merge-base", "--is-ancestor", commit, "HEAD"], cwd=worktree)
+    return result.exit_code == 0
 
 
 async def _worktree_branches(mirror: Path) -> dict[Path, str | None]:

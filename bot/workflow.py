@@ -561,7 +561,7 @@ class Workflow:
             raise InvalidTransition(_already(State(task.state)))
         task, repo = await self._resolve(task)
         worktree = await self.workspaces.prepare(
-            repo, task.branch or branch_name(task.ref_key, task.title)
+            repo, task.branch or branch_name(task.ref_key, task.title), task.base_commit
         )
         task = await self._save(
             task, branch=worktree.branch, base_commit=task.base_commit or worktree.base_commit
@@ -653,7 +653,7 @@ class Workflow:
         await self._update_parent(task)
         repo = self._repo(task)
         assert task.branch and task.base_commit and task.plan_markdown and task.plan
-        worktree = await self.workspaces.prepare(repo, task.branch)
+        worktree = await self.workspaces.prepare(repo, task.branch, task.base_commit)
         started = time.monotonic()
         message = self.redact(f"Fix {task.ref_key}: {task.title}"[:72])
         environment = await prepare_environment(
@@ -1105,7 +1105,7 @@ class Workflow:
         """Planning again with the thread's feedback, resuming the planning session."""
         repo = self._repo(task)
         assert task.branch and task.plan is not None
-        worktree = await self.workspaces.prepare(repo, task.branch)
+        worktree = await self.workspaces.prepare(repo, task.branch, task.base_commit)
         async with self.sessions() as session:
             resume = await session.scalar(
                 select(AgentRun.session_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -127,6 +128,85 @@ async def test_prepare_reuses_a_task_worktree_after_a_restart(
 
     assert again == worktree
     assert "42" in (again.path / "app.py").read_text()
+
+
+@pytest.fixture
+def fetch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `git` first on PATH that notes each `git fetch` in this log, then runs git."""
+    real = shutil.which("git")
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    log = tmp_path / "fetches.log"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for arg in "$@"; do [ "$arg" = fetch ] && echo fetch >> {log} && break; done\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def fetches(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+async def test_ten_worktrees_of_one_repository_are_prepared_at_once(
+    workspaces: Workspaces, repo: RepoConfig, origin: Path, fetch_log: Path
+) -> None:
+    # Two replicas sharing the work folder, five tasks each, all at once.
+    replicas = [workspaces, Workspaces(workspaces.root)]
+    branches = [f"fixbot/shop-{number}-at-once" for number in range(10)]
+
+    worktrees = await asyncio.gather(
+        *(replicas[n % 2].prepare(repo, branch) for n, branch in enumerate(branches))
+    )
+
+    tip = await origin_sha(origin)
+    for worktree, branch in zip(worktrees, branches, strict=True):
+        assert worktree.branch == branch
+        assert worktree.base_commit == tip
+        assert (await git("rev-parse", "HEAD", cwd=worktree.path)).strip() == tip
+        assert await git("branch", "--show-current", cwd=worktree.path) == f"{branch}\n"
+        assert (worktree.path / "app.py").read_text().endswith("return 41\n")
+    listing = await git("worktree", "list", "--porcelain", cwd=workspaces.mirror_path(repo))
+    assert listing.count("\nbranch refs/heads/fixbot/") == 10
+    # Prepares waiting together share a fetch: at most one, and one more for those who
+    # asked while it ran, in each replica.
+    assert fetches(fetch_log) <= 4
+
+
+async def test_a_later_step_prepares_from_the_tasks_base_without_fetching(
+    workspaces: Workspaces, repo: RepoConfig, origin: Path, tmp_path: Path, fetch_log: Path
+) -> None:
+    planned = await workspaces.prepare(repo, "fixbot/shop-1-fix")
+    assert fetches(fetch_log) == 1
+    await commit_to(origin, tmp_path / "dev", {"app.py": "x = 1\n"}, "meanwhile")
+
+    executed = await workspaces.prepare(repo, "fixbot/shop-1-fix", planned.base_commit)
+    assert executed == planned
+
+    # Made again (its directory gone), the branch still starts at the task's base commit,
+    # not at the default branch's newer tip.
+    await remove_tree(planned.path)
+    again = await Workspaces(workspaces.root).prepare(
+        repo, "fixbot/shop-1-fix", planned.base_commit
+    )
+    assert again == planned
+    assert (await git("rev-parse", "HEAD", cwd=again.path)).strip() == planned.base_commit
+    assert fetches(fetch_log) == 1
+
+
+async def test_a_base_commit_the_mirror_lacks_is_fetched(
+    workspaces: Workspaces, repo: RepoConfig, origin: Path, tmp_path: Path, fetch_log: Path
+) -> None:
+    await workspaces.prepare(repo, "fixbot/shop-1-first")
+    newer = await commit_to(origin, tmp_path / "dev", {"app.py": "x = 1\n"}, "second")
+
+    worktree = await workspaces.prepare(repo, "fixbot/shop-2-second", newer)
+
+    assert worktree.base_commit == newer
+    assert fetches(fetch_log) == 2
 
 
 async def test_missing_default_branch_is_named(workspaces: Workspaces, origin: Path) -> None:
