@@ -10,6 +10,8 @@ executor cannot have touched.
 from __future__ import annotations
 
 import configparser
+import os
+import stat
 import tomllib
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable
@@ -74,9 +76,13 @@ def take_outcomes(checkout: Path) -> Outcomes | None:
     none readable."""
     report = checkout / REPORT_NAME
     try:
-        if not report.is_file() or report.stat().st_size > _REPORT_LIMIT:
-            return None
-        tree = ElementTree.parse(report)
+        # Never through a link the code under test left there, nor from a FIFO.
+        descriptor = os.open(report, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(descriptor, "rb") as file:
+            status = os.fstat(file.fileno())
+            if not stat.S_ISREG(status.st_mode) or status.st_size > _REPORT_LIMIT:
+                return None
+            tree = ElementTree.parse(file)
     except (OSError, ElementTree.ParseError):
         return None
     finally:
@@ -95,6 +101,17 @@ def take_outcomes(checkout: Path) -> Outcomes | None:
         if outcomes.get(test) != "failed":
             outcomes[test] = outcome
     return outcomes
+
+
+def ran_and_passed(outcomes: Outcomes, files: Iterable[str]) -> bool:
+    """Whether tests of each of `files` ran (in the report) and none of them failed."""
+    wanted = set(files)
+    ran = {test.partition("::")[0] for test in outcomes}
+    failed = any(
+        outcome == "failed" and test.partition("::")[0] in wanted
+        for test, outcome in outcomes.items()
+    )
+    return wanted <= ran and not failed
 
 
 def broken_and_skipped(

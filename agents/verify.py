@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from agents.base_checkouts import base_checkout
 from agents.sandbox import Endpoint, Sandbox
 from agents.test_changes import (
     Outcomes,
     broken_and_skipped,
     infrastructure_changes,
     is_infrastructure,
+    ran_and_passed,
     take_outcomes,
     with_report,
 )
@@ -280,9 +282,30 @@ async def verify_fix(
     sandbox: Sandbox,
     reach: Sequence[Endpoint] = (),
     environment: RepoEnvironment | None = None,
+    checkouts: Path | None = None,
 ) -> Verification:
     """Check the fix in `worktree` against `base_commit` with the repo's test command,
-    every run in `sandbox` (reaching only `reach`, in the repository's `environment`)."""
+    every run in `sandbox` (reaching only `reach`, in the repository's `environment`).
+
+    `checkouts`: the folder where checkouts of base commits are kept warm between
+    verifications (agents/base_checkouts.py); None: a temporary one for this verification.
+    """
+    if checkouts is None:
+        folder = Path(tempfile.mkdtemp(prefix="fixbot-base-"))
+        try:
+            return await verify_fix(
+                worktree,
+                base_commit,
+                test_command,
+                timeout,
+                sandbox=sandbox,
+                reach=reach,
+                environment=environment,
+                checkouts=folder,
+            )
+        finally:
+            # Shielded: a cancelled verification still takes its checkouts away.
+            await asyncio.shield(remove_tree(folder))
     changed_all = await changed_files(worktree, base_commit)
     changed = _existing(worktree, changed_all)
     tests = test_files(changed)
@@ -296,7 +319,7 @@ async def verify_fix(
             command, cwd, timeout, sandbox=sandbox, reach=reach, environment=environment
         )
 
-    red, _ = await _run_on_base(worktree, base_commit, copied, targeted, run)
+    red, _ = await _run_on_base(worktree, base_commit, copied, targeted, run, checkouts)
     if red.timed_out:
         reason = f"the new tests time out without the fix (after {timeout:g} s)"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
@@ -306,24 +329,28 @@ async def verify_fix(
         reason = f"the new tests did not run without the fix (pytest exit {red.exit_code})"
         return Verification(ok=False, reason=reason, test_files=tests, red=red)
 
-    green = await run(targeted, worktree)
-    if not green.passed:
-        reason = f"the new tests {_failure(green, timeout)} with the fix"
-        return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
-
     deleted = sorted(set(changed_all) - set(changed))
     # With the test set-up untouched, the suite run itself can say how each test did.
     set_up_changed = any(map(is_infrastructure, changed_all))
     reported = None if set_up_changed else with_report(test_command)
     suite = await run(reported or test_command, worktree)
     after = take_outcomes(worktree) if reported else None
+    # A passing suite whose report shows the new tests ran and passed is their green run
+    # too; otherwise they run on their own, which also tells which of the two failed.
+    if suite.passed and after is not None and ran_and_passed(after, tests):
+        green = suite
+    else:
+        green = await run(targeted, worktree)
+    if not green.passed:
+        reason = f"the new tests {_failure(green, timeout)} with the fix"
+        return Verification(ok=False, reason=reason, test_files=tests, red=red, green=green)
     if not suite.passed:
         reason = f"the test suite {_failure(suite, timeout)} with the fix"
         return Verification(
             ok=False, reason=reason, test_files=tests, red=red, green=green, suite=suite
         )
     guarded, broken, test_changes = await _existing_tests(
-        worktree, base_commit, test_command, changed, deleted, timeout, after, run
+        worktree, base_commit, test_command, changed, deleted, timeout, after, run, checkouts
     )
     return Verification(
         ok=broken is None,
@@ -346,6 +373,7 @@ async def _existing_tests(
     timeout: float,  # noqa: ASYNC109 (only named in what it says)
     after: Outcomes | None,
     run: Runner,
+    checkouts: Path,
 ) -> tuple[CommandResult | None, str | None, list[str]]:
     """Whether the existing tests hold with the fix, judged with the base commit's test
     set-up: the run that judged (when one was made here), why they do not hold (None when
@@ -369,7 +397,7 @@ async def _existing_tests(
         code = [p for p in changed if not is_infrastructure(p) and p not in new_tests]
         removed = [path for path in deleted if not is_infrastructure(path)]
         guarded, after = await _run_on_base(
-            worktree, base_commit, code, reported or test_command, run, deleted=removed
+            worktree, base_commit, code, reported or test_command, run, checkouts, deleted=removed
         )
         if reported is None:
             if guarded.passed:
@@ -377,7 +405,7 @@ async def _existing_tests(
             why = f"the suite {_failure(guarded, timeout)} with the base commit's test set-up"
             return guarded, why, changes
     assert reported is not None
-    baseline, before = await _baseline(worktree, base_commit, reported, run)
+    baseline, before = await _baseline(worktree, base_commit, reported, run, checkouts)
     if before is None or after is None:
         judged = guarded if after is None else baseline
         failed = f" ({_failure(judged, timeout)})" if judged is not None else ""
@@ -405,12 +433,13 @@ async def _baseline(
     base_commit: str,
     command: str,
     run: Runner,
+    checkouts: Path,
 ) -> tuple[CommandResult | None, Outcomes | None]:
     """The suite's per-test outcomes on `base_commit` (and the run, when one was needed)."""
     key = (base_commit, command)
     if key in _BASELINES:
         return None, _BASELINES[key]
-    result, outcomes = await _run_on_base(worktree, base_commit, [], command, run)
+    result, outcomes = await _run_on_base(worktree, base_commit, [], command, run, checkouts)
     if outcomes is not None:
         if len(_BASELINES) >= _BASELINES_KEPT:
             del _BASELINES[next(iter(_BASELINES))]
@@ -424,38 +453,19 @@ async def _run_on_base(
     files: list[str],
     command: str,
     run: Runner,
+    checkouts: Path,
     *,
     deleted: list[str] | None = None,
 ) -> tuple[CommandResult, Outcomes | None]:
-    """Run `command` with `run` in a temporary checkout of `base_commit` holding `files`
-    (copied from the worktree) and without `deleted`; returns the run and its per-test
-    report, if any.
-
-    The checkout is a shared clone, not a worktree of the mirror: it borrows the mirror's
-    objects and writes nothing into it, so fetches and other tasks' worktrees never see
-    it half made.
-    """
-    holder = Path(tempfile.mkdtemp(prefix="fixbot-red-"))
-    checkout = holder / "repo"
-    try:
-        await git(
-            "clone",
-            "--quiet",
-            "--shared",
-            "--no-checkout",
-            str(worktree),
-            str(checkout),
-            cwd=holder,
-        )
-        await git("checkout", "--quiet", "--detach", base_commit, cwd=checkout)
+    """Run `command` with `run` in a clean checkout of `base_commit` from `checkouts`
+    holding `files` (copied from the worktree) and without `deleted`; returns the run and
+    its per-test report, if any."""
+    async with base_checkout(checkouts, worktree, base_commit) as checkout:
         _copy(worktree, checkout, files)
         for path in deleted or ():
             (checkout / path).unlink(missing_ok=True)
         result = await run(command, checkout)
         return result, take_outcomes(checkout)
-    finally:
-        # Shielded: a cancelled verification still takes its checkout away.
-        await asyncio.shield(remove_tree(holder))
 
 
 # Small local file operations: cheaper inline than a thread.

@@ -685,6 +685,7 @@ class Workflow:
             sandbox=self.agent_env.sandbox,
             reach=[Endpoint.parse(host) for host in repo.network_allow],
             environment=environment,
+            checkouts=self.workspaces.root / "checkouts",
         )
         if not verification.ok:
             raise VerificationFailed(verification)

@@ -324,3 +324,103 @@ async def test_without_pytest_the_base_set_up_must_pass_as_a_whole(repo: tuple[P
     assert not result.ok
     assert "base commit's test set-up" in result.reason
     assert result.test_changes == ["`conftest.py` changed or added"]
+
+
+# Warm base checkouts, and the suite as the green run
+
+LEAVES_TRACES = (
+    NEW_TEST
+    + """
+import os
+import pathlib
+import shutil
+
+if "if values" not in pathlib.Path("stats.py").read_text():  # on the base commit only
+    pathlib.Path("leftover.txt").write_text("from an earlier verification")
+    pathlib.Path("stats.py").write_text("def mean(values):\\n    return 0.0\\n")
+    shutil.rmtree(".git", ignore_errors=True) if os.path.isdir(".git") else os.remove(".git")
+    os.makedirs(".git/hooks")
+"""
+)
+
+
+async def test_a_warm_base_checkout_carries_nothing_from_one_verification_to_the_next(
+    repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, base = repo
+    checkouts = tmp_path / "checkouts"
+    (path / "stats.py").write_text(FIXED)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    # A first verification makes the base commit's baseline, which later ones reuse: from
+    # then on the base checkout serves only the red run, and keeps what it left.
+    assert (await verify_fix(path, base, TEST_COMMAND, 120, sandbox=SANDBOX)).ok
+    (path / "tests" / "test_empty.py").write_text(LEAVES_TRACES)
+    first = await verify_fix(
+        path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX, checkouts=checkouts
+    )
+    assert first.ok, first.reason
+    [slot] = [entry for entry in checkouts.glob("*/*") if entry.is_dir()]
+    assert (slot / "repo" / "leftover.txt").exists()  # what the red run left behind
+    assert (slot / "repo" / ".git").is_dir()
+
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    second = await verify_fix(
+        path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX, checkouts=checkouts
+    )
+
+    # The same checkout, reset: the base commit's bug is back, the left file is gone.
+    assert second.ok, second.reason
+    assert second.red is not None and "ZeroDivisionError" in second.red.output
+    assert [entry for entry in checkouts.glob("*/*") if entry.is_dir()] == [slot]
+    assert not (slot / "repo" / "leftover.txt").exists()
+    assert (slot / "repo" / "stats.py").read_text() == BUGGY
+    assert (slot / "repo" / ".git").read_text() == f"gitdir: {slot / 'git'}\n"
+
+
+async def test_concurrent_verifications_of_one_repository_keep_their_own_checkouts(
+    repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, base = repo
+    checkouts = tmp_path / "checkouts"
+    fixes = {"good": FIXED, "breaks": BREAKS_EXISTING}
+    worktrees = {}
+    for name, fix in fixes.items():
+        worktree = worktrees[name] = tmp_path / name
+        await git("worktree", "add", "-b", name, str(worktree), base, cwd=path)
+        (worktree / "stats.py").write_text(fix)
+        (worktree / "tests" / "test_empty.py").write_text(NEW_TEST)
+
+    for _ in range(2):  # cold, then warm
+        good, breaks = await asyncio.gather(
+            *(
+                verify_fix(
+                    worktree, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX, checkouts=checkouts
+                )
+                for worktree in worktrees.values()
+            )
+        )
+        assert good.ok, good.reason
+        assert good.red is not None and "ZeroDivisionError" in good.red.output
+        assert not breaks.ok
+        assert breaks.reason.startswith("the test suite fail")
+        assert breaks.red is not None and "ZeroDivisionError" in breaks.red.output
+    slots = sorted(entry.name for entry in checkouts.glob("*/*") if entry.is_dir())
+    assert slots == ["0", "1"]
+
+
+async def test_a_suite_that_reports_the_new_tests_passing_is_their_green_run(
+    repo: tuple[Path, str],
+) -> None:
+    path, base = repo
+    (path / "stats.py").write_text(FIXED)
+    (path / "tests" / "test_empty.py").write_text(NEW_TEST)
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+    assert result.ok, result.reason
+    assert result.green is result.suite
+
+    # With the test set-up changed there is no per-test report: the new tests run alone.
+    (path / "conftest.py").write_text("# changed\n")
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+    assert result.ok, result.reason
+    assert result.green is not None and result.green is not result.suite
+    assert "1 passed" in Verification.excerpt(result.green)
