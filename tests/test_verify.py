@@ -13,7 +13,7 @@ import pytest
 
 from agents import verify
 from agents.sandbox import Sandbox
-from agents.test_changes import infrastructure_changes
+from agents.test_changes import REPORT_NAME, infrastructure_changes, take_outcomes
 from agents.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
 from agents.workspace import commit_all, git
 
@@ -424,3 +424,16 @@ async def test_a_suite_that_reports_the_new_tests_passing_is_their_green_run(
     assert result.ok, result.reason
     assert result.green is not None and result.green is not result.suite
     assert "1 passed" in Verification.excerpt(result.green)
+
+
+def test_a_report_that_is_a_link_is_not_read(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.xml"
+    elsewhere.write_text('<testsuite><testcase file="t.py" name="test_x"/></testsuite>')
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / REPORT_NAME).symlink_to(elsewhere)
+    assert take_outcomes(checkout) is None
+    assert not (checkout / REPORT_NAME).is_symlink()  # taken away all the same
+
+    (checkout / REPORT_NAME).write_bytes(elsewhere.read_bytes())
+    assert take_outcomes(checkout) == {"t.py::test_x": "passed"}
