@@ -387,7 +387,10 @@ class Workspaces:
                 await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
             await git("fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT)
         (mirror / "info").mkdir(exist_ok=True)
-        (mirror / "info" / "exclude").write_text("\n".join(_EXCLUDES) + "\n")
+        # Replaced whole, never rewritten in place: other tasks' git reads it meanwhile.
+        staged = mirror / "info" / f"exclude.tmp{os.getpid()}"
+        staged.write_text("\n".join(_EXCLUDES) + "\n")
+        staged.replace(mirror / "info" / "exclude")
 
     async def _mirror_of(self, path: Path) -> Path | None:
         try:
