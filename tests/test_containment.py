@@ -221,9 +221,10 @@ async def test_a_compromised_agent_leaks_nothing_and_the_honest_fix_still_lands(
         what="the pull request in the thread",
     )
 
-    # The hostile code did run: in planning, in the agent's test runs, in Fixbot's own.
+    # The hostile code did run: in the agent's two test runs (planning runs nothing: its
+    # Bash is refused) and, below, in Fixbot's own.
     reports = hostile_reports(json.dumps(world.model.tool_results()))
-    assert len(reports) >= 3, world.model.tool_results()
+    assert len(reports) >= 2, world.model.tool_results()
     pull = world.github.pulls("acme/shop")[0]
     shown = pull.body + "\n".join(thread_texts(world, parent["ts"]))
     assert hostile_reports(shown), shown

@@ -204,7 +204,9 @@ async def test_with_a_key_and_a_repository_real_work_runs_there(tmp_path: Path) 
     }
     (tmp_path / "fixbot.yml").write_text(yaml.safe_dump(config))
     async with ScriptedModel() as model:
-        model.script([[structured(plan_data())]], match="Plan a fix for prices go negative")
+        model.script(
+            [[structured(plan_data())]], match="Plan a fix for the problem in the report below"
+        )
         env = {"ANTHROPIC_API_KEY": "sk-ant-local-test", "ANTHROPIC_BASE_URL": model.base_url}
         async with fixbot_local(tmp_path, env=env) as local, httpx.AsyncClient() as client:
             first = await _snapshot(client, local.url)
