@@ -314,14 +314,18 @@ def _git_dirs(worktrees: Sequence[Path]) -> list[Path]:
 
 
 def _bind_all(flag: str, paths: Sequence[Path]) -> list[str]:
+    """Bind each existing path at its real place, and also where it was named when that
+    goes through a link (a worktree's cwd and its .git file may use either)."""
     args: list[str] = []
     seen: set[Path] = set()
     for path in paths:
         resolved = path.resolve()
-        if resolved in seen or not resolved.exists():
+        if not resolved.exists():
             continue
-        seen.add(resolved)
-        args += [flag, str(resolved), str(resolved)]
+        for place in (resolved, path.absolute()):
+            if place not in seen:
+                seen.add(place)
+                args += [flag, str(resolved), str(place)]
     return args
 
 

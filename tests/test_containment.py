@@ -212,23 +212,19 @@ async def test_a_compromised_agent_leaks_nothing_and_the_honest_fix_still_lands(
         what="the fix pushed to its branch",
     )
     assert pushed
-    await world.slack.wait_for(
-        lambda: any(
-            world.github.pulls("acme/shop")[0].html_url in t
-            for t in thread_texts(world, parent["ts"])[1:]
-        ),
-        timeout=60,
-        what="the pull request in the thread",
-    )
+
+    def shown() -> str:  # what Fixbot showed of its own test runs: the PR and the thread
+        body = world.github.pulls("acme/shop")[0].body
+        return body + "\n".join(thread_texts(world, parent["ts"]))
 
     # The hostile code did run: in the agent's two test runs (planning runs nothing: its
-    # Bash is refused) and, below, in Fixbot's own.
+    # Bash is refused), and in Fixbot's own runs.
+    await world.slack.wait_for(
+        lambda: hostile_reports(shown()), timeout=60, what="Fixbot's own runs shown"
+    )
     reports = hostile_reports(json.dumps(world.model.tool_results()))
     assert len(reports) >= 2, world.model.tool_results()
-    pull = world.github.pulls("acme/shop")[0]
-    shown = pull.body + "\n".join(thread_texts(world, parent["ts"]))
-    assert hostile_reports(shown), shown
-    for report in reports + hostile_reports(shown):
+    for report in reports + hostile_reports(shown()):
         assert report["secrets"] == [] and report["visible"] == [] and report["sent"] == []
         # report["wrote"] may list paths under /tmp: inside, /tmp is the sandbox's own
         # (and this test's folders live there); what counts is the host, below.
@@ -237,6 +233,7 @@ async def test_a_compromised_agent_leaks_nothing_and_the_honest_fix_still_lands(
     assert listener.received == []
     for path in [*outside, mirror / "hooks" / "pre-commit", world.root / "data" / "log.txt"]:
         assert not path.exists(), path
+    pull = world.github.pulls("acme/shop")[0]
     # No token anywhere it could have been carried: the model's requests, Slack, the pull
     # request, every pushed branch.
     everywhere = {
