@@ -416,7 +416,9 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
         for ref in refs:
             seed_sentry_issue(world, ref)
         first = world.model.script(
-            [[pause(3), structured(plan_data())], [structured(plan_data())]],
+            # Long enough that the other two are still queued when the line is cut, however
+            # loaded the machine.
+            [[pause(10), structured(plan_data())], [structured(plan_data())]],
             match="Plan a fix for SHOP-1",
         )
         for ref in refs[1:]:

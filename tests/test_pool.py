@@ -133,10 +133,13 @@ async def test_an_unapproved_plan_expires(world: World) -> None:
     await world.start_app()
     thread_ts, plan = await start_plan(world)
     await world.slack.wait_for(
-        lambda: any("expired" in t for t in thread_texts(world, thread_ts)), timeout=15
+        lambda: any("expired" in t for t in thread_texts(world, thread_ts)), timeout=60
     )
     assert buttons(message(world, thread_ts, plan["ts"])) == []
-    assert "Expired" in world.slack.thread(CHANNEL, thread_ts)[0]["text"]
+    # The parent is edited after the thread is told.
+    await world.slack.wait_for(
+        lambda: "Expired" in world.slack.thread(CHANNEL, thread_ts)[0]["text"], timeout=60
+    )
 
 
 async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(world: World) -> None:
@@ -151,7 +154,7 @@ async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(worl
             (m for m in world.slack.thread(CHANNEL, second[0]["ts"]) if "Retry" in buttons(m)),
             None,
         ),
-        timeout=15,
+        timeout=60,
     )
     assert "waited in the queue" in failure["text"]
     assert not any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
