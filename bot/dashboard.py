@@ -7,15 +7,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 RECENT_PAGE_SIZE = 15
 LIST_LIMIT = 10  # running steps, queued jobs, awaiting plans and "my tasks" shown at most
 STATS_DAYS = 7
+MEDIAN_SAMPLE = 500  # the newest tasks of the week that the medians are taken over
 RUNNING_STATES = (State.PLANNING, State.REVISING, State.EXECUTING)
 OUTCOME_STATES = (State.DONE, State.FAILED, State.REJECTED, State.CANCELLED, State.EXPIRED)
 
@@ -111,14 +115,49 @@ class Dashboard:
     page: int = 0
     pages: int = 1
 
+
+@dataclass(frozen=True)
+class Status:
+    """The totals `/fix status` prints: a handful of counts and sums, cheap at any size."""
+
+    running: int
+    queued: int
+    awaiting: int
+    spend_today_usd: float
+    spend_week_usd: float
+    daily_budget_usd: float
+
     def summary(self) -> str:
         """One paragraph for `/fix status`."""
         return (
-            f"Running: {self.running_total} · queued: {self.queue_total} · "
-            f"awaiting approval: {self.awaiting_total}\n"
-            f"Spent today: ${self.stats.spend_today_usd:,.2f} of the "
+            f"Running: {self.running} · queued: {self.queued} · "
+            f"awaiting approval: {self.awaiting}\n"
+            f"Spent today: ${self.spend_today_usd:,.2f} of the "
             f"${self.daily_budget_usd:,.2f} daily budget "
-            f"(${self.stats.spend_week_usd:,.2f} in the last {STATS_DAYS} days)."
+            f"(${self.spend_week_usd:,.2f} in the last {STATS_DAYS} days)."
+        )
+
+
+async def load_status(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> Status:
+    """Read what `/fix status` prints, without building the dashboard."""
+    now = datetime.now(UTC)
+    async with sessions() as session:
+        states = dict(
+            (
+                await session.execute(
+                    select(Task.state, func.count(Task.id))
+                    .where(Task.state.in_((*RUNNING_STATES, State.AWAITING_APPROVAL)))
+                    .group_by(Task.state)
+                )
+            ).all()
+        )
+        return Status(
+            running=sum(states.get(state, 0) for state in RUNNING_STATES),
+            queued=await _queued_steps(session),
+            awaiting=states.get(State.AWAITING_APPROVAL, 0),
+            spend_today_usd=await spend_since(session, start_of_day(now)),
+            spend_week_usd=await spend_since(session, now - timedelta(days=STATS_DAYS)),
+            daily_budget_usd=settings.limits.daily_budget_usd,
         )
 
 
@@ -146,9 +185,7 @@ async def load_dashboard(
                 .limit(LIST_LIMIT)
             )
         ).all()
-        queue_total = await session.scalar(
-            select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
-        )
+        queue_total = await _queued_steps(session)
         awaiting = list(
             await session.scalars(
                 select(Task)
@@ -185,7 +222,7 @@ async def load_dashboard(
             running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks[:LIST_LIMIT]],
             running_total=len(running_tasks),
             queue=[QueuedJob(TaskSummary.of(t), j.kind, aware(j.created_at)) for j, t in queued],
-            queue_total=queue_total or 0,
+            queue_total=queue_total,
             awaiting=[TaskSummary.of(t) for t in awaiting],
             awaiting_total=awaiting_total or 0,
             recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
@@ -209,6 +246,14 @@ def start_of_day(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+async def _queued_steps(session: AsyncSession) -> int:
+    """How many agent steps wait for a worker."""
+    queued = await session.scalar(
+        select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
+    )
+    return queued or 0
+
+
 async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, datetime]:
     """When each task entered its current state (its newest event)."""
     if not tasks:
@@ -222,50 +267,64 @@ async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, 
 
 
 async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
+    """The week's figures, from counts and sums over indexed columns.
+
+    The medians come from the newest MEDIAN_SAMPLE tasks of the week, so they cost the same
+    however busy the week was.
+    """
     week_ago = now - timedelta(days=STATS_DAYS)
-    outcomes = (
+    outcomes = dict(
+        (
+            await session.execute(
+                select(Task.state, func.count(Task.id))
+                .where(Task.created_at >= week_ago, Task.state.in_(OUTCOME_STATES))
+                .group_by(Task.state)
+            )
+        ).all()
+    )
+    newest = (
+        select(Task.id)
+        .where(Task.created_at >= week_ago)
+        .order_by(Task.created_at.desc())
+        .limit(MEDIAN_SAMPLE)
+    )
+    milestones = (
         await session.execute(
-            select(Task.state, func.count(Task.id))
-            .where(Task.created_at >= week_ago, Task.state.in_(OUTCOME_STATES))
-            .group_by(Task.state)
+            select(
+                func.min(TaskEvent.at),
+                func.min(case((TaskEvent.to_state == State.AWAITING_APPROVAL, TaskEvent.at))),
+                func.min(case((TaskEvent.to_state == State.DONE, TaskEvent.at))),
+            )
+            .where(TaskEvent.task_id.in_(newest.scalar_subquery()))
+            .group_by(TaskEvent.task_id)
         )
     ).all()
-    finished = sum(count for _, count in outcomes)
-    succeeded = sum(count for state, count in outcomes if state == State.DONE)
-    events = (
-        await session.execute(
-            select(TaskEvent.task_id, TaskEvent.to_state, TaskEvent.at)
-            .join(Task, Task.id == TaskEvent.task_id)
-            .where(Task.created_at >= week_ago)
-            .order_by(TaskEvent.id)
-        )
-    ).all()
-    started: dict[int, datetime] = {}
-    planned: dict[int, datetime] = {}
-    delivered: dict[int, datetime] = {}
-    for task_id, to_state, at in events:
-        started.setdefault(task_id, aware(at))
-        if to_state == State.AWAITING_APPROVAL:
-            planned.setdefault(task_id, aware(at))
-        elif to_state == State.DONE:
-            delivered.setdefault(task_id, aware(at))
     return WeekStats(
-        finished=finished,
-        succeeded=succeeded,
-        median_to_plan_s=_median_since(started, planned),
-        median_to_pull_request_s=_median_since(started, delivered),
+        finished=sum(outcomes.values()),
+        succeeded=outcomes.get(State.DONE, 0),
+        median_to_plan_s=_median_wait([(started, planned) for started, planned, _ in milestones]),
+        median_to_pull_request_s=_median_wait([(started, done) for started, _, done in milestones]),
         spend_today_usd=await spend_since(session, start_of_day(now)),
         spend_week_usd=await spend_since(session, week_ago),
     )
 
 
-def _median_since(started: dict[int, datetime], reached: dict[int, datetime]) -> float | None:
-    waits = [(at - started[task_id]).total_seconds() for task_id, at in reached.items()]
+def _median_wait(spans: list[tuple[datetime, datetime | None]]) -> float | None:
+    """The median time from the first to the second moment, over the spans that reached it."""
+    waits = [(aware(end) - aware(start)).total_seconds() for start, end in spans if end is not None]
     return statistics.median(waits) if waits else None
 
 
+@dataclass(frozen=True)
+class _Viewer:
+    opened_at: float  # time.monotonic()
+    page: int
+    published: str | None = None  # the hash of the view last published for them
+
+
 class HomeRefresher:
-    """Republishes App Home for people who opened it lately, at most once per `interval_s`.
+    """Republishes App Home for people who opened it lately, at most once per `interval_s`,
+    and only for those whose view changed since it was last published.
 
     Bounded: it remembers at most `max_viewers` people for `recent_s`, and owns at most one
     pending republish, which `aclose` cancels.
@@ -273,45 +332,63 @@ class HomeRefresher:
 
     def __init__(
         self,
-        publish: Callable[[str, int], Awaitable[None]],
+        render: Callable[[str, int], Awaitable[dict[str, Any]]],
+        publish: Callable[[str, dict[str, Any]], Awaitable[None]],
         *,
         interval_s: float = 3.0,
         recent_s: float = 1800.0,
         max_viewers: int = 50,
     ) -> None:
+        self.render = render
         self.publish = publish
         self.interval_s = interval_s
         self.recent_s = recent_s
         self.max_viewers = max_viewers
-        self._viewers: dict[str, tuple[float, int]] = {}  # user → (opened at, page)
+        self._viewers: dict[str, _Viewer] = {}
         self._pending: asyncio.Task[None] | None = None
 
-    def opened(self, user: str, page: int = 0) -> None:
-        """`user` is looking at Home (page `page`): keep it fresh for a while."""
+    async def show(self, user: str, page: int = 0) -> None:
+        """`user` opened Home on page `page`: publish it now, and keep it fresh for a while."""
         self._viewers.pop(user, None)
-        self._viewers[user] = (time.monotonic(), page)
+        self._viewers[user] = _Viewer(time.monotonic(), page)
         while len(self._viewers) > self.max_viewers:
             self._viewers.pop(next(iter(self._viewers)))
+        await self._publish(user, page, always=True)
 
     def changed(self) -> None:
         """Tasks changed: republish soon, once, however many changes come meanwhile."""
         if not self._viewers or (self._pending is not None and not self._pending.done()):
             return
-        self._pending = asyncio.get_running_loop().create_task(self._republish())
+        self._pending = asyncio.get_running_loop().create_task(self._republish_later())
+
+    async def refresh(self) -> None:
+        """Republish Home for the recent viewers whose view changed; forget the others."""
+        cutoff = time.monotonic() - self.recent_s
+        for user, viewer in list(self._viewers.items()):
+            if viewer.opened_at < cutoff:
+                self._viewers.pop(user, None)
+                continue
+            try:
+                await self._publish(user, viewer.page, always=False)
+            except SlackApiError as error:
+                log.warning("could not republish App Home for %s: %s", user, error)
 
     async def aclose(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
             await asyncio.gather(self._pending, return_exceptions=True)
 
-    async def _republish(self) -> None:
+    async def _republish_later(self) -> None:
         await asyncio.sleep(self.interval_s)
-        cutoff = time.monotonic() - self.recent_s
-        for user, (opened_at, page) in list(self._viewers.items()):
-            if opened_at < cutoff:
-                self._viewers.pop(user, None)
-                continue
-            try:
-                await self.publish(user, page)
-            except SlackApiError as error:
-                log.warning("could not republish App Home for %s: %s", user, error)
+        await self.refresh()
+
+    async def _publish(self, user: str, page: int, *, always: bool) -> None:
+        view = await self.render(user, page)
+        digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
+        viewer = self._viewers.get(user)
+        if not always and viewer is not None and viewer.published == digest:
+            return
+        await self.publish(user, view)
+        viewer = self._viewers.get(user)
+        if viewer is not None and viewer.page == page:
+            self._viewers[user] = replace(viewer, published=digest)

@@ -131,7 +131,7 @@ class Workflow:
         self.job_added: Callable[[], None] = lambda: None
         self.task_stopped: Callable[[int], None] = lambda task_id: None
         # Republishes App Home, debounced, for people who opened it lately.
-        self.home = HomeRefresher(self._publish_home_page)
+        self.home = HomeRefresher(self._home_view, self.threads.publish_home)
 
     # Triggers
 
@@ -967,13 +967,11 @@ class Workflow:
 
     async def publish_home(self, user: str, page: int = 0) -> None:
         """Publish the App Home dashboard for `user`, and keep it fresh while they look."""
-        self.home.opened(user, page)
-        await self._publish_home_page(user, page)
+        await self.home.show(user, page)
 
-    async def _publish_home_page(self, user: str, page: int) -> None:
+    async def _home_view(self, user: str, page: int) -> dict[str, Any]:
         dashboard = await load_dashboard(self.sessions, user, self.settings, page)
-        view = views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
-        await self.threads.publish_home(user, view)
+        return views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
 
     # Helpers
 
