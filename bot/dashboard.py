@@ -1,7 +1,11 @@
 """The App Home dashboard's data: what runs, what waits, what it costs, read from the database.
 
-`load_dashboard` returns a plain `Dashboard` that `views.home_view` turns into Block Kit;
-`HomeRefresher` republishes the Home of people who looked at it recently when tasks change.
+`load_dashboard` returns a plain `Dashboard` that `views.home_view` turns into Block Kit: the
+part everyone sees alike (`load_board`) with one person's own tasks (`with_mine`). Each is a
+handful of queries that use indexes and return a bounded number of rows, so the cost does not
+grow with history. `load_status` reads the few totals `/fix status` prints. `HomeRefresher`
+republishes the Home of people who looked at it recently, when tasks change and their view
+did.
 """
 
 from __future__ import annotations
@@ -165,6 +169,13 @@ async def load_dashboard(
     sessions: async_sessionmaker[AsyncSession], user: str, settings: Settings, page: int = 0
 ) -> Dashboard:
     """Read the dashboard for `user`, with page `page` of the recent tasks."""
+    return await with_mine(sessions, await load_board(sessions, settings, page), user)
+
+
+async def load_board(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, page: int = 0
+) -> Dashboard:
+    """Read the part of the dashboard everyone sees alike: all but "my tasks"."""
     now = datetime.now(UTC)
     async with sessions() as session:
         total = await session.scalar(select(func.count(Task.id))) or 0
@@ -211,9 +222,6 @@ async def load_dashboard(
             .order_by(FixWatch.id)
         )
         watched = {task_id: status for task_id, status in watches}  # the newest wins
-        mine = await session.scalars(
-            select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
-        )
         stats = await _week_stats(session, now)
         return Dashboard(
             now=now,
@@ -226,11 +234,21 @@ async def load_dashboard(
             awaiting=[TaskSummary.of(t) for t in awaiting],
             awaiting_total=awaiting_total or 0,
             recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
-            mine=[TaskSummary.of(t) for t in mine],
             stats=stats,
             page=page,
             pages=pages,
         )
+
+
+async def with_mine(
+    sessions: async_sessionmaker[AsyncSession], board: Dashboard, user: str
+) -> Dashboard:
+    """`board` with the tasks `user` asked for, newest first."""
+    async with sessions() as session:
+        mine = await session.scalars(
+            select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
+        )
+        return replace(board, mine=[TaskSummary.of(t) for t in mine])
 
 
 async def spend_since(session: AsyncSession, start: datetime) -> float:
@@ -326,19 +344,24 @@ class HomeRefresher:
     """Republishes App Home for people who opened it lately, at most once per `interval_s`,
     and only for those whose view changed since it was last published.
 
+    `board(page)` reads what everyone sees alike (read once per page and republish),
+    `render(board, user)` makes one person's view of it, `publish(user, view)` sends it.
+
     Bounded: it remembers at most `max_viewers` people for `recent_s`, and owns at most one
     pending republish, which `aclose` cancels.
     """
 
     def __init__(
         self,
-        render: Callable[[str, int], Awaitable[dict[str, Any]]],
+        board: Callable[[int], Awaitable[Dashboard]],
+        render: Callable[[Dashboard, str], Awaitable[dict[str, Any]]],
         publish: Callable[[str, dict[str, Any]], Awaitable[None]],
         *,
         interval_s: float = 3.0,
         recent_s: float = 1800.0,
         max_viewers: int = 50,
     ) -> None:
+        self.board = board
         self.render = render
         self.publish = publish
         self.interval_s = interval_s
@@ -353,7 +376,7 @@ class HomeRefresher:
         self._viewers[user] = _Viewer(time.monotonic(), page)
         while len(self._viewers) > self.max_viewers:
             self._viewers.pop(next(iter(self._viewers)))
-        await self._publish(user, page, always=True)
+        await self._publish(user, await self.board(page), always=True)
 
     def changed(self) -> None:
         """Tasks changed: republish soon, once, however many changes come meanwhile."""
@@ -364,12 +387,15 @@ class HomeRefresher:
     async def refresh(self) -> None:
         """Republish Home for the recent viewers whose view changed; forget the others."""
         cutoff = time.monotonic() - self.recent_s
+        boards: dict[int, Dashboard] = {}
         for user, viewer in list(self._viewers.items()):
             if viewer.opened_at < cutoff:
                 self._viewers.pop(user, None)
                 continue
+            if viewer.page not in boards:
+                boards[viewer.page] = await self.board(viewer.page)
             try:
-                await self._publish(user, viewer.page, always=False)
+                await self._publish(user, boards[viewer.page], always=False)
             except SlackApiError as error:
                 log.warning("could not republish App Home for %s: %s", user, error)
 
@@ -382,13 +408,13 @@ class HomeRefresher:
         await asyncio.sleep(self.interval_s)
         await self.refresh()
 
-    async def _publish(self, user: str, page: int, *, always: bool) -> None:
-        view = await self.render(user, page)
+    async def _publish(self, user: str, board: Dashboard, *, always: bool) -> None:
+        view = await self.render(board, user)
         digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
         viewer = self._viewers.get(user)
         if not always and viewer is not None and viewer.published == digest:
             return
         await self.publish(user, view)
         viewer = self._viewers.get(user)
-        if viewer is not None and viewer.page == page:
+        if viewer is not None and viewer.page == board.page:
             self._viewers[user] = replace(viewer, published=digest)

@@ -43,7 +43,14 @@ from agents.workspace import (
 )
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
-from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
+from bot.dashboard import (
+    Dashboard,
+    HomeRefresher,
+    load_board,
+    spend_since,
+    start_of_day,
+    with_mine,
+)
 from bot.errors import (
     BadReference,
     DailyBudgetReached,
@@ -131,7 +138,7 @@ class Workflow:
         self.job_added: Callable[[], None] = lambda: None
         self.task_stopped: Callable[[int], None] = lambda task_id: None
         # Republishes App Home, debounced, for people who opened it lately.
-        self.home = HomeRefresher(self._home_view, self.threads.publish_home)
+        self.home = HomeRefresher(self._home_board, self._home_view, self.threads.publish_home)
 
     # Triggers
 
@@ -969,8 +976,11 @@ class Workflow:
         """Publish the App Home dashboard for `user`, and keep it fresh while they look."""
         await self.home.show(user, page)
 
-    async def _home_view(self, user: str, page: int) -> dict[str, Any]:
-        dashboard = await load_dashboard(self.sessions, user, self.settings, page)
+    async def _home_board(self, page: int) -> Dashboard:
+        return await load_board(self.sessions, self.settings, page)
+
+    async def _home_view(self, board: Dashboard, user: str) -> dict[str, Any]:
+        dashboard = await with_mine(self.sessions, board, user)
         return views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
 
     # Helpers

@@ -20,10 +20,13 @@ from bot.dashboard import (
     RECENT_PAGE_SIZE,
     RUNNING_STATES,
     STATS_DAYS,
+    Dashboard,
     HomeRefresher,
+    load_board,
     load_dashboard,
     load_status,
     start_of_day,
+    with_mine,
 )
 from bot.local.slack import LocalSlack
 from bot.models import State
@@ -125,14 +128,17 @@ async def test_home_is_republished_only_for_those_whose_view_changed(
     async with LocalSlack() as slack:
         client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
 
-        async def render(user: str, page: int) -> dict[str, Any]:
-            dashboard = await load_dashboard(sessions, user, settings(), page)
+        async def board(page: int) -> Dashboard:
+            return await load_board(sessions, settings(), page)
+
+        async def render(board: Dashboard, user: str) -> dict[str, Any]:
+            dashboard = await with_mine(sessions, board, user)
             return views.home_view(dashboard, user, is_approver=True)
 
         async def publish(user: str, view: dict[str, Any]) -> None:
             await client.views_publish(user_id=user, view=view)
 
-        home = HomeRefresher(render, publish)
+        home = HomeRefresher(board, render, publish)
         await home.show("U_NOBODY_1")
         await home.show("U_NOBODY_2")
         await home.show("U_NOBODY_3", page=1)  # the older tasks
