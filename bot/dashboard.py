@@ -146,19 +146,11 @@ async def load_status(sessions: async_sessionmaker[AsyncSession], settings: Sett
     """Read what `/fix status` prints, without building the dashboard."""
     now = datetime.now(UTC)
     async with sessions() as session:
-        states = dict(
-            (
-                await session.execute(
-                    select(Task.state, func.count(Task.id))
-                    .where(Task.state.in_((*RUNNING_STATES, State.AWAITING_APPROVAL)))
-                    .group_by(Task.state)
-                )
-            ).all()
-        )
+        running, awaiting = await _running_and_awaiting(session)
         return Status(
-            running=sum(states.get(state, 0) for state in RUNNING_STATES),
+            running=running,
             queued=await _queued_steps(session),
-            awaiting=states.get(State.AWAITING_APPROVAL, 0),
+            awaiting=awaiting,
             spend_today_usd=await spend_since(session, start_of_day(now)),
             spend_week_usd=await spend_since(session, now - timedelta(days=STATS_DAYS)),
             daily_budget_usd=settings.limits.daily_budget_usd,
@@ -181,9 +173,13 @@ async def load_board(
         total = await session.scalar(select(func.count(Task.id))) or 0
         pages = max(1, -(-total // RECENT_PAGE_SIZE))
         page = min(max(0, page), pages - 1)
+        running_total, awaiting_total = await _running_and_awaiting(session)
         running_tasks = list(
             await session.scalars(
-                select(Task).where(Task.state.in_(RUNNING_STATES)).order_by(Task.id).limit(50)
+                select(Task)
+                .where(Task.state.in_(RUNNING_STATES))
+                .order_by(Task.id)
+                .limit(LIST_LIMIT)
             )
         )
         since = await _entered_state(session, running_tasks)
@@ -205,9 +201,6 @@ async def load_board(
                 .limit(LIST_LIMIT)
             )
         )
-        awaiting_total = await session.scalar(
-            select(func.count(Task.id)).where(Task.state == State.AWAITING_APPROVAL)
-        )
         recent = list(
             await session.scalars(
                 select(Task)
@@ -227,12 +220,12 @@ async def load_board(
             now=now,
             daily_budget_usd=settings.limits.daily_budget_usd,
             task_budget_usd=settings.limits.task_budget_usd,
-            running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks[:LIST_LIMIT]],
-            running_total=len(running_tasks),
+            running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks],
+            running_total=running_total,
             queue=[QueuedJob(TaskSummary.of(t), j.kind, aware(j.created_at)) for j, t in queued],
             queue_total=queue_total,
             awaiting=[TaskSummary.of(t) for t in awaiting],
-            awaiting_total=awaiting_total or 0,
+            awaiting_total=awaiting_total,
             recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
             stats=stats,
             page=page,
@@ -262,6 +255,21 @@ async def spend_since(session: AsyncSession, start: datetime) -> float:
 def start_of_day(now: datetime) -> datetime:
     """Midnight UTC of `now`'s day: the daily budget's day."""
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def _running_and_awaiting(session: AsyncSession) -> tuple[int, int]:
+    """How many tasks have a step running, and how many plans wait for a decision."""
+    states = dict(
+        (
+            await session.execute(
+                select(Task.state, func.count(Task.id))
+                .where(Task.state.in_((*RUNNING_STATES, State.AWAITING_APPROVAL)))
+                .group_by(Task.state)
+            )
+        ).all()
+    )
+    running = sum(states.get(state, 0) for state in RUNNING_STATES)
+    return running, states.get(State.AWAITING_APPROVAL, 0)
 
 
 async def _queued_steps(session: AsyncSession) -> int:

@@ -19,13 +19,16 @@ from bot.models import State
 from storage.tables import AgentRun, Job, Task, TaskEvent
 
 USERS = [f"U_USER{n:02d}" for n in range(20)]
+OPEN_TASKS = 40  # only the newest tasks may still be open: older ones have all ended
 # The paths a task takes, and how often: most end with a pull request.
-PATHS: list[tuple[list[State], int]] = [
+FINISHED_PATHS: list[tuple[list[State], int]] = [
     ([State.QUEUED, State.PLANNING, State.AWAITING_APPROVAL, State.EXECUTING, State.DONE], 60),
     ([State.QUEUED, State.PLANNING, State.FAILED], 8),
     ([State.QUEUED, State.PLANNING, State.AWAITING_APPROVAL, State.REJECTED], 8),
     ([State.QUEUED, State.PLANNING, State.AWAITING_APPROVAL, State.EXPIRED], 4),
     ([State.QUEUED, State.CANCELLED], 4),
+]
+OPEN_PATHS: list[tuple[list[State], int]] = [
     ([State.QUEUED, State.PLANNING, State.AWAITING_APPROVAL], 6),
     ([State.QUEUED, State.PLANNING, State.AWAITING_APPROVAL, State.EXECUTING], 4),
     ([State.QUEUED, State.PLANNING], 3),
@@ -45,13 +48,13 @@ class Rows:
 def make_history(n_tasks: int, now: datetime, *, days: float, seed: int = 13) -> Rows:
     """`n_tasks` tasks created over the `days` before `now`, oldest first."""
     rng = random.Random(seed)
-    paths = [path for path, _ in PATHS]
-    weights = [weight for _, weight in PATHS]
+    every = FINISHED_PATHS + OPEN_PATHS
     rows = Rows()
     span_s = days * 86400
     for task_id in range(1, n_tasks + 1):
         created = now - timedelta(seconds=span_s * (1 - task_id / (n_tasks + 1)))
-        path = rng.choices(paths, weights)[0]
+        paths = every if task_id > n_tasks - OPEN_TASKS else FINISHED_PATHS
+        path = rng.choices([path for path, _ in paths], [weight for _, weight in paths])[0]
         at = created
         cost = 0.0
         for number, state in enumerate(path):
