@@ -384,7 +384,7 @@ class HomeRefresher:
         self._viewers[user] = _Viewer(time.monotonic(), page)
         while len(self._viewers) > self.max_viewers:
             self._viewers.pop(next(iter(self._viewers)))
-        await self._publish(user, await self.board(page), always=True)
+        await self._publish(user, page, await self.board(page), always=True)
 
     def changed(self) -> None:
         """Tasks changed: republish soon, once, however many changes come meanwhile."""
@@ -403,7 +403,7 @@ class HomeRefresher:
             if viewer.page not in boards:
                 boards[viewer.page] = await self.board(viewer.page)
             try:
-                await self._publish(user, boards[viewer.page], always=False)
+                await self._publish(user, viewer.page, boards[viewer.page], always=False)
             except SlackApiError as error:
                 log.warning("could not republish App Home for %s: %s", user, error)
 
@@ -416,7 +416,7 @@ class HomeRefresher:
         await asyncio.sleep(self.interval_s)
         await self.refresh()
 
-    async def _publish(self, user: str, board: Dashboard, *, always: bool) -> None:
+    async def _publish(self, user: str, page: int, board: Dashboard, *, always: bool) -> None:
         view = await self.render(board, user)
         digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
         viewer = self._viewers.get(user)
@@ -424,5 +424,5 @@ class HomeRefresher:
             return
         await self.publish(user, view)
         viewer = self._viewers.get(user)
-        if viewer is not None and viewer.page == board.page:
+        if viewer is not None and viewer.page == page:  # still looking at that page
             self._viewers[user] = replace(viewer, published=digest)
