@@ -76,7 +76,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_thread", "channel_id", "thread_ts"),
         # The dashboard: the week's tasks, and someone's newest tasks.
-        Index("ix_tasks_created_at", "created_at"),
+        Index("ix_tasks_created_at", "created_at", "state"),
         Index("ix_tasks_requested_by", "requested_by", "id"),
     )
 

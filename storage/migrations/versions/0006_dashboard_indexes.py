@@ -13,7 +13,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_tasks_created_at", "tasks", ["created_at"])
+    op.create_index("ix_tasks_created_at", "tasks", ["created_at", "state"])
     op.create_index("ix_tasks_requested_by", "tasks", ["requested_by", "id"])
     op.create_index("ix_agent_runs_started_at", "agent_runs", ["started_at", "cost_usd"])
 
