@@ -1,21 +1,28 @@
 """The App Home dashboard's data: what runs, what waits, what it costs, read from the database.
 
-`load_dashboard` returns a plain `Dashboard` that `views.home_view` turns into Block Kit;
-`HomeRefresher` republishes the Home of people who looked at it recently when tasks change.
+`load_dashboard` returns a plain `Dashboard` that `views.home_view` turns into Block Kit: the
+part everyone sees alike (`load_board`) with one person's own tasks (`with_mine`). Each is a
+handful of queries that use indexes and return a bounded number of rows, so the cost does not
+grow with history. `load_status` reads the few totals `/fix status` prints. `HomeRefresher`
+republishes the Home of people who looked at it recently, when tasks change and their view
+did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 RECENT_PAGE_SIZE = 15
 LIST_LIMIT = 10  # running steps, queued jobs, awaiting plans and "my tasks" shown at most
 STATS_DAYS = 7
+MEDIAN_SAMPLE = 500  # the newest tasks of the week that the medians are taken over
 RUNNING_STATES = (State.PLANNING, State.REVISING, State.EXECUTING)
 OUTCOME_STATES = (State.DONE, State.FAILED, State.REJECTED, State.CANCELLED, State.EXPIRED)
 
@@ -111,14 +119,41 @@ class Dashboard:
     page: int = 0
     pages: int = 1
 
+
+@dataclass(frozen=True)
+class Status:
+    """The totals `/fix status` prints: a handful of counts and sums, cheap at any size."""
+
+    running: int
+    queued: int
+    awaiting: int
+    spend_today_usd: float
+    spend_week_usd: float
+    daily_budget_usd: float
+
     def summary(self) -> str:
         """One paragraph for `/fix status`."""
         return (
-            f"Running: {self.running_total} · queued: {self.queue_total} · "
-            f"awaiting approval: {self.awaiting_total}\n"
-            f"Spent today: ${self.stats.spend_today_usd:,.2f} of the "
+            f"Running: {self.running} · queued: {self.queued} · "
+            f"awaiting approval: {self.awaiting}\n"
+            f"Spent today: ${self.spend_today_usd:,.2f} of the "
             f"${self.daily_budget_usd:,.2f} daily budget "
-            f"(${self.stats.spend_week_usd:,.2f} in the last {STATS_DAYS} days)."
+            f"(${self.spend_week_usd:,.2f} in the last {STATS_DAYS} days)."
+        )
+
+
+async def load_status(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> Status:
+    """Read what `/fix status` prints, without building the dashboard."""
+    now = datetime.now(UTC)
+    async with sessions() as session:
+        running, awaiting = await _running_and_awaiting(session)
+        return Status(
+            running=running,
+            queued=await _queued_steps(session),
+            awaiting=awaiting,
+            spend_today_usd=await spend_since(session, start_of_day(now)),
+            spend_week_usd=await spend_since(session, now - timedelta(days=STATS_DAYS)),
+            daily_budget_usd=settings.limits.daily_budget_usd,
         )
 
 
@@ -126,14 +161,25 @@ async def load_dashboard(
     sessions: async_sessionmaker[AsyncSession], user: str, settings: Settings, page: int = 0
 ) -> Dashboard:
     """Read the dashboard for `user`, with page `page` of the recent tasks."""
+    return await with_mine(sessions, await load_board(sessions, settings, page), user)
+
+
+async def load_board(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, page: int = 0
+) -> Dashboard:
+    """Read the part of the dashboard everyone sees alike: all but "my tasks"."""
     now = datetime.now(UTC)
     async with sessions() as session:
         total = await session.scalar(select(func.count(Task.id))) or 0
         pages = max(1, -(-total // RECENT_PAGE_SIZE))
         page = min(max(0, page), pages - 1)
+        running_total, awaiting_total = await _running_and_awaiting(session)
         running_tasks = list(
             await session.scalars(
-                select(Task).where(Task.state.in_(RUNNING_STATES)).order_by(Task.id).limit(50)
+                select(Task)
+                .where(Task.state.in_(RUNNING_STATES))
+                .order_by(Task.id)
+                .limit(LIST_LIMIT)
             )
         )
         since = await _entered_state(session, running_tasks)
@@ -146,9 +192,7 @@ async def load_dashboard(
                 .limit(LIST_LIMIT)
             )
         ).all()
-        queue_total = await session.scalar(
-            select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
-        )
+        queue_total = await _queued_steps(session)
         awaiting = list(
             await session.scalars(
                 select(Task)
@@ -156,9 +200,6 @@ async def load_dashboard(
                 .order_by(Task.id)
                 .limit(LIST_LIMIT)
             )
-        )
-        awaiting_total = await session.scalar(
-            select(func.count(Task.id)).where(Task.state == State.AWAITING_APPROVAL)
         )
         recent = list(
             await session.scalars(
@@ -174,26 +215,33 @@ async def load_dashboard(
             .order_by(FixWatch.id)
         )
         watched = {task_id: status for task_id, status in watches}  # the newest wins
-        mine = await session.scalars(
-            select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
-        )
         stats = await _week_stats(session, now)
         return Dashboard(
             now=now,
             daily_budget_usd=settings.limits.daily_budget_usd,
             task_budget_usd=settings.limits.task_budget_usd,
-            running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks[:LIST_LIMIT]],
-            running_total=len(running_tasks),
+            running=[TaskSummary.of(t, since.get(t.id)) for t in running_tasks],
+            running_total=running_total,
             queue=[QueuedJob(TaskSummary.of(t), j.kind, aware(j.created_at)) for j, t in queued],
-            queue_total=queue_total or 0,
+            queue_total=queue_total,
             awaiting=[TaskSummary.of(t) for t in awaiting],
-            awaiting_total=awaiting_total or 0,
+            awaiting_total=awaiting_total,
             recent=[replace(TaskSummary.of(t), after_merge=watched.get(t.id)) for t in recent],
-            mine=[TaskSummary.of(t) for t in mine],
             stats=stats,
             page=page,
             pages=pages,
         )
+
+
+async def with_mine(
+    sessions: async_sessionmaker[AsyncSession], board: Dashboard, user: str
+) -> Dashboard:
+    """`board` with the tasks `user` asked for, newest first."""
+    async with sessions() as session:
+        mine = await session.scalars(
+            select(Task).where(Task.requested_by == user).order_by(Task.id.desc()).limit(LIST_LIMIT)
+        )
+        return replace(board, mine=[TaskSummary.of(t) for t in mine])
 
 
 async def spend_since(session: AsyncSession, start: datetime) -> float:
@@ -209,6 +257,29 @@ def start_of_day(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+async def _running_and_awaiting(session: AsyncSession) -> tuple[int, int]:
+    """How many tasks have a step running, and how many plans wait for a decision."""
+    states = dict(
+        (
+            await session.execute(
+                select(Task.state, func.count(Task.id))
+                .where(Task.state.in_((*RUNNING_STATES, State.AWAITING_APPROVAL)))
+                .group_by(Task.state)
+            )
+        ).all()
+    )
+    running = sum(states.get(state, 0) for state in RUNNING_STATES)
+    return running, states.get(State.AWAITING_APPROVAL, 0)
+
+
+async def _queued_steps(session: AsyncSession) -> int:
+    """How many agent steps wait for a worker."""
+    queued = await session.scalar(
+        select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
+    )
+    return queued or 0
+
+
 async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, datetime]:
     """When each task entered its current state (its newest event)."""
     if not tasks:
@@ -222,50 +293,68 @@ async def _entered_state(session: AsyncSession, tasks: list[Task]) -> dict[int, 
 
 
 async def _week_stats(session: AsyncSession, now: datetime) -> WeekStats:
+    """The week's figures, from counts and sums over indexed columns.
+
+    The medians come from the newest MEDIAN_SAMPLE tasks of the week, so they cost the same
+    however busy the week was.
+    """
     week_ago = now - timedelta(days=STATS_DAYS)
-    outcomes = (
+    # Counted over the created_at index alone: with a filter or grouping on the state,
+    # SQLite's planner would scan the state's index over all of history instead.
+    finished, succeeded = (
         await session.execute(
-            select(Task.state, func.count(Task.id))
-            .where(Task.created_at >= week_ago, Task.state.in_(OUTCOME_STATES))
-            .group_by(Task.state)
+            select(
+                func.count(case((Task.state.in_(OUTCOME_STATES), 1))),
+                func.count(case((Task.state == State.DONE, 1))),
+            ).where(Task.created_at >= week_ago)
+        )
+    ).one()
+    newest = (
+        select(Task.id)
+        .where(Task.created_at >= week_ago)
+        .order_by(Task.created_at.desc())
+        .limit(MEDIAN_SAMPLE)
+    )
+    milestones = (
+        await session.execute(
+            select(
+                func.min(TaskEvent.at),
+                func.min(case((TaskEvent.to_state == State.AWAITING_APPROVAL, TaskEvent.at))),
+                func.min(case((TaskEvent.to_state == State.DONE, TaskEvent.at))),
+            )
+            .where(TaskEvent.task_id.in_(newest.scalar_subquery()))
+            .group_by(TaskEvent.task_id)
         )
     ).all()
-    finished = sum(count for _, count in outcomes)
-    succeeded = sum(count for state, count in outcomes if state == State.DONE)
-    events = (
-        await session.execute(
-            select(TaskEvent.task_id, TaskEvent.to_state, TaskEvent.at)
-            .join(Task, Task.id == TaskEvent.task_id)
-            .where(Task.created_at >= week_ago)
-            .order_by(TaskEvent.id)
-        )
-    ).all()
-    started: dict[int, datetime] = {}
-    planned: dict[int, datetime] = {}
-    delivered: dict[int, datetime] = {}
-    for task_id, to_state, at in events:
-        started.setdefault(task_id, aware(at))
-        if to_state == State.AWAITING_APPROVAL:
-            planned.setdefault(task_id, aware(at))
-        elif to_state == State.DONE:
-            delivered.setdefault(task_id, aware(at))
     return WeekStats(
         finished=finished,
         succeeded=succeeded,
-        median_to_plan_s=_median_since(started, planned),
-        median_to_pull_request_s=_median_since(started, delivered),
+        median_to_plan_s=_median_wait([(started, planned) for started, planned, _ in milestones]),
+        median_to_pull_request_s=_median_wait([(started, done) for started, _, done in milestones]),
         spend_today_usd=await spend_since(session, start_of_day(now)),
         spend_week_usd=await spend_since(session, week_ago),
     )
 
 
-def _median_since(started: dict[int, datetime], reached: dict[int, datetime]) -> float | None:
-    waits = [(at - started[task_id]).total_seconds() for task_id, at in reached.items()]
+def _median_wait(spans: list[tuple[datetime, datetime | None]]) -> float | None:
+    """The median time from the first to the second moment, over the spans that reached it."""
+    waits = [(aware(end) - aware(start)).total_seconds() for start, end in spans if end is not None]
     return statistics.median(waits) if waits else None
 
 
+@dataclass(frozen=True)
+class _Viewer:
+    opened_at: float  # time.monotonic()
+    page: int
+    published: str | None = None  # the hash of the view last published for them
+
+
 class HomeRefresher:
-    """Republishes App Home for people who opened it lately, at most once per `interval_s`.
+    """Republishes App Home for people who opened it lately, at most once per `interval_s`,
+    and only for those whose view changed since it was last published.
+
+    `board(page)` reads what everyone sees alike (read once per page and republish),
+    `render(board, user)` makes one person's view of it, `publish(user, view)` sends it.
 
     Bounded: it remembers at most `max_viewers` people for `recent_s`, and owns at most one
     pending republish, which `aclose` cancels.
@@ -273,45 +362,68 @@ class HomeRefresher:
 
     def __init__(
         self,
-        publish: Callable[[str, int], Awaitable[None]],
+        board: Callable[[int], Awaitable[Dashboard]],
+        render: Callable[[Dashboard, str], Awaitable[dict[str, Any]]],
+        publish: Callable[[str, dict[str, Any]], Awaitable[None]],
         *,
         interval_s: float = 3.0,
         recent_s: float = 1800.0,
         max_viewers: int = 50,
     ) -> None:
+        self.board = board
+        self.render = render
         self.publish = publish
         self.interval_s = interval_s
         self.recent_s = recent_s
         self.max_viewers = max_viewers
-        self._viewers: dict[str, tuple[float, int]] = {}  # user → (opened at, page)
+        self._viewers: dict[str, _Viewer] = {}
         self._pending: asyncio.Task[None] | None = None
 
-    def opened(self, user: str, page: int = 0) -> None:
-        """`user` is looking at Home (page `page`): keep it fresh for a while."""
+    async def show(self, user: str, page: int = 0) -> None:
+        """`user` opened Home on page `page`: publish it now, and keep it fresh for a while."""
         self._viewers.pop(user, None)
-        self._viewers[user] = (time.monotonic(), page)
+        self._viewers[user] = _Viewer(time.monotonic(), page)
         while len(self._viewers) > self.max_viewers:
             self._viewers.pop(next(iter(self._viewers)))
+        await self._publish(user, page, await self.board(page), always=True)
 
     def changed(self) -> None:
         """Tasks changed: republish soon, once, however many changes come meanwhile."""
         if not self._viewers or (self._pending is not None and not self._pending.done()):
             return
-        self._pending = asyncio.get_running_loop().create_task(self._republish())
+        self._pending = asyncio.get_running_loop().create_task(self._republish_later())
+
+    async def refresh(self) -> None:
+        """Republish Home for the recent viewers whose view changed; forget the others."""
+        cutoff = time.monotonic() - self.recent_s
+        boards: dict[int, Dashboard] = {}
+        for user, viewer in list(self._viewers.items()):
+            if viewer.opened_at < cutoff:
+                self._viewers.pop(user, None)
+                continue
+            if viewer.page not in boards:
+                boards[viewer.page] = await self.board(viewer.page)
+            try:
+                await self._publish(user, viewer.page, boards[viewer.page], always=False)
+            except SlackApiError as error:
+                log.warning("could not republish App Home for %s: %s", user, error)
 
     async def aclose(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
             await asyncio.gather(self._pending, return_exceptions=True)
 
-    async def _republish(self) -> None:
+    async def _republish_later(self) -> None:
         await asyncio.sleep(self.interval_s)
-        cutoff = time.monotonic() - self.recent_s
-        for user, (opened_at, page) in list(self._viewers.items()):
-            if opened_at < cutoff:
-                self._viewers.pop(user, None)
-                continue
-            try:
-                await self.publish(user, page)
-            except SlackApiError as error:
-                log.warning("could not republish App Home for %s: %s", user, error)
+        await self.refresh()
+
+    async def _publish(self, user: str, page: int, board: Dashboard, *, always: bool) -> None:
+        view = await self.render(board, user)
+        digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
+        viewer = self._viewers.get(user)
+        if not always and viewer is not None and viewer.published == digest:
+            return
+        await self.publish(user, view)
+        viewer = self._viewers.get(user)
+        if viewer is not None and viewer.page == page:  # still looking at that page
+            self._viewers[user] = replace(viewer, published=digest)

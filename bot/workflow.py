@@ -43,7 +43,14 @@ from agents.workspace import (
 )
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
-from bot.dashboard import HomeRefresher, load_dashboard, spend_since, start_of_day
+from bot.dashboard import (
+    Dashboard,
+    HomeRefresher,
+    load_board,
+    spend_since,
+    start_of_day,
+    with_mine,
+)
 from bot.errors import (
     BadReference,
     DailyBudgetReached,
@@ -131,7 +138,7 @@ class Workflow:
         self.job_added: Callable[[], None] = lambda: None
         self.task_stopped: Callable[[int], None] = lambda task_id: None
         # Republishes App Home, debounced, for people who opened it lately.
-        self.home = HomeRefresher(self._publish_home_page)
+        self.home = HomeRefresher(self._home_board, self._home_view, self.threads.publish_home)
 
     # Triggers
 
@@ -968,13 +975,14 @@ class Workflow:
 
     async def publish_home(self, user: str, page: int = 0) -> None:
         """Publish the App Home dashboard for `user`, and keep it fresh while they look."""
-        self.home.opened(user, page)
-        await self._publish_home_page(user, page)
+        await self.home.show(user, page)
 
-    async def _publish_home_page(self, user: str, page: int) -> None:
-        dashboard = await load_dashboard(self.sessions, user, self.settings, page)
-        view = views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
-        await self.threads.publish_home(user, view)
+    async def _home_board(self, page: int) -> Dashboard:
+        return await load_board(self.sessions, self.settings, page)
+
+    async def _home_view(self, board: Dashboard, user: str) -> dict[str, Any]:
+        dashboard = await with_mine(self.sessions, board, user)
+        return views.home_view(dashboard, user, is_approver=self.policy.is_approver(user))
 
     # Helpers
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.dashboard import load_dashboard
+from bot.dashboard import load_status
 from bot.refs import ACCEPTED_FORMS, parse_reference
 from bot.workflow import Workflow
 from handlers.answers import answering
@@ -33,10 +33,7 @@ def register(app: AsyncApp, workflow: Workflow) -> None:
             if word == "help":
                 text = HELP
             else:
-                dashboard = await load_dashboard(
-                    workflow.sessions, command["user_id"], workflow.settings
-                )
-                text = dashboard.summary()
+                text = (await load_status(workflow.sessions, workflow.settings)).summary()
             await respond(text=text, response_type="ephemeral")
             return
         async with answering(respond):

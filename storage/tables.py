@@ -73,7 +73,12 @@ class Task(Base):
     # Replies kept for the next agent step (untrusted text).
     feedback: Mapped[list[str] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_tasks_thread", "channel_id", "thread_ts"),)
+    __table_args__ = (
+        Index("ix_tasks_thread", "channel_id", "thread_ts"),
+        # The dashboard: the week's tasks, and someone's newest tasks.
+        Index("ix_tasks_created_at", "created_at", "state"),
+        Index("ix_tasks_requested_by", "requested_by", "id"),
+    )
 
 
 class TaskEvent(Base):
@@ -130,6 +135,9 @@ class AgentRun(Base):
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # Spend since a time (before every step, and on the dashboard), read from the index alone.
+    __table_args__ = (Index("ix_agent_runs_started_at", "started_at", "cost_usd"),)
 
 
 class Alert(Base):
