@@ -182,8 +182,9 @@ async def test_the_same_envelope_delivered_twice_makes_one_task(world: World) ->
         what="two plans",
     )
     with db(world) as connection:
-        refs = [ref for (ref,) in connection.execute("select ref_key from tasks order by id")]
-    assert refs == ["SHOP-1", "SHOP-2"]
+        refs = [ref for (ref,) in connection.execute("select ref_key from tasks")]
+    # Either may be first: /fix is acknowledged before its reference is looked up.
+    assert sorted(refs) == ["SHOP-1", "SHOP-2"]
     assert len(world.slack.messages(CHANNEL)) == 2  # SHOP-1's thread and the mention's
     assert world.app_log().count("slack trigger") == 2  # each second delivery, ignored
 
