@@ -418,8 +418,9 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
             seed_sentry_issue(world, ref)
         first = world.model.script(
             # Long enough that the other two are still queued when the line is cut, however
-            # loaded the machine.
-            [[pause(10), structured(plan_data())], [structured(plan_data())]],
+            # loaded the machine. A step whose result could not be recorded runs again
+            # (resuming its session): each later turn answers with the plan again.
+            [[pause(10), structured(plan_data())], *[[structured(plan_data())]] * 3],
             match="Plan a fix for SHOP-1",
         )
         for ref in refs[1:]:
