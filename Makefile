@@ -37,6 +37,7 @@ lint: install-dev
 
 test: lint
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m alone
 
 clean:
 	rm -rf $(VENV)
