@@ -37,7 +37,6 @@ lint: install-dev
 
 test: lint
 	$(BIN)/pytest -q
-	$(BIN)/pytest -q -m alone
 
 clean:
 	rm -rf $(VENV)

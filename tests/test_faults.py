@@ -402,7 +402,6 @@ async def test_a_replica_paused_past_its_lease_leaves_the_job_to_the_one_that_to
 # The database away mid-step
 
 
-@pytest.mark.alone  # its 10 s outage races the pool's back-off when the machine is loaded
 async def test_the_database_away_for_10_s_mid_step_loses_no_task(
     world: World, postgres_database: str
 ) -> None:
