@@ -34,10 +34,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import handlers
-from agents.runner import AgentEnvironment
+from agents.runner import AgentEnvironment, run_agent_step
 from agents.sandbox import NO_SANDBOX_HELP, Sandbox
 from agents.workspace import Workspaces
 from bot import metrics
+from bot.aftermerge import AfterMerge
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
 from bot.errors import ConfigError, FixbotError
@@ -48,16 +49,17 @@ from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient
 from bot.jobs import WorkerPool
 from bot.logs import WithoutTraceback, setup_logging
-from bot.models import AFTER_MERGE
 from bot.redact import Redactor
+from bot.seams import JobControl, NoWorkers
 from bot.sources import Sources
+from bot.tasks import Workflow
+from bot.tasks.repos import GitRepos
 from bot.thread import SlackThreads
 from bot.webhooks import webhook_routes
-from bot.workflow import Workflow
 from storage.db import create_engine, migrate, ping, sessionmaker
+from storage.jobs import JobKind
 from storage.queue import JobQueue
 from storage.sessions import DatabaseSessionStore
-from storage.tables import Job
 
 log = logging.getLogger("fixbot")
 
@@ -91,8 +93,10 @@ def build_workflow(
     sessions: async_sessionmaker[AsyncSession],
     queue: JobQueue,
     client: AsyncWebClient,
+    jobs: JobControl | None = None,
 ) -> Workflow:
-    """The workflow and every client it talks to (the app and the operator CLI share this)."""
+    """The workflow and every client it talks to (the app and the operator CLI share this);
+    `jobs`: this process's worker pool (the CLI has none)."""
     redactor = Redactor(settings.secret_values())
     sentry = (
         SentryClient(
@@ -132,9 +136,11 @@ def build_workflow(
         sessions,
         queue,
         SlackThreads(client, redactor),
-        Sources(settings, sentry, github, jira),
-        Workspaces(settings.fixbot_workdir.resolve()),
-        agent_env,
+        jobs or NoWorkers(),
+        sources=Sources(settings, sentry, github, jira),
+        repos=GitRepos(settings, Workspaces(settings.fixbot_workdir.resolve()), agent_env.sandbox),
+        runner=run_agent_step,
+        agent_env=agent_env,
         github=github,
         jira=jira,
         redactor=redactor,
@@ -219,16 +225,16 @@ async def _serve(
     if workspace is None:
         await _close_client(client)
         return
-    workflow = build_workflow(settings, sessions, queue, client)
-    conversation = Conversation(workflow)
-    runners = {AFTER_MERGE: conversation.after_merge.run_job}
-
-    async def run_job(job: Job) -> None:
-        await runners.get(job.kind, workflow.run_job)(job)
-
-    pool = WorkerPool(settings, queue, run_job, workflow.fail, workflow.sweep)
-    workflow.job_added = pool.wake
-    workflow.task_stopped = pool.cancel_task_jobs
+    pool = WorkerPool(settings, queue)
+    workflow = build_workflow(settings, sessions, queue, client, pool)
+    conversation = Conversation(
+        settings, sessions, workflow.threads, workflow, AfterMerge(workflow)
+    )
+    handlers_by_kind = {
+        JobKind.PLANNING: workflow.run_job,
+        JobKind.EXECUTION: workflow.run_job,
+        JobKind.AFTER_MERGE: conversation.after_merge.run_job,
+    }
 
     bolt = AsyncApp(client=client, logger=logging.getLogger("fixbot.slack"))
     handlers.register(bolt, workflow, conversation)
@@ -276,9 +282,9 @@ async def _serve(
     # Connecting runs beside the pool: work queued before a Slack outage goes on, and a
     # stop signal is heard while Slack is away.
     connecting = asyncio.create_task(socket_mode.connect_async())
-    pool.start()
+    pool.start(handlers_by_kind, on_failure=workflow.fail, sweep=workflow.sweep)
     # Failed tasks keep their worktree for inspection; a week later it goes.
-    cleanup = asyncio.create_task(workflow.workspaces.cleanup(WORKTREE_MAX_AGE))
+    cleanup = asyncio.create_task(workflow.repos.cleanup(WORKTREE_MAX_AGE))
     await _report_sandbox(workflow.agent_env.sandbox)
     await stop.wait()
 

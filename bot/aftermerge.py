@@ -29,13 +29,15 @@ from bot.alerts import SentryAlert
 from bot.errors import InvalidTransition
 from bot.integrations import IntegrationError
 from bot.integrations.sentry import SentryClient, SentryEvent, SentryRelease
+from bot.jobs import Outcome
 from bot.models import AFTER_MERGE, Reference, RefKind, State, Watch
 from bot.sources import TaskContext
+from bot.tasks.thread import TaskThread
 from storage.queue import JobQueue
 from storage.tables import Alert, FixWatch, Job, Task, aware
 
 if TYPE_CHECKING:
-    from bot.workflow import Workflow
+    from bot.tasks import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +102,9 @@ class AfterMerge:
                 )
             )
             JobQueue.enqueue(session, task.id, AFTER_MERGE, task.priority)
-        self.workflow.job_added()
+        self.workflow.jobs.wake()
 
-    async def run_job(self, job: Job) -> None:
+    async def run_job(self, job: Job) -> Outcome:
         """One step of the task's newest watch: close the loop, or check the events."""
         async with self.sessions() as session:
             task = await session.get(Task, job.task_id)
@@ -113,7 +115,7 @@ class AfterMerge:
                 .limit(1)
             )
         if task is None or watch is None:
-            return
+            return Outcome.skipped("no task or watch any more")
         _with_aware_times(watch)
         if watch.status == Watch.CLOSING:
             await self._close_loop(task, watch)
@@ -121,6 +123,8 @@ class AfterMerge:
             await self._check(task, watch)
         else:
             log.info("after-merge job %s: the watch is %s; nothing to do", job.id, watch.status)
+            return Outcome.skipped(f"the watch is {watch.status}")
+        return Outcome.done()
 
     async def _close_loop(self, task: Task, watch: FixWatch) -> None:
         done = [f"Pull request {views.link(watch.pr_url, watch.pr_url)} merged."]
@@ -372,10 +376,8 @@ class AfterMerge:
         return True
 
     async def _update_parent(self, task: Task, watch: FixWatch) -> None:
-        parent_ts = task.parent_ts or task.thread_ts
-        if parent_ts is not None:
-            message = views.parent_message(task, _parent_line(watch, self.window))
-            await self.threads.update(task.channel_id, parent_ts, message)
+        thread = TaskThread.of(self.threads, task)
+        await thread.update_parent(task, _parent_line(watch, self.window))
 
 
 def earlier_fix_context(

@@ -633,7 +633,7 @@ def _show_after_merge(watches: list[FixWatch], jobs: list[Job]) -> None:
 async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace) -> None:
     """create / requeue / cancel: through the workflow, as Slack's buttons go."""
     from bot.refs import parse_reference
-    from bot.workflow import Decision
+    from bot.tasks import Decision
 
     if args.action == "create":
         ref = parse_reference(" ".join(args.ref), settings)

@@ -17,14 +17,17 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import views
 from bot.aftermerge import AfterMerge, CameBack
 from bot.alerts import SentryAlert, recognise_message
+from bot.config import Settings
 from bot.errors import BadReference, FixbotError, InvalidTransition
 from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD, names_a_reference, parse_reference
-from bot.workflow import PRIORITY_URGENT, Decision, Workflow, priority_for_level
+from bot.seams import Threads
+from bot.tasks import PRIORITY_URGENT, Decision, Workflow, priority_for_level
 from storage.tables import Alert, Task
 from storage.triggers import first_delivery
 
@@ -45,12 +48,19 @@ class Reply:
 class Conversation:
     """Alerts, mentions and replies, turned into workflow calls."""
 
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        threads: Threads,
+        workflow: Workflow,
+        after_merge: AfterMerge,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.threads = threads
         self.workflow = workflow
-        self.settings = workflow.settings
-        self.sessions = workflow.sessions
-        self.threads = workflow.threads
-        self.after_merge = AfterMerge(workflow)
+        self.after_merge = after_merge
         self._notes: dict[int, asyncio.Task[None]] = {}
 
     # Alerts
@@ -283,10 +293,7 @@ class Conversation:
         self, channel: str, thread_ts: str, bot_user_id: str | None
     ) -> Reference:
         """What `@fixbot fix` is about: a Sentry issue in the thread, else its text."""
-        response = await self.threads.client.conversations_replies(
-            channel=channel, ts=thread_ts, limit=100
-        )
-        messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
+        messages = await self.threads.replies(channel, thread_ts)
         if self.settings.sentry_enabled:
             for message in messages:
                 alert = recognise_message(message, sentry_url=self.settings.sentry_url)

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.models import AFTER_MERGE, State
+from storage.jobs import JobStatus
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent, aware
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ async def load_board(
             await session.execute(
                 select(Job, Task)
                 .join(Task, Task.id == Job.task_id)
-                .where(Job.status == "queued", Job.kind != AFTER_MERGE)  # agent steps only
+                .where(Job.status == JobStatus.QUEUED, Job.kind != AFTER_MERGE)  # agent steps only
                 .order_by(Job.priority, Job.id)
                 .limit(LIST_LIMIT)
             )
@@ -275,7 +276,7 @@ async def _running_and_awaiting(session: AsyncSession) -> tuple[int, int]:
 async def _queued_steps(session: AsyncSession) -> int:
     """How many agent steps wait for a worker."""
     queued = await session.scalar(
-        select(func.count(Job.id)).where(Job.status == "queued", Job.kind != AFTER_MERGE)
+        select(func.count(Job.id)).where(Job.status == JobStatus.QUEUED, Job.kind != AFTER_MERGE)
     )
     return queued or 0
 

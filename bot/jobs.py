@@ -2,10 +2,13 @@
 
 A running job holds a lease that a heartbeat renews; when the heartbeat finds the job
 cancelled (by a person, on any replica) or taken over (its lease ran out) the step is
-cancelled. The error a step raises decides what follows (bot/errors.py): `Transient`
-goes back to the queue with exponential backoff and jitter, `Postponed` waits, anything
-else ends the task with its reason in the thread. A worker's own database writes are
-retried while the database is away, and no error ends a worker: it logs and serves on.
+cancelled. A handler (one per job kind) returns its `Outcome`: done, failed (it told the
+thread), skipped (stale) or postponed (it waits without counting as an attempt); the pool
+writes it to the queue and the metrics as it is. The error a handler raises decides what
+follows (bot/errors.py): `Transient` goes back to the queue with exponential backoff and
+jitter, anything else ends the task with its reason in the thread. A worker's own
+database writes are retried while the database is away, and no error ends a worker: it
+logs and serves on.
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
-from bot.errors import Postponed, Transient
+from bot.errors import Transient
 from bot.faults import transient
-from bot.models import AFTER_MERGE
-from storage.queue import CANCELLED, DONE, FAILED, JobQueue
+from storage.jobs import JobKind, JobStatus
+from storage.queue import JobQueue
 from storage.tables import Job
 
 T = TypeVar("T")
@@ -40,40 +44,84 @@ DATABASE_RETRY_MAX_S = 30.0  # a worker's own write waits at most this long betw
 # long (and is not running a job) is stuck, and /readyz says so.
 CLAIM_STALE_S = 60.0
 
-JobRunner = Callable[[Job], Awaitable[None]]
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job's handler ended; the pool records it as it is."""
+
+    status: JobStatus  # DONE, FAILED, CANCELLED (skipped); QUEUED: postponed until `until`
+    reason: str | None = None
+    until: datetime | None = None
+
+    @classmethod
+    def done(cls) -> Outcome:
+        return cls(JobStatus.DONE)
+
+    @classmethod
+    def failed(cls, reason: str) -> Outcome:
+        """The step failed and its task was failed (the thread was told)."""
+        return cls(JobStatus.FAILED, reason)
+
+    @classmethod
+    def skipped(cls, reason: str) -> Outcome:
+        """The job was stale: its task had moved on (cancelled, decided meanwhile)."""
+        return cls(JobStatus.CANCELLED, reason)
+
+    @classmethod
+    def postponed(cls, until: datetime) -> Outcome:
+        """The step waits until `until` without counting as an attempt."""
+        return cls(JobStatus.QUEUED, until=until)
+
+
+# How each outcome counts in the step metrics: (status, error type).
+COUNTED = {
+    JobStatus.DONE: ("success", None),
+    JobStatus.FAILED: ("failed", "step_failed"),
+    JobStatus.CANCELLED: ("cancelled", None),
+    JobStatus.QUEUED: ("waiting", None),
+}
+
+JobHandler = Callable[[Job], Awaitable[Outcome]]
 Sweep = Callable[[], Awaitable[None]]
 FailureHandler = Callable[[int, str], Awaitable[None]]
 
 
 class WorkerPool:
     """Runs `planning` and `execution` jobs with the concurrency from settings, and the
-    after-merge follow-up (`after_merge`: plain HTTP calls) on one worker."""
+    after-merge follow-up (`after_merge`: plain HTTP calls) on one worker.
 
-    def __init__(
-        self,
-        settings: Settings,
-        queue: JobQueue,
-        run_job: JobRunner,
-        on_failure: FailureHandler,
-        sweep: Sweep,
-    ) -> None:
+    Made first, so that the task machinery can wake it and cancel a task's steps; `start`
+    gives it the handlers."""
+
+    def __init__(self, settings: Settings, queue: JobQueue) -> None:
         self.settings = settings
         self.queue = queue
-        self.run_job = run_job
-        self.on_failure = on_failure
-        self.sweep = sweep
         # Three heartbeats a lease: one lost renewal never costs a running job its lease.
         self.heartbeat_interval_s = queue.lease.total_seconds() / 3
-        self._wake = {kind: asyncio.Event() for kind in ("planning", "execution", AFTER_MERGE)}
+        self._wake = {kind: asyncio.Event() for kind in JobKind}
+        self._handlers: Mapping[JobKind, JobHandler] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._stopping = False
         # Per worker: when it last looked for a job (None while it runs one).
         self._last_claim: dict[str, float | None] = {}
 
-    def start(self) -> None:
+    def start(
+        self,
+        handlers: Mapping[JobKind, JobHandler],
+        *,
+        on_failure: FailureHandler,
+        sweep: Sweep,
+    ) -> None:
+        """Start the workers: `handlers` run the jobs of each kind; `on_failure` ends a task
+        whose step raised (told why); `sweep` runs with the maintenance."""
+        self._handlers, self.on_failure, self.sweep = handlers, on_failure, sweep
         limits = self.settings.concurrency
-        kinds = (("planning", limits.planning), ("execution", limits.execution), (AFTER_MERGE, 1))
+        kinds = (
+            (JobKind.PLANNING, limits.planning),
+            (JobKind.EXECUTION, limits.execution),
+            (JobKind.AFTER_MERGE, 1),
+        )
         for kind, count in kinds:
             for number in range(count):
                 self._workers.append(
@@ -113,7 +161,7 @@ class WorkerPool:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
 
-    async def _work(self, kind: str) -> None:
+    async def _work(self, kind: JobKind) -> None:
         name = asyncio.current_task().get_name()  # type: ignore[union-attr]
         unavailable = _Backoff(f"{name}: claiming a job")
         while not self._stopping:
@@ -150,7 +198,7 @@ class WorkerPool:
     async def _run(self, job: Job) -> None:
         timeout = (
             self.settings.limits.planning_timeout_s
-            if job.kind == "planning"
+            if job.kind == JobKind.PLANNING
             else self.settings.limits.execution_timeout_s
         )
         step = asyncio.current_task()
@@ -173,7 +221,7 @@ class WorkerPool:
             status = await self._guarded(
                 f"reading job {job.id}", lambda: self.queue.status_of(job.id)
             )
-            if status != CANCELLED:
+            if status != JobStatus.CANCELLED:
                 log.warning(
                     "job %s: lease lost (now %s under another worker); this step stopped",
                     job.id,
@@ -184,14 +232,14 @@ class WorkerPool:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            await counted.finish(self.queue.sessions, job)
+            counted.finish()
             log.info("%s step ended: %s", job.kind, counted.status, extra={"data": {"job": job.id}})
 
     async def _run_and_record(self, job: Job, timeout: float, counted: metrics.StepMetrics) -> None:  # noqa: ASYNC109
         """Run the job; its error decides what is written and what the thread is told."""
         try:
             async with asyncio.timeout(timeout):
-                await self.run_job(job)
+                outcome = await self._handlers[JobKind(job.kind)](job)
         except TimeoutError:
             counted.ended("failed", "timeout")
             await self._fail(
@@ -199,13 +247,6 @@ class WorkerPool:
                 "timed out",
                 f"The {job.kind} step ran past its {timeout:.0f} s limit and was stopped.",
             )
-        except Postponed as wait:
-            counted.ended("waiting")
-            until = wait.until
-            if not await self._guarded(
-                f"postponing job {job.id}", lambda: self.queue.postpone(job.id, until)
-            ):
-                log.warning("job %s: lease lost before it could wait", job.id)
         except AgentPermanentError as error:  # retrying will not help: say why at once
             counted.ended("failed", "agent_permanent")
             await self._fail(job, str(error), f"Claude Code could not run this step: {error}")
@@ -221,15 +262,29 @@ class WorkerPool:
             told = f"Fixbot hit an unexpected error in this step ({reason})."
             await self._fail(job, reason, told)
         else:
+            counted.ended(*COUNTED[outcome.status])
+            await self._record(job, outcome)
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        """Write a handler's outcome: the job ends with it, or waits until its time."""
+        if outcome.status == JobStatus.QUEUED:
+            assert outcome.until is not None
+            until = outcome.until
             if not await self._guarded(
-                f"finishing job {job.id}", lambda: self.queue.finish(job.id, DONE)
+                f"postponing job {job.id}", lambda: self.queue.postpone(job.id, until)
             ):
-                log.warning("job %s: lease lost; the worker that took it over finishes it", job.id)
+                log.warning("job %s: lease lost before it could wait", job.id)
+            return
+        if not await self._guarded(
+            f"finishing job {job.id}",
+            lambda: self.queue.finish(job.id, outcome.status, outcome.reason),
+        ):
+            log.warning("job %s: lease lost; the worker that took it over finishes it", job.id)
 
     async def _fail(self, job: Job, error: str, told: str) -> None:
         """End the job FAILED and tell the thread, unless another worker holds it now."""
         if not await self._guarded(
-            f"failing job {job.id}", lambda: self.queue.finish(job.id, FAILED, error)
+            f"failing job {job.id}", lambda: self.queue.finish(job.id, JobStatus.FAILED, error)
         ):
             log.warning("job %s: lease lost; not reporting its failure (%s)", job.id, error)
             return
@@ -298,7 +353,7 @@ class WorkerPool:
                 step.cancel()
                 return
 
-    def cancel_task_jobs(self, task_id: int) -> None:
+    def cancel_task(self, task_id: int) -> None:
         """Cancel this process's running steps of a task at once (others see it by heartbeat)."""
         for job, step in list(self._running.values()):
             if job.task_id == task_id:

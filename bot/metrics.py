@@ -23,15 +23,14 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.models import State
-from storage.queue import QUEUED
-from storage.tables import Job, Task
+from storage.jobs import JobKind, JobStatus
+from storage.tables import Job
 
 log = logging.getLogger(__name__)
 
 # The reference system's names for the two steps.
-AGENTS = {"planning": "planning", "execution": "executor"}
-QUEUES = ("planning", "execution")
+AGENTS: dict[str, str] = {JobKind.PLANNING: "planning", JobKind.EXECUTION: "executor"}
+QUEUES = (JobKind.PLANNING, JobKind.EXECUTION)
 
 TASKS_STARTED = Counter("ai_agent_tasks_started_total", "Agent steps started.", ["agent"])
 TASKS_COMPLETED = Counter(
@@ -90,20 +89,9 @@ class StepMetrics:
         """Say how the step ended (the default is success)."""
         self.status, self.error_type = status, error_type
 
-    async def finish(self, sessions: async_sessionmaker[AsyncSession], job: Job) -> None:
-        """Record the outcome; a task the workflow failed counts as failed."""
-        try:
-            async with sessions() as session:
-                task_state = await session.scalar(select(Task.state).where(Task.id == job.task_id))
-        except Exception:  # the database is gone: the counts below still matter
-            log.warning("could not read job %s's outcome for metrics", job.id, exc_info=True)
-            task_state = None
-        finally:
-            ACTIVE_STEPS.dec()
-        if self.status == "success" and task_state == State.FAILED:
-            self.ended("failed", "step_failed")
-        elif self.status == "success" and task_state == State.CANCELLED:
-            self.ended("cancelled")
+    def finish(self) -> None:
+        """Record how the step ended."""
+        ACTIVE_STEPS.dec()
         duration = time.monotonic() - self.started
         TASKS_COMPLETED.labels(self.agent, self.status).inc()
         TASK_DURATION.labels(self.agent, self.status).observe(duration)
@@ -115,7 +103,7 @@ async def update_queue_lengths(sessions: async_sessionmaker[AsyncSession]) -> No
     """Set `ai_agent_queue_length` from the jobs table (called before each scrape)."""
     async with sessions() as session:
         rows = await session.execute(
-            select(Job.kind, func.count()).where(Job.status == QUEUED).group_by(Job.kind)
+            select(Job.kind, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.kind)
         )
         counts: dict[str, int] = {kind: count for kind, count in rows.tuples()}
     for name in {*QUEUES, *counts}:

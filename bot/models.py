@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from storage.jobs import JobKind
+
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -53,7 +55,7 @@ TRANSITIONS: dict[State, set[State]] = {
 }
 
 
-AFTER_MERGE = "after_merge"  # the job kind of a merged fix's follow-up (bot/aftermerge.py)
+AFTER_MERGE = JobKind.AFTER_MERGE
 
 
 class Watch(StrEnum):

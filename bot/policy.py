@@ -1,8 +1,7 @@
 """Who may decide on a task: the one place every approval asks.
 
-Slack's buttons, `@fixbot approve`, App Home and the GitHub webhook all ask this policy,
-so a rule added here (a second person, an explicit list of GitHub approvers) holds on
-every surface at once.
+Slack's buttons, `@fixbot approve`, App Home, agents' questions and the GitHub webhook all
+ask `may_approve`, so a rule added here holds on every surface at once.
 """
 
 from __future__ import annotations
@@ -29,30 +28,36 @@ class ApprovalPolicy:
             require_second_person=settings.require_second_person,
         )
 
-    def is_approver(self, user: str) -> bool:
-        """Whether `user` may decide on plans at all (approve, reject, answer questions)."""
-        return not self.approvers or user in self.approvers
-
-    def check_decide(self, user: str) -> None:
-        """Raise NotAllowed unless `user` may decide on plans (reject, for example)."""
-        if not self.is_approver(user):
-            raise NotAllowed(
+    def refusal(self, user: str, task: Task | None = None, *, github: bool = False) -> str | None:
+        """Why `user` may not approve `task`'s plan or test changes, in a sentence; None
+        when they may. Without a task: whether they may decide on plans at all (reject,
+        answer an agent's question). `github`: `user` is a GitHub login, which counts only
+        when listed in `github_approvers`."""
+        listed = (
+            user.lower() in self.github_approvers
+            if github
+            else not self.approvers or user in self.approvers
+        )
+        if not listed:
+            return (
                 "Only the approvers listed in Fixbot's settings can decide on plans; "
                 "nothing was changed."
             )
-
-    def check_approve(self, user: str, task: Task) -> None:
-        """Raise NotAllowed unless `user` may approve `task`'s plan or test changes."""
-        self.check_decide(user)
-        if self.require_second_person and task.requested_by == user:
-            raise NotAllowed(
+        if task is not None and self.require_second_person and task.requested_by == user:
+            return (
                 "You asked for this fix, and this workspace requires a second person to "
                 "approve it: ask another approver. Nothing was changed."
             )
+        return None
 
-    def is_github_approver(self, login: str) -> bool:
-        """Whether a GitHub `@fixbot approve` comment by `login` counts: only when listed."""
-        return login.lower() in self.github_approvers
+    def may_approve(self, user: str, task: Task | None = None, *, github: bool = False) -> bool:
+        return self.refusal(user, task, github=github) is None
+
+    def check_approve(self, user: str, task: Task | None = None) -> None:
+        """Raise NotAllowed, with the reason, unless `user` may approve (see `refusal`)."""
+        refusal = self.refusal(user, task)
+        if refusal is not None:
+            raise NotAllowed(refusal)
 
 
 def _lower(names: Iterable[str]) -> frozenset[str]:

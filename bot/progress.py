@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 
-from bot.thread import SlackThreads
+from bot.seams import Threads
 from bot.views import status_message
 
 MIN_EDIT_INTERVAL_S = 2.0  # at most one edit per message this often (Slack's chat.update tier)
@@ -16,7 +16,7 @@ class StatusMessage:
     """Shows what a step is doing now, its elapsed time and spend; always ends with a final edit."""
 
     def __init__(
-        self, threads: SlackThreads, channel: str, thread_ts: str, step: str, ts: str | None = None
+        self, threads: Threads, channel: str, thread_ts: str, step: str, ts: str | None = None
     ) -> None:
         self.threads = threads
         self.channel = channel

@@ -77,6 +77,11 @@ class SlackThreads:
             return None
         return str(response["permalink"])
 
+    async def replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """A thread's messages, its first 100."""
+        response = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=100)
+        return [m for m in response.get("messages") or [] if isinstance(m, dict)]
+
     def _content(self, message: Message) -> dict[str, Any]:
         return {
             "text": self.redact(message.text),

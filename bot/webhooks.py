@@ -34,7 +34,7 @@ from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
 from bot.errors import BadReference, FixbotError
 from bot.refs import jira_reference
-from bot.workflow import PRIORITY_OTHER
+from bot.tasks import PRIORITY_OTHER
 from storage.triggers import first_delivery
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Webhooks:
             if task is None:
                 return _ignored("not a Fixbot pull request")
             login = str(_dig(payload, "comment", "user", "login") or "")
-            if not self.workflow.policy.is_github_approver(login):
+            if not self.workflow.policy.may_approve(login, task, github=True):
                 # Only logins listed in github_approvers approve; no list: GitHub approvals off.
                 return web.json_response({"ok": False, "error": "not an approver"}, status=200)
             try:

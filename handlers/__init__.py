@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.conversation import Conversation
-from bot.workflow import Workflow
+from bot.tasks import Workflow
 from handlers import actions, commands, home, messages
 from handlers.triggers import once_per_trigger
 

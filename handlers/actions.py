@@ -11,7 +11,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.errors import Refused
-from bot.workflow import Decision, Workflow
+from bot.tasks import Decision, Workflow
 from handlers.answers import answering
 
 

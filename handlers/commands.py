@@ -11,7 +11,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.dashboard import load_status
 from bot.refs import ACCEPTED_FORMS, parse_reference
-from bot.workflow import Workflow
+from bot.tasks import Workflow
 from handlers.answers import answering
 
 HELP = (

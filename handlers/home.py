@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.workflow import Workflow
+from bot.tasks import Workflow
 from handlers.answers import answering
 
 

@@ -18,8 +18,6 @@ HUMAN_SUBTYPES = {None, "thread_broadcast"}
 
 
 def register(app: AsyncApp, conversation: Conversation) -> None:
-    workflow = conversation.workflow
-
     @app.event("message")
     async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
         subtype = event.get("subtype")
@@ -47,7 +45,7 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         try:
             await conversation.on_reply(channel, thread_ts, event["user"], event.get("text") or "")
         except FixbotError as error:
-            await workflow.threads.ephemeral(
+            await conversation.threads.ephemeral(
                 channel, event["user"], str(error), thread_ts=thread_ts
             )
 
@@ -65,7 +63,7 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
             bot_user_id=context.bot_user_id,
         )
         if reply is not None:
-            await workflow.threads.ephemeral(
+            await conversation.threads.ephemeral(
                 channel, user, reply.text, thread_ts=event.get("thread_ts")
             )
 

@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import Update, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.jobs import JobStatus
 from storage.tables import Job, utcnow
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = JobStatus  # short names for the statements below
 
 
 class JobQueue:

@@ -126,7 +126,7 @@ def test_one_policy_for_every_approval() -> None:
     task = Task(requested_by="U_ALICE")
     anyone = ApprovalPolicy(approvers=frozenset(), github_approvers=frozenset())
     anyone.check_approve("U_ALICE", task)
-    assert not anyone.is_github_approver("octocat")  # no list: GitHub approvals are off
+    assert not anyone.may_approve("octocat", task, github=True)  # no list: GitHub approvals off
     strict = ApprovalPolicy(
         approvers=frozenset({"U_ALICE", "U_BOB"}),
         github_approvers=frozenset({"octocat"}),
@@ -137,8 +137,9 @@ def test_one_policy_for_every_approval() -> None:
     with pytest.raises(NotAllowed, match="Only the approvers"):
         strict.check_approve("U_MAL", task)
     strict.check_approve("U_BOB", task)
-    strict.check_decide("U_ALICE")  # rejecting one's own plan is fine
-    assert strict.is_github_approver("OctoCat")
+    strict.check_approve("U_ALICE")  # rejecting one's own plan is fine
+    assert strict.may_approve("OctoCat", task, github=True)
+    assert not strict.may_approve("U_BOB", task, github=True)  # a Slack id is no GitHub login
 
 
 async def test_a_plan_file_that_is_a_link_is_neither_written_nor_read(worktree: Path) -> None:

@@ -1,0 +1,149 @@
+"""The task state machine in-process: the real lifecycle and steps on the in-memory seams
+(tests/memory.py) and a real SQLite database. Each test runs in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from memory import PLAN, REPO, Machine, build_machine
+
+from bot.errors import InvalidTransition, NotAllowed
+from bot.models import Reference, RefKind, State
+from bot.tasks import Decision
+from bot.tasks.thread import TaskThread
+from storage.jobs import JobKind, JobStatus
+from storage.tables import Task
+
+CHANNEL = "C_FIXES"
+BUG = Reference(RefKind.TEXT, "apply_discount(200, 10) returns 0", repo=REPO)
+
+
+async def planned(machine: Machine, user: str = "U_ALICE") -> Task:
+    """A task asked for by `user`, its plan awaiting approval."""
+    task = await machine.workflow.request_fix(BUG, channel=CHANNEL, user=user)
+    _job, outcome = await machine.run_next_job()
+    assert outcome.status == JobStatus.DONE
+    return await state_of(machine, task)
+
+
+async def state_of(machine: Machine, task: Task) -> Task:
+    return await machine.workflow.store.fresh(task)
+
+
+async def test_a_task_goes_from_request_to_a_pushed_fix(machine: Machine) -> None:
+    task = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    assert task.state == State.QUEUED and task.thread_ts is not None
+    assert machine.jobs.wakes == 1
+
+    job, outcome = await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert (job.kind, outcome.status) == (JobKind.PLANNING, JobStatus.DONE)
+    assert (task.state, task.plan_version) == (State.AWAITING_APPROVAL, 1)
+    assert task.cost_usd == pytest.approx(0.25)
+    assert any(PLAN["summary"] in content for _c, _t, content in machine.threads.uploads)
+
+    await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
+    job, outcome = await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert (job.kind, outcome.status) == (JobKind.EXECUTION, JobStatus.DONE)
+    assert task.state == State.DONE and task.decided_by == "U_BOB"
+    assert machine.repos.pushed == [task.branch]
+    assert machine.repos.removed == [task.branch]  # a finished task's worktree goes
+    texts = machine.threads.texts(task.thread_ts)
+    assert any("Approved" in text and "U_BOB" in text for text in texts)
+    assert "Pull request opened" in texts[0]  # the parent, kept current
+
+
+async def test_a_rejected_plan_ends_the_task(machine: Machine) -> None:
+    task = await planned(machine)
+    await machine.workflow.reject(Decision(task.id, "U_BOB", plan_version=1))
+    assert (await state_of(machine, task)).state == State.REJECTED
+    with pytest.raises(InvalidTransition, match="already rejected"):
+        await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
+    assert await machine.queue.claim([JobKind.EXECUTION]) is None
+
+
+async def test_a_reply_revises_the_plan_and_the_old_version_is_not_approvable(
+    machine: Machine,
+) -> None:
+    task = await planned(machine)
+    await machine.workflow.take_reply(task, "U_CAROL", "Also cover a negative percent.")
+    assert (await state_of(machine, task)).state == State.REVISING
+
+    machine.agent.plan = {**PLAN, "summary": "Divide by 100 and refuse negative percents."}
+    await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert (task.state, task.plan_version, task.feedback) == (State.AWAITING_APPROVAL, 2, [])
+    revising = machine.agent.steps[-1]
+    assert revising.resume_session_id == "session-1"  # the planning session, resumed
+    assert "Also cover a negative percent." in revising.prompt
+
+    with pytest.raises(InvalidTransition, match="superseded"):
+        await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
+    await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=2))
+    assert (await state_of(machine, task)).state == State.APPROVED
+
+
+async def test_a_failed_step_fails_the_task_and_retry_runs_it_again(machine: Machine) -> None:
+    task = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    machine.agent.plan = None  # no plan: planning fails
+    _job, outcome = await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert outcome.status == JobStatus.FAILED and outcome.reason == task.failure
+    assert task.state == State.FAILED
+    assert any("without returning a plan" in text for text in machine.threads.texts(task.thread_ts))
+
+    machine.agent.plan = dict(PLAN)
+    await machine.workflow.retry(Decision(task.id, "U_ALICE"))
+    assert (await state_of(machine, task)).state == State.QUEUED
+    _job, outcome = await machine.run_next_job()
+    assert outcome.status == JobStatus.DONE
+    assert (await state_of(machine, task)).state == State.AWAITING_APPROVAL
+
+
+async def test_cancel_ends_the_task_and_only_its_jobs(machine: Machine) -> None:
+    cancelled = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    other = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    stale = await machine.queue.claim([JobKind.PLANNING])  # the first task's step, running
+    assert stale is not None and stale.task_id == cancelled.id
+
+    await machine.workflow.cancel(Decision(cancelled.id, "U_BOB"))
+    assert (await state_of(machine, cancelled)).state == State.CANCELLED
+    assert machine.jobs.cancelled == [cancelled.id]  # this process's running step is stopped
+    assert await machine.queue.status_of(stale.id) == JobStatus.CANCELLED
+    left = await machine.queue.claim([JobKind.PLANNING])
+    assert left is not None and left.task_id == other.id  # the other task's job is untouched
+
+    outcome = await machine.workflow.run_job(stale)  # a step that ran on regardless
+    assert outcome.status == JobStatus.CANCELLED  # skipped: the task had moved on
+    assert (await state_of(machine, cancelled)).state == State.CANCELLED
+
+
+async def test_the_requester_may_not_approve_when_a_second_person_is_required(
+    tmp_path: Path,
+) -> None:
+    async with build_machine(
+        tmp_path, approvers=["U_ALICE", "U_BOB"], require_second_person=True
+    ) as machine:
+        task = await planned(machine, user="U_ALICE")
+        with pytest.raises(NotAllowed, match="second person"):
+            await machine.workflow.approve(Decision(task.id, "U_ALICE", plan_version=1))
+        with pytest.raises(NotAllowed, match="Only the approvers"):
+            await machine.workflow.approve(Decision(task.id, "U_MAL", plan_version=1))
+        await machine.workflow.reject(Decision(task.id, "U_ALICE", plan_version=1))
+        assert (await state_of(machine, task)).state == State.REJECTED
+
+
+async def test_an_agent_question_gets_the_reply_given_in_the_thread(machine: Machine) -> None:
+    task = await planned(machine)
+    thread = TaskThread.of(machine.threads, task)
+    asking = asyncio.create_task(machine.workflow.questions.ask(task, thread, "Which currency?"))
+    for _ in range(1000):  # until the question is in the thread
+        if any("Which currency?" in text for text in machine.threads.texts(task.thread_ts)):
+            break
+        await asyncio.sleep(0.01)
+    await machine.workflow.take_reply(task, "U_BOB", "Euros.")
+    assert await asking == "Euros."
+    assert (await state_of(machine, task)).state == State.AWAITING_APPROVAL  # not a revision
