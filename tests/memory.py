@@ -240,7 +240,9 @@ class Machine:
         job = await self.queue.claim([JobKind.PLANNING, JobKind.EXECUTION])
         assert job is not None, "no runnable job"
         outcome = await self.workflow.run_job(job)
-        if outcome.until is None:
+        if outcome.until is not None:
+            await self.queue.postpone(job.id, outcome.until)
+        else:
             await self.queue.finish(job.id, outcome.status, outcome.reason)
         return job, outcome
 

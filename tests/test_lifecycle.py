@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 from memory import PLAN, REPO, Machine, build_machine
+from prometheus_client import REGISTRY
 
 from bot.errors import InvalidTransition, NotAllowed
+from bot.jobs import Outcome, WorkerPool
 from bot.models import Reference, RefKind, State
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
 from storage.jobs import JobKind, JobStatus
-from storage.tables import Task
+from storage.tables import Job, Task
 
 CHANNEL = "C_FIXES"
 BUG = Reference(RefKind.TEXT, "apply_discount(200, 10) returns 0", repo=REPO)
@@ -147,3 +149,37 @@ async def test_an_agent_question_gets_the_reply_given_in_the_thread(machine: Mac
     await machine.workflow.take_reply(task, "U_BOB", "Euros.")
     assert await asking == "Euros."
     assert (await state_of(machine, task)).state == State.AWAITING_APPROVAL  # not a revision
+
+
+async def test_the_pool_records_the_outcome_a_handler_returns(machine: Machine) -> None:
+    task = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    failed = {"agent": "planning", "status": "failed"}
+    failed_before = REGISTRY.get_sample_value("ai_agent_tasks_completed_total", failed) or 0
+
+    async def fails(job: Job) -> Outcome:
+        return Outcome.failed("The planning agent finished without returning a plan.")
+
+    async def told(task_id: int, told: str) -> None:
+        raise AssertionError(f"the handler told the thread already, not the pool: {told}")
+
+    async def sweep() -> None:
+        pass
+
+    pool = WorkerPool(machine.workflow.settings, machine.queue)
+    pool.start({kind: fails for kind in JobKind}, on_failure=told, sweep=sweep)
+    try:
+        for _ in range(3000):  # until a worker has run the job
+            async with machine.sessions() as session:
+                job = await session.get(Job, 1)
+            if job is not None and job.status != JobStatus.QUEUED and job.finished_at:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await pool.stop(grace_s=0)
+    assert job is not None and job.task_id == task.id
+    assert (job.status, job.last_error) == (
+        JobStatus.FAILED,
+        "The planning agent finished without returning a plan.",
+    )
+    failed_after = REGISTRY.get_sample_value("ai_agent_tasks_completed_total", failed)
+    assert failed_after == failed_before + 1
