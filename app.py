@@ -35,8 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import handlers
 from agents.runner import AgentEnvironment
-from agents.sandbox import NO_SANDBOX_HELP, Sandbox
-from agents.workspace import Workspaces
 from bot import metrics
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
@@ -54,6 +52,8 @@ from bot.sources import Sources
 from bot.thread import SlackThreads
 from bot.webhooks import webhook_routes
 from bot.workflow import Workflow
+from repos.sandbox import NO_SANDBOX_HELP, Sandbox
+from repos.workspace import Workspaces
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.queue import JobQueue
 from storage.sessions import DatabaseSessionStore

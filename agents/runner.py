@@ -12,7 +12,7 @@ agent's Bash sees all of it. So `agent_env` overrides every inherited variable t
 on `PASSED_THROUGH` with an empty string, which is how Fixbot's secrets (Slack, GitHub,
 Sentry, Jira tokens, the database URL) stay out of the agent's reach.
 
-The CLI runs in an OS sandbox (agents/sandbox.py): its own PID and network namespaces, a
+The CLI runs in an OS sandbox (repos/sandbox.py): its own PID and network namespaces, a
 read-only system, and writable only the step's worktree and its HOME; a socat bridge
 reaches the Anthropic API and nothing else. Every command its tools run is its child, so
 inside the same sandbox. The SDK starts `cli_path` with arguments, so the CLI is started
@@ -57,8 +57,8 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
-from agents.sandbox import Endpoint, Sandbox
 from bot.errors import FixbotError, Transient
+from repos.sandbox import Endpoint, Sandbox
 
 __all__ = [
     "PASSED_THROUGH",

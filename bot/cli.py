@@ -220,7 +220,7 @@ async def _check_claude(cli_path: str | None) -> Check:
 
 
 async def _check_sandbox(settings: Settings) -> Check:
-    from agents.sandbox import NO_SANDBOX_HELP, Sandbox
+    from repos.sandbox import NO_SANDBOX_HELP, Sandbox
 
     if settings.sandbox == "off":
         return Check(
@@ -333,7 +333,7 @@ async def check_database(settings: Settings) -> Check:
 
 
 async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
-    from agents.workspace import GitError, auth_config, git
+    from repos.workspace import GitError, auth_config, git
 
     token = settings.github_token.get_secret_value() if settings.github_token else None
     with tempfile.TemporaryDirectory(prefix="fixbot-doctor-") as cwd:
@@ -358,9 +358,9 @@ async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
 
 async def _check_setup(settings: Settings, repo: RepoConfig, redact: Callable[[str], str]) -> Check:
     """Run the repo's setup_command once (it can take minutes, so not under CHECK_TIMEOUT_S)."""
-    from agents.environment import prepare_environment
-    from agents.sandbox import Sandbox
-    from agents.workspace import Workspaces
+    from repos.environment import prepare_environment
+    from repos.sandbox import Sandbox
+    from repos.workspace import Workspaces
 
     name = f"setup {repo.name}"
     workspaces = Workspaces(settings.fixbot_workdir.resolve())

@@ -24,23 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
-from agents.environment import prepare_environment
 from agents.execution import execution_step
 from agents.permissions import PLAN_FILE
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
-from agents.sandbox import Endpoint
-from agents.verify import Verification, verify_fix
-from agents.workspace import (
-    Workspaces,
-    Worktree,
-    branch_name,
-    changed_files,
-    commit_all,
-    committed,
-    discard_except,
-    push,
-)
 from bot import metrics, views
 from bot.config import RepoConfig, Settings
 from bot.dashboard import (
@@ -68,6 +55,19 @@ from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, TaskContext, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
+from repos.environment import prepare_environment
+from repos.sandbox import Endpoint
+from repos.verify import Verification, verify_fix
+from repos.workspace import (
+    Workspaces,
+    Worktree,
+    branch_name,
+    changed_files,
+    commit_all,
+    committed,
+    discard_except,
+    push,
+)
 from storage.queue import QUEUED, JobQueue
 from storage.queue import RUNNING as JOB_RUNNING
 from storage.tables import AgentRun, Job, Question, Task, TaskEvent

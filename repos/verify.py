@@ -10,7 +10,7 @@ commit) against those of the suite run above when the fix left the test set-up
 put back. With another test command, that further run must pass as a whole. Changes to
 how tests run (and deleted or newly skipped tests) are listed in `test_changes` for a
 person to approve. Each run is a shell command in its own process group, bounded by a
-timeout that kills the whole group, and inside the sandbox (agents/sandbox.py): the code
+timeout that kills the whole group, and inside the sandbox (repos/sandbox.py): the code
 under test was written by an agent, so it runs with no network (but the repository's
 `network_allow` hosts), no view of other processes, and only its checkout writable.
 """
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from agents.base_checkouts import base_checkout
-from agents.sandbox import Endpoint, Sandbox
-from agents.test_changes import (
+from repos.base_checkouts import base_checkout
+from repos.sandbox import Endpoint, Sandbox
+from repos.test_changes import (
     Outcomes,
     broken_and_skipped,
     infrastructure_changes,
@@ -41,10 +41,10 @@ from agents.test_changes import (
     take_outcomes,
     with_report,
 )
-from agents.workspace import changed_files, git, remove_tree
+from repos.workspace import changed_files, git, remove_tree
 
-if TYPE_CHECKING:  # agents/environment.py runs its setup through this module
-    from agents.environment import RepoEnvironment
+if TYPE_CHECKING:  # repos/environment.py runs its setup through this module
+    from repos.environment import RepoEnvironment
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
@@ -108,7 +108,7 @@ async def run_command(
 ) -> CommandResult:
     """Run a shell command in the sandbox, in its own process group; on timeout, kill the
     whole group (and with it the sandbox). With the repository's `environment`
-    (agents/environment.py) its variables are set and its directory is readable inside."""
+    (repos/environment.py) its variables are set and its directory is readable inside."""
     # Inside, HOME is the sandbox's private /tmp: the host's home is not there.
     home = {"HOME": "/tmp"} if sandbox.enabled else {}
     readable = [environment.path] if environment else []
@@ -288,7 +288,7 @@ async def verify_fix(
     every run in `sandbox` (reaching only `reach`, in the repository's `environment`).
 
     `checkouts`: the folder where checkouts of base commits are kept warm between
-    verifications (agents/base_checkouts.py); None: a temporary one for this verification.
+    verifications (repos/base_checkouts.py); None: a temporary one for this verification.
     """
     if checkouts is None:
         folder = Path(tempfile.mkdtemp(prefix="fixbot-base-"))
