@@ -38,7 +38,7 @@ from agents.runner import AgentEnvironment
 from bot import metrics
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
-from bot.errors import ConfigError, FixbotError
+from bot.errors import ConfigError
 from bot.faults import transient
 from bot.http import make_http_app
 from bot.integrations.github import GitHubClient
@@ -52,6 +52,7 @@ from bot.sources import Sources
 from bot.thread import SlackThreads
 from bot.webhooks import webhook_routes
 from bot.workflow import Workflow
+from repos.errors import FixbotError
 from repos.sandbox import NO_SANDBOX_HELP, Sandbox
 from repos.workspace import Workspaces
 from storage.db import create_engine, migrate, ping, sessionmaker

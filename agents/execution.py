@@ -8,7 +8,7 @@ from typing import Any
 from agents.permissions import execution_gate
 from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep
-from bot.config import RepoConfig
+from repos.config import RepoConfig
 from repos.environment import RepoEnvironment
 
 SYSTEM_PROMPT = f"""You are Fixbot's execution agent. You implement an approved fix plan,

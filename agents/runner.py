@@ -57,7 +57,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
-from bot.errors import FixbotError, Transient
+from repos.errors import FixbotError, Transient
 from repos.sandbox import Endpoint, Sandbox
 
 __all__ = [

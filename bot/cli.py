@@ -36,10 +36,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import HINTS, RepoConfig, Settings, blank_secrets, load_settings, scrub_environment
-from bot.errors import ConfigError, FixbotError
+from bot.config import HINTS, Settings, blank_secrets, load_settings, scrub_environment
+from bot.errors import ConfigError
 from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
+from repos.config import RepoConfig
+from repos.errors import FixbotError
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 
 Sessions = async_sessionmaker[AsyncSession]

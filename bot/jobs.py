@@ -22,9 +22,10 @@ from typing import TypeVar
 from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
-from bot.errors import Postponed, Transient
+from bot.errors import Postponed
 from bot.faults import transient
 from bot.models import AFTER_MERGE
+from repos.errors import Transient
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
 

@@ -26,10 +26,11 @@ from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
 from agents.execution import execution_step
 from agents.permissions import PLAN_FILE
+from agents.plan import Plan
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult, run_agent_step
 from bot import metrics, views
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
 from bot.dashboard import (
     Dashboard,
     HomeRefresher,
@@ -38,24 +39,19 @@ from bot.dashboard import (
     start_of_day,
     with_mine,
 )
-from bot.errors import (
-    BadReference,
-    DailyBudgetReached,
-    InvalidTransition,
-    Postponed,
-    StepFailed,
-    Transient,
-)
+from bot.errors import BadReference, DailyBudgetReached, InvalidTransition, Postponed
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
-from bot.models import ACTIVE, FINISHED, TRANSITIONS, Plan, Reference, RefKind, State
+from bot.models import ACTIVE, FINISHED, TRANSITIONS, Reference, RefKind, State
 from bot.policy import ApprovalPolicy
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.sources import Sources, TaskContext, UnmappedProject
 from bot.thread import SlackThreads, SlackUnavailable
+from repos.config import RepoConfig
 from repos.environment import prepare_environment
+from repos.errors import StepFailed, Transient
 from repos.sandbox import Endpoint
 from repos.verify import Verification, verify_fix
 from repos.workspace import (

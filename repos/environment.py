@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import RepoConfig
-from bot.errors import StepFailed
+from repos.config import RepoConfig
+from repos.errors import StepFailed
 from repos.sandbox import Sandbox
 from repos.verify import CommandResult, run_process
 from repos.workspace import _file_lock, git, remove_tree

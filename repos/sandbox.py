@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from bot.errors import StepFailed
+from repos.errors import StepFailed
 
 log = logging.getLogger("fixbot.sandbox")
 

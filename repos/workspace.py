@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from bot.config import RepoConfig
-from bot.errors import StepFailed, Transient
+from repos.config import RepoConfig
+from repos.errors import StepFailed, Transient
 
 FIXBOT_NAME = "Fixbot"
 FIXBOT_EMAIL = "fixbot@users.noreply.github.com"

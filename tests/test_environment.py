@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from world import git
 
-from bot.config import RepoConfig
+from repos.config import RepoConfig
 from repos.environment import SetupFailed, prepare_environment
 from repos.sandbox import Sandbox
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import RepoConfig
+from repos.config import RepoConfig
 from repos.sandbox import Endpoint, Sandbox, SandboxUnavailable
 from repos.verify import CommandResult, run_command
 from repos.workspace import Workspaces, git

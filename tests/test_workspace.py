@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import RepoConfig
+from repos.config import RepoConfig
 from repos.workspace import (
     FIXBOT_EMAIL,
     GitError,

@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlparse
 
 from aiohttp import web
 
-from bot.config import RepoConfig
 from bot.local.slack import LocalSlack
+from repos.config import RepoConfig
 from repos.workspace import GitError, git
 
 STATIC = Path(__file__).resolve().parent / "static"
