@@ -40,6 +40,7 @@ from bot.config import HINTS, Settings, blank_secrets, load_settings, scrub_envi
 from bot.errors import ConfigError
 from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
+from repos import process
 from repos.config import RepoConfig
 from repos.errors import FixbotError
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
@@ -461,23 +462,13 @@ def _unreachable(name: str, url: str, error: Exception, variable: str) -> Check:
 async def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run a short command with a timeout; returns its exit status and first output line."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        result = await process.run(command, env=env, timeout=CHECK_TIMEOUT_S, merge_stderr=True)
     except OSError as error:
         return 127, str(error)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+    if result.timed_out:
         return 124, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
-    lines = output.decode(errors="replace").strip().splitlines()
-    return process.returncode or 0, lines[0] if lines else ""
+    lines = result.stdout.strip().splitlines()
+    return result.exit_code, lines[0] if lines else ""
 
 
 # ---------------------------------------------------------------------------- tasks

@@ -18,18 +18,16 @@ under test was written by an agent, so it runs with no network (but the reposito
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shlex
-import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from repos import process
 from repos.base_checkouts import base_checkout
 from repos.sandbox import Endpoint, Sandbox
 from repos.test_changes import (
@@ -47,8 +45,6 @@ if TYPE_CHECKING:  # repos/environment.py runs its setup through this module
     from repos.environment import RepoEnvironment
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
-DRAIN_TIMEOUT = 5.0  # how long to wait for output after the command ended
 
 NO_TEST = "the change adds or changes no test"
 ALREADY_PASS = "the new tests already pass without the fix"
@@ -130,89 +126,23 @@ async def run_process(
 ) -> CommandResult:
     """Run `argv` (`command`, already confined) with the allowlisted environment and
     `variables`, in its own process group; on timeout, kill the whole group."""
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env={**_test_env(), **(variables or {})},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+    # CI: test runners neither watch nor prompt. No bytecode: no stray files in the diff.
+    env = {
+        **process.inherited_environment(),
+        "CI": "true",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **(variables or {}),
+    }
+    result = await process.run(
+        argv, cwd=cwd, env=env, timeout=timeout, merge_stderr=True, keep=OUTPUT_LIMIT
     )
-    output = bytearray()
-    assert process.stdout is not None
-    reader = asyncio.create_task(_read_tail(process.stdout, output))
-    timed_out = False
-    try:
-        await asyncio.wait_for(process.wait(), timeout)
-    except TimeoutError:
-        timed_out = True
-        await _stop_group(process)
-    except BaseException:
-        reader.cancel()
-        await _stop_group(process)
-        raise
-    # Children the command left behind would hold the pipe open: they go too.
-    _signal_group(process.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
-    reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reader
-    assert process.returncode is not None
     return CommandResult(
         command=command,
-        exit_code=process.returncode,
-        output=bytes(output[-OUTPUT_LIMIT:]).decode(errors="replace"),
-        duration_s=round(time.monotonic() - started, 3),
-        timed_out=timed_out,
+        exit_code=result.exit_code,
+        output=result.stdout,
+        duration_s=result.duration_s,
+        timed_out=result.timed_out,
     )
-
-
-# The repo's tests run code the agent wrote: they get a small allowlist of the environment,
-# never Fixbot's own variables (tokens, the database URL).
-_PASSED_THROUGH = frozenset(
-    {
-        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME",
-        "SHELL", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-        "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
-    }
-)  # fmt: skip
-
-
-def _test_env() -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name in _PASSED_THROUGH or name.startswith("LC_")
-    }
-    env.setdefault("PATH", os.defpath)
-    # CI: test runners neither watch nor prompt. No bytecode: no stray files in the diff.
-    env.update(CI="true", PYTHONDONTWRITEBYTECODE="1")
-    return env
-
-
-async def _read_tail(stream: asyncio.StreamReader, output: bytearray) -> None:
-    while chunk := await stream.read(65536):
-        output += chunk
-        if len(output) > 2 * OUTPUT_LIMIT:
-            del output[:-OUTPUT_LIMIT]
-
-
-async def _stop_group(process: asyncio.subprocess.Process) -> None:
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), KILL_GRACE)
-    except TimeoutError:
-        _signal_group(process.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), KILL_GRACE)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 # Which files are tests ------------------------------------------------------------------
