@@ -35,13 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import handlers
 from agents.runner import AgentEnvironment, run_agent_step
-from agents.sandbox import NO_SANDBOX_HELP, Sandbox
-from agents.workspace import Workspaces
 from bot import metrics
 from bot.aftermerge import AfterMerge
 from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
-from bot.errors import ConfigError, FixbotError
+from bot.errors import ConfigError
 from bot.faults import transient
 from bot.http import make_http_app
 from bot.integrations.github import GitHubClient
@@ -56,6 +54,9 @@ from bot.tasks import Workflow
 from bot.tasks.repos import GitRepos
 from bot.thread import SlackThreads
 from bot.webhooks import webhook_routes
+from repos.errors import FixbotError
+from repos.sandbox import NO_SANDBOX_HELP, Sandbox
+from repos.workspace import Workspaces
 from storage.db import create_engine, migrate, ping, sessionmaker
 from storage.jobs import JobKind
 from storage.queue import JobQueue

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.environment import RepoEnvironment
 from agents.permissions import execution_gate
 from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep
-from bot.config import RepoConfig
+from repos.config import RepoConfig
+from repos.environment import RepoEnvironment
 
 SYSTEM_PROMPT = f"""You are Fixbot's execution agent. You implement an approved fix plan,
 test first, in the repository checkout in your working directory. Use the tdd-workflow

@@ -9,13 +9,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from agents.permissions import PLAN_FILE, planning_gate
+from agents.plan import Plan
 from agents.prompts import UNTRUSTED_NOTE, fence, reference
 from agents.runner import AgentStep, StepResult
 from agents.search import GREP_TOOL, LIST_TOOL, search_server
 from agents.search import SERVER as SEARCH_SERVER
 from agents.search import TOOLS as SEARCH_TOOLS
-from bot.errors import StepFailed
-from bot.models import Plan
+from repos.errors import StepFailed
 
 SYSTEM_PROMPT = f"""You are Fixbot's planning agent. You find the root cause of a production
 error in the repository in your working directory and write a test-first fix plan.

@@ -9,10 +9,11 @@ retrying: the API overloaded or rate limited, the network, the CLI crashing) or
 The CLI's environment: the SDK always starts it with the whole of `os.environ` merged
 under `options.env` (see claude_agent_sdk/_internal/transport/subprocess_cli.py), and the
 agent's Bash sees all of it. So `agent_env` overrides every inherited variable that is not
-on `PASSED_THROUGH` with an empty string, which is how Fixbot's secrets (Slack, GitHub,
-Sentry, Jira tokens, the database URL) stay out of the agent's reach.
+on the allowlist (repos/process.py, the one test runs get too) with an empty string, which
+is how Fixbot's secrets (Slack, GitHub, Sentry, Jira tokens, the database URL) stay out of
+the agent's reach.
 
-The CLI runs in an OS sandbox (agents/sandbox.py): its own PID and network namespaces, a
+The CLI runs in an OS sandbox (repos/sandbox.py): its own PID and network namespaces, a
 read-only system, and writable only the step's worktree and its HOME; a socat bridge
 reaches the Anthropic API and nothing else. Every command its tools run is its child, so
 inside the same sandbox. The SDK starts `cli_path` with arguments, so the CLI is started
@@ -32,7 +33,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -57,11 +57,11 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import PermissionResult, SdkPluginConfig, SessionStore
 
-from agents.sandbox import Endpoint, Sandbox
-from bot.errors import FixbotError, Transient
+from repos.errors import FixbotError, Transient
+from repos.process import kill_child, passes_through
+from repos.sandbox import Endpoint, Sandbox
 
 __all__ = [
-    "PASSED_THROUGH",
     "AgentEnvironment",
     "AgentError",
     "AgentEvent",
@@ -83,32 +83,6 @@ ToolGate = Callable[[str, dict[str, Any]], Awaitable[str | None]]
 reads the string as the tool's result)."""
 
 Outcome = Literal["success", "error_max_turns", "error_max_budget", "error", "interrupted"]
-
-# Inherited variables the CLI may keep: locale, shell, proxies and certificates. Every
-# other inherited variable reaches the CLI as an empty string.
-PASSED_THROUGH = frozenset(
-    {
-        "PATH",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TERM",
-        "TMPDIR",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "NODE_EXTRA_CA_CERTS",
-    }
-)
-_PASSED_THROUGH_PREFIXES = ("LC_",)
 
 # HTTP statuses of the Anthropic API worth another try later.
 _TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -303,11 +277,7 @@ def agent_env(
     """The variables to lay over the inherited environment of the CLI (`options.env`)."""
     inherited = os.environ if inherited is None else inherited
     home = env.home if home is None else home
-    variables = {
-        name: ""
-        for name in inherited
-        if name not in PASSED_THROUGH and not name.startswith(_PASSED_THROUGH_PREFIXES)
-    }
+    variables = {name: "" for name in inherited if not passes_through(name)}
     variables.update(
         {
             "HOME": str(home),
@@ -523,7 +493,7 @@ async def _close(client: ClaudeSDKClient) -> None:
         pass
     finally:
         if pid is not None:
-            _kill_if_alive(pid)
+            kill_child(pid)
 
 
 def _cli_pid(client: ClaudeSDKClient) -> int | None:
@@ -531,22 +501,6 @@ def _cli_pid(client: ClaudeSDKClient) -> int | None:
     process = getattr(getattr(client, "_transport", None), "_process", None)
     pid = getattr(process, "pid", None)
     return pid if isinstance(pid, int) else None
-
-
-def _kill_if_alive(pid: int) -> None:
-    # Only our own child: a pid that was reaped and reused belongs to someone else.
-    if _parent_of(pid) == os.getpid():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return int(fields[1]) if len(fields) > 1 else None
 
 
 # Text

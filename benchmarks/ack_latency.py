@@ -42,7 +42,7 @@ from fakes.slack import Ack, LocalSlack  # noqa: E402
 from test_core_loop import TITLE  # noqa: E402
 from world import World, make_world, plan_data, seed_sentry_issue  # noqa: E402
 
-from agents.workspace import branch_name  # noqa: E402
+from repos.workspace import branch_name  # noqa: E402
 
 BAD_REFERENCE = "hello world"  # no repo:owner/name, so Fixbot answers with an ephemeral
 BENCH_USER = "U_BENCH"

@@ -27,8 +27,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fakes.anthropic import ScriptedModel, text, tool  # noqa: E402
 
 from agents.runner import AgentEnvironment, AgentStep, run_agent_step  # noqa: E402
-from agents.sandbox import Sandbox  # noqa: E402
-from agents.verify import run_command  # noqa: E402
+from repos.sandbox import Sandbox  # noqa: E402
+from repos.verify import run_command  # noqa: E402
 
 TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
 CASES = {"sandboxed": Sandbox(), "off": Sandbox(mode="off")}

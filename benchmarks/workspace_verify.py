@@ -33,10 +33,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from world import FIXED_PRICING, NEW_TEST, make_shop_repo  # noqa: E402
 
-from agents import verify  # noqa: E402
-from agents.sandbox import Sandbox  # noqa: E402
-from agents.workspace import Workspaces  # noqa: E402
-from bot.config import RepoConfig  # noqa: E402
+from repos import verify  # noqa: E402
+from repos.config import RepoConfig  # noqa: E402
+from repos.sandbox import Sandbox  # noqa: E402
+from repos.workspace import Workspaces  # noqa: E402
 
 TEST_COMMAND = f"{sys.executable} -m pytest -q -p no:cacheprovider"
 TASKS = 10

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
-from agents.workspace import branch_name
 from bot import views
 from bot.alerts import SentryAlert
 from bot.errors import InvalidTransition
@@ -33,6 +32,7 @@ from bot.jobs import Outcome
 from bot.models import AFTER_MERGE, Reference, RefKind, State, Watch
 from bot.sources import TaskContext
 from bot.tasks.thread import TaskThread
+from repos.workspace import branch_name
 from storage.queue import JobQueue
 from storage.tables import Alert, FixWatch, Job, Task, aware
 

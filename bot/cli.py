@@ -36,10 +36,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import HINTS, RepoConfig, Settings, blank_secrets, load_settings, scrub_environment
-from bot.errors import ConfigError, FixbotError
+from bot.config import HINTS, Settings, blank_secrets, load_settings, scrub_environment
+from bot.errors import ConfigError
 from bot.models import AFTER_MERGE, State
 from bot.redact import Redactor
+from repos import process
+from repos.config import RepoConfig
+from repos.errors import FixbotError
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -220,7 +223,7 @@ async def _check_claude(cli_path: str | None) -> Check:
 
 
 async def _check_sandbox(settings: Settings) -> Check:
-    from agents.sandbox import NO_SANDBOX_HELP, Sandbox
+    from repos.sandbox import NO_SANDBOX_HELP, Sandbox
 
     if settings.sandbox == "off":
         return Check(
@@ -333,7 +336,7 @@ async def check_database(settings: Settings) -> Check:
 
 
 async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
-    from agents.workspace import GitError, auth_config, git
+    from repos.workspace import GitError, auth_config, git
 
     token = settings.github_token.get_secret_value() if settings.github_token else None
     with tempfile.TemporaryDirectory(prefix="fixbot-doctor-") as cwd:
@@ -358,9 +361,9 @@ async def _check_repo(settings: Settings, name: str, clone_url: str) -> Check:
 
 async def _check_setup(settings: Settings, repo: RepoConfig, redact: Callable[[str], str]) -> Check:
     """Run the repo's setup_command once (it can take minutes, so not under CHECK_TIMEOUT_S)."""
-    from agents.environment import prepare_environment
-    from agents.sandbox import Sandbox
-    from agents.workspace import Workspaces
+    from repos.environment import prepare_environment
+    from repos.sandbox import Sandbox
+    from repos.workspace import Workspaces
 
     name = f"setup {repo.name}"
     workspaces = Workspaces(settings.fixbot_workdir.resolve())
@@ -459,23 +462,13 @@ def _unreachable(name: str, url: str, error: Exception, variable: str) -> Check:
 async def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run a short command with a timeout; returns its exit status and first output line."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        result = await process.run(command, env=env, timeout=CHECK_TIMEOUT_S, merge_stderr=True)
     except OSError as error:
         return 127, str(error)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), CHECK_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+    if result.timed_out:
         return 124, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
-    lines = output.decode(errors="replace").strip().splitlines()
-    return process.returncode or 0, lines[0] if lines else ""
+    lines = result.stdout.strip().splitlines()
+    return result.exit_code, lines[0] if lines else ""
 
 
 # ---------------------------------------------------------------------------- tasks

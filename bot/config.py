@@ -23,25 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.errors import ConfigError
-
-
-class RepoConfig(BaseModel):
-    """One repository Fixbot may fix."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
-    clone_url: str
-    default_branch: str = "main"
-    sentry_projects: list[str] = []
-    jira_projects: list[str] = []
-    test_command: str = "python -m pytest -q"
-    lint_command: str | None = None
-    network_allow: list[str] = []  # hosts (host or host:port, 443 by default) test runs reach
-    # The repo's test environment (agents/environment.py): run once per change of
-    # `setup_files` (default: the usual manifests and lock files), cached.
-    setup_command: str | None = None
-    setup_files: list[str] = []
+from repos.config import RepoConfig
 
 
 class Concurrency(BaseModel):
@@ -158,7 +140,7 @@ class Settings(BaseSettings):
     require_second_person: bool = False  # the requester may not approve their own plan
     jira_label: str = "fixbot"  # Jira issues created with this label become tasks
     question_timeout_s: float = Field(default=600, gt=0)  # how long an agent waits for an answer
-    # required: no agent or test run without an OS sandbox (agents/sandbox.py); off: unconfined.
+    # required: no agent or test run without an OS sandbox (repos/sandbox.py); off: unconfined.
     sandbox: Literal["required", "off"] = "required"
     fixbot_bwrap: str = "bwrap"  # the bubblewrap binary the sandbox is made with
     # After a merge: how long Fixbot watches the error in Sentry (fractions work), and

@@ -23,11 +23,12 @@ from bot import views
 from bot.aftermerge import AfterMerge, CameBack
 from bot.alerts import SentryAlert, recognise_message
 from bot.config import Settings
-from bot.errors import BadReference, FixbotError, InvalidTransition
+from bot.errors import BadReference, InvalidTransition
 from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD, names_a_reference, parse_reference
 from bot.seams import Threads
 from bot.tasks import PRIORITY_URGENT, Decision, Workflow, priority_for_level
+from repos.errors import FixbotError
 from storage.tables import Alert, Task
 from storage.triggers import first_delivery
 

@@ -1,16 +1,16 @@
-"""Fixbot's named errors. Each carries the sentence a person should see.
+"""The bot's named errors. Each carries the sentence a person should see.
 
 Four kinds decide what happens next, and the worker pool acts on them: `Refused`
 (nothing was done; say why), `StepFailed` (the step ends; the thread offers Retry),
 `Transient` (a service is briefly away; the step is tried again after a back-off),
 `Postponed` (the step waits until a given time without counting as an attempt).
+`FixbotError`, `StepFailed` and `Transient` are in repos/errors.py: git, the sandbox and
+the agents, below the bot, raise them too.
 """
 
 from datetime import datetime
 
-
-class FixbotError(Exception):
-    """Base of every error Fixbot expects; `str(error)` is fit to show a person."""
+from repos.errors import FixbotError
 
 
 class ConfigError(FixbotError):
@@ -33,15 +33,6 @@ class InvalidTransition(Refused):
     """The task is not in a state where this can happen (a second click, a finished task)."""
 
 
-class Transient(FixbotError):
-    """A service (Sentry, GitHub, Jira, Slack, git's remote, the database, the model API)
-    is briefly unavailable; the same call later may well succeed."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after  # seconds the service asked for, if it said
-
-
 class Postponed(FixbotError):
     """The step may not run before `until`; it waits without using an attempt."""
 
@@ -52,14 +43,6 @@ class Postponed(FixbotError):
 
 class DailyBudgetReached(Postponed):
     """Today's agent spend reached the daily budget; work waits until `until`."""
-
-
-class StepFailed(FixbotError):
-    """An agent step or Fixbot's own checks after it did not succeed."""
-
-    def __init__(self, message: str, *, output: str | None = None) -> None:
-        super().__init__(message)
-        self.output = output  # command output worth showing with the reason
 
 
 class LeaseLost(FixbotError):

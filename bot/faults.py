@@ -13,7 +13,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from bot.errors import Transient
+from repos.errors import Transient
 
 
 def transient(error: BaseException) -> Transient | None:

@@ -26,8 +26,8 @@ from typing import TypeVar
 from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
-from bot.errors import Transient
 from bot.faults import transient
+from repos.errors import Transient
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
 from storage.tables import Job

@@ -1,11 +1,11 @@
-"""Domain types: a task's states and their allowed transitions, references, plans."""
+"""Domain types: a task's states and their allowed transitions, references.
+
+The plan as data is agents/plan.py's `Plan`: the planning step makes it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-from pydantic import BaseModel, Field
 
 from storage.jobs import JobKind
 
@@ -87,16 +87,3 @@ class Reference:
     key: str  # SHOP-1A, sentry issue id, owner/name#12, SHOP-42, or the free text
     url: str | None = None
     repo: str | None = None  # owner/name when the reference names it
-
-
-class Plan(BaseModel):
-    """A fix plan as structured data: what the planning step returns and Slack shows."""
-
-    summary: str = Field(description="One or two sentences: what is broken and the fix.")
-    root_cause: str = Field(description="Why it breaks, with file:line evidence.")
-    evidence: list[str] = Field(default=[], description="file:line locations that show it.")
-    files: list[str] = Field(default=[], description="Files the fix will change.")
-    test_plan: str = Field(description="The failing test to write first, and where.")
-    change: str = Field(description="The code change that makes the test pass.")
-    risk: str = Field(description="What could go wrong, and how likely.")
-    out_of_scope: str = Field(default="", description="What this fix deliberately leaves.")

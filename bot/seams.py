@@ -12,12 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from agents.environment import RepoEnvironment
 from agents.runner import AgentEnvironment, AgentStep, EventHandler, SessionHandler, StepResult
-from agents.verify import Verification
-from agents.workspace import Worktree
-from bot.config import RepoConfig
 from bot.views import Message
+from repos.config import RepoConfig
+from repos.environment import RepoEnvironment
+from repos.verify import Verification
+from repos.workspace import Worktree
 
 
 class Threads(Protocol):

@@ -7,9 +7,9 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import FixbotError
 from bot.redact import Redactor, redact_blocks
 from bot.views import Message
+from repos.errors import FixbotError
 
 
 class SlackUnavailable(FixbotError):

@@ -31,8 +31,9 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from agents.plan import Plan
 from bot.dashboard import Dashboard, TaskSummary
-from bot.models import Plan, RefKind, State, Watch
+from bot.models import RefKind, State, Watch
 from bot.redact import redact_blocks
 from storage.tables import Task
 

@@ -32,9 +32,10 @@ from pydantic import SecretStr
 
 from bot.alerts import recognise_webhook
 from bot.conversation import Conversation
-from bot.errors import BadReference, FixbotError
+from bot.errors import BadReference
 from bot.refs import jira_reference
 from bot.tasks import PRIORITY_OTHER
+from repos.errors import FixbotError
 from storage.triggers import first_delivery
 
 log = logging.getLogger(__name__)

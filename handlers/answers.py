@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 
 from slack_bolt.async_app import AsyncRespond
 
-from bot.errors import FixbotError
 from bot.faults import transient
+from repos.errors import FixbotError
 
 log = logging.getLogger(__name__)
 

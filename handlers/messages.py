@@ -11,8 +11,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
 from bot.conversation import Conversation
-from bot.errors import FixbotError, Refused
+from bot.errors import Refused
 from handlers.answers import answering
+from repos.errors import FixbotError
 
 HUMAN_SUBTYPES = {None, "thread_broadcast"}
 

@@ -19,16 +19,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agents.environment import RepoEnvironment
 from agents.runner import AgentEnvironment, AgentStep, EventHandler, SessionHandler, StepResult
-from agents.verify import CommandResult, Verification
-from agents.workspace import Worktree
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
 from bot.jobs import Outcome
 from bot.redact import Redactor
 from bot.sources import Sources
 from bot.tasks import Workflow
 from bot.views import Message
+from repos.config import RepoConfig
+from repos.environment import RepoEnvironment
+from repos.verify import CommandResult, Verification
+from repos.workspace import Worktree
 from storage.db import create_engine, migrate, sessionmaker
 from storage.jobs import JobKind
 from storage.queue import JobQueue

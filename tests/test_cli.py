@@ -15,7 +15,7 @@ from fakes.anthropic import structured, tool
 from slack_sdk.web.async_client import AsyncWebClient
 from world import CHANNEL, ROOT, World, plan_data, seed_sentry_issue
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 from storage.db import create_engine, migrate, sessionmaker
 from storage.tables import AgentRun, Job, Task, TaskEvent
 

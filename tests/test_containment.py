@@ -34,7 +34,7 @@ from test_cli import fixbot
 from test_core_loop import TITLE, buttons, thread_texts
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, ROOT, World, git, plan_data, seed_sentry_issue
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 
 SECRETS = (
     "SLACK_BOT_TOKEN",

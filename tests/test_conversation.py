@@ -10,7 +10,7 @@ from typing import Any
 from fakes.anthropic import structured, tool
 from world import CHANNEL, World, plan_data, seed_sentry_issue
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TITLE = "AssertionError: discount made the price negative"

@@ -20,7 +20,7 @@ from world import (
     SHOP_PRICING as SHOP_PRICING_UNCHANGED,
 )
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 
 TITLE = "AssertionError: discount made the price negative"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from world import git
 
-from agents.environment import SetupFailed, prepare_environment
-from agents.sandbox import Sandbox
-from bot.config import RepoConfig
+from repos.config import RepoConfig
+from repos.environment import SetupFailed, prepare_environment
+from repos.sandbox import Sandbox
 
 
 def repo(setup: str | None, **values: object) -> RepoConfig:

@@ -31,7 +31,7 @@ from world import (
     seed_sentry_issue,
 )
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 
 TITLE = "AssertionError: discount made the price negative"
 ASK = "mcp__fixbot__ask_in_thread"

@@ -19,8 +19,8 @@ from test_core_loop import (
 )
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, World, plan_data, seed_sentry_issue
 
-from agents.workspace import branch_name
 from bot.jobs import BACKOFF_BASE_S
+from repos.workspace import branch_name
 
 EXECUTION_MATCH = "Implement the approved plan for SHOP-1"
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
 from bot.errors import BadReference
 from bot.models import Reference, RefKind
 from bot.refs import names_a_reference, parse_reference, unwrap_slack
+from repos.config import RepoConfig
 
 PAYLOADS = Path(__file__).parent / "payloads"
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from test_core_loop import buttons, thread_texts
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, World, plan_data
 
-from agents.workspace import branch_name
+from repos.workspace import branch_name
 from storage.db import create_engine
 from storage.tables import AgentRun
 

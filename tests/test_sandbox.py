@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.sandbox import Endpoint, Sandbox, SandboxUnavailable
-from agents.verify import CommandResult, run_command
-from agents.workspace import Workspaces, git
-from bot.config import RepoConfig
+from repos.config import RepoConfig
+from repos.sandbox import Endpoint, Sandbox, SandboxUnavailable
+from repos.verify import CommandResult, run_command
+from repos.workspace import Workspaces, git
 
 SANDBOX = Sandbox()
 PYTHON = sys.executable

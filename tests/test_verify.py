@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agents import verify
-from agents.sandbox import Sandbox
-from agents.test_changes import REPORT_NAME, infrastructure_changes, take_outcomes
-from agents.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
-from agents.workspace import commit_all, git
+from repos import verify
+from repos.sandbox import Sandbox
+from repos.test_changes import REPORT_NAME, infrastructure_changes, take_outcomes
+from repos.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verify_fix
+from repos.workspace import commit_all, git
 
 SANDBOX = Sandbox()  # the real one: every run here is confined as in production
 TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.models import Plan, State
+from agents.plan import Plan
+from bot.models import State
 from bot.views import (
     Message,
     came_back,

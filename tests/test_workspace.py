@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.workspace import (
+from repos.config import RepoConfig
+from repos.workspace import (
     FIXBOT_EMAIL,
     GitError,
     Workspaces,
@@ -22,7 +23,6 @@ from agents.workspace import (
     push,
     remove_tree,
 )
-from bot.config import RepoConfig
 
 
 async def commit_to(origin: Path, scratch: Path, files: dict[str, str], message: str) -> str:

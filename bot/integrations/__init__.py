@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import httpx
 import pydantic
 
-from bot.errors import FixbotError, Transient
+from repos.errors import FixbotError, Transient
 
 DEFAULT_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0

@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agents.plan import Plan
 from agents.planning import render_plan
-from agents.workspace import git
-from bot.config import RepoConfig
 from bot.local.scripted_model import Script, ScriptedModel, Turn, pause, structured, text, tool
-from bot.models import Plan
+from repos.config import RepoConfig
+from repos.workspace import git
 
 SAMPLE_REPOSITORY = Path(__file__).resolve().parent / "demo" / "shop"
 REPO_NAME = "demo/shop"

@@ -30,9 +30,9 @@ from urllib.parse import unquote, urlparse
 
 from aiohttp import web
 
-from agents.workspace import GitError, git
-from bot.config import RepoConfig
 from bot.local.slack import LocalSlack
+from repos.config import RepoConfig
+from repos.workspace import GitError, git
 
 STATIC = Path(__file__).resolve().parent / "static"
 KEEPALIVE_S = 15.0  # a comment line this often finds closed streams

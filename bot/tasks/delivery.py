@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.permissions import PLAN_FILE
-from agents.verify import Verification
+from agents.plan import Plan
 from bot import views
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient, PullRequest
 from bot.integrations.jira import JiraClient
-from bot.models import Plan, RefKind
+from bot.models import RefKind
 from bot.redact import Redactor
 from bot.seams import Repos
 from bot.tasks.store import TaskStore
 from bot.tasks.thread import TaskThread
+from repos.config import RepoConfig
+from repos.verify import Verification
 from storage.tables import Task
 
 

@@ -17,10 +17,9 @@ from typing import Any
 
 from sqlalchemy import update
 
-from agents.workspace import Worktree
 from bot import views
-from bot.config import RepoConfig, Settings
-from bot.errors import InvalidTransition, StepFailed
+from bot.config import Settings
+from bot.errors import InvalidTransition
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Reference, State
 from bot.policy import ApprovalPolicy
 from bot.seams import JobControl, Repos, Threads
@@ -30,6 +29,9 @@ from bot.tasks.questions import Questions
 from bot.tasks.store import TaskStore, get_task, now
 from bot.tasks.thread import TaskThread
 from bot.thread import SlackUnavailable
+from repos.config import RepoConfig
+from repos.errors import StepFailed
+from repos.workspace import Worktree
 from storage.jobs import JobKind
 from storage.queue import JobQueue
 from storage.tables import Task, TaskEvent

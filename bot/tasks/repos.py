@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from agents import workspace
-from agents.environment import RepoEnvironment, prepare_environment
-from agents.sandbox import Endpoint, Sandbox
-from agents.verify import Verification, verify_fix
-from agents.workspace import Workspaces, Worktree
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
+from repos import workspace
+from repos.config import RepoConfig
+from repos.environment import RepoEnvironment, prepare_environment
+from repos.sandbox import Endpoint, Sandbox
+from repos.verify import Verification, verify_fix
+from repos.workspace import Workspaces, Worktree
 
 
 class GitRepos:

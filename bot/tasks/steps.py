@@ -18,24 +18,16 @@ from agents.ask import ASK_TOOL, ask_server
 from agents.ask import SERVER as ASK_SERVER
 from agents.execution import execution_step
 from agents.permissions import PLAN_FILE
+from agents.plan import Plan
 from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult
-from agents.verify import Verification
-from agents.workspace import branch_name
 from bot import views
-from bot.config import RepoConfig, Settings
+from bot.config import Settings
 from bot.dashboard import spend_since, start_of_day
-from bot.errors import (
-    BadReference,
-    DailyBudgetReached,
-    InvalidTransition,
-    Postponed,
-    StepFailed,
-    Transient,
-)
+from bot.errors import BadReference, DailyBudgetReached, InvalidTransition, Postponed
 from bot.integrations import IntegrationError
 from bot.jobs import Outcome
-from bot.models import Plan, Reference, RefKind, State
+from bot.models import Reference, RefKind, State
 from bot.progress import StatusMessage
 from bot.redact import Redactor
 from bot.seams import AgentRunner, Repos
@@ -45,6 +37,10 @@ from bot.tasks.lifecycle import Lifecycle, already, priority_for_level, repo_of
 from bot.tasks.questions import Questions
 from bot.tasks.store import TaskStore, now
 from bot.tasks.thread import TaskThread
+from repos.config import RepoConfig
+from repos.errors import StepFailed, Transient
+from repos.verify import Verification
+from repos.workspace import branch_name
 from storage.jobs import JobKind
 from storage.tables import Job, Task
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agents.plan import Plan
 from bot import views
-from bot.models import Plan
 from bot.seams import Threads
 from storage.tables import Task
 

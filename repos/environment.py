@@ -25,11 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.sandbox import Sandbox
-from agents.verify import CommandResult, run_process
-from agents.workspace import _file_lock, git, remove_tree
-from bot.config import RepoConfig
-from bot.errors import StepFailed
+from repos.config import RepoConfig
+from repos.errors import StepFailed
+from repos.sandbox import Sandbox
+from repos.verify import CommandResult, run_process
+from repos.workspace import _file_lock, git, remove_tree
 
 # What a setup usually depends on, when `setup_files` does not say (globs at the repo root).
 DEFAULT_SETUP_FILES = (

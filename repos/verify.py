@@ -10,7 +10,7 @@ commit) against those of the suite run above when the fix left the test set-up
 put back. With another test command, that further run must pass as a whole. Changes to
 how tests run (and deleted or newly skipped tests) are listed in `test_changes` for a
 person to approve. Each run is a shell command in its own process group, bounded by a
-timeout that kills the whole group, and inside the sandbox (agents/sandbox.py): the code
+timeout that kills the whole group, and inside the sandbox (repos/sandbox.py): the code
 under test was written by an agent, so it runs with no network (but the repository's
 `network_allow` hosts), no view of other processes, and only its checkout writable.
 """
@@ -18,21 +18,19 @@ under test was written by an agent, so it runs with no network (but the reposito
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shlex
-import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from agents.base_checkouts import base_checkout
-from agents.sandbox import Endpoint, Sandbox
-from agents.test_changes import (
+from repos import process
+from repos.base_checkouts import base_checkout
+from repos.sandbox import Endpoint, Sandbox
+from repos.test_changes import (
     Outcomes,
     broken_and_skipped,
     infrastructure_changes,
@@ -41,14 +39,12 @@ from agents.test_changes import (
     take_outcomes,
     with_report,
 )
-from agents.workspace import changed_files, git, remove_tree
+from repos.workspace import changed_files, git, remove_tree
 
-if TYPE_CHECKING:  # agents/environment.py runs its setup through this module
-    from agents.environment import RepoEnvironment
+if TYPE_CHECKING:  # repos/environment.py runs its setup through this module
+    from repos.environment import RepoEnvironment
 
 OUTPUT_LIMIT = 20_000  # bytes of output kept: the tail, where test runners summarise
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a timed-out command
-DRAIN_TIMEOUT = 5.0  # how long to wait for output after the command ended
 
 NO_TEST = "the change adds or changes no test"
 ALREADY_PASS = "the new tests already pass without the fix"
@@ -108,7 +104,7 @@ async def run_command(
 ) -> CommandResult:
     """Run a shell command in the sandbox, in its own process group; on timeout, kill the
     whole group (and with it the sandbox). With the repository's `environment`
-    (agents/environment.py) its variables are set and its directory is readable inside."""
+    (repos/environment.py) its variables are set and its directory is readable inside."""
     # Inside, HOME is the sandbox's private /tmp: the host's home is not there.
     home = {"HOME": "/tmp"} if sandbox.enabled else {}
     readable = [environment.path] if environment else []
@@ -130,89 +126,23 @@ async def run_process(
 ) -> CommandResult:
     """Run `argv` (`command`, already confined) with the allowlisted environment and
     `variables`, in its own process group; on timeout, kill the whole group."""
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env={**_test_env(), **(variables or {})},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+    # CI: test runners neither watch nor prompt. No bytecode: no stray files in the diff.
+    env = {
+        **process.inherited_environment(),
+        "CI": "true",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **(variables or {}),
+    }
+    result = await process.run(
+        argv, cwd=cwd, env=env, timeout=timeout, merge_stderr=True, keep=OUTPUT_LIMIT
     )
-    output = bytearray()
-    assert process.stdout is not None
-    reader = asyncio.create_task(_read_tail(process.stdout, output))
-    timed_out = False
-    try:
-        await asyncio.wait_for(process.wait(), timeout)
-    except TimeoutError:
-        timed_out = True
-        await _stop_group(process)
-    except BaseException:
-        reader.cancel()
-        await _stop_group(process)
-        raise
-    # Children the command left behind would hold the pipe open: they go too.
-    _signal_group(process.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(reader), DRAIN_TIMEOUT)
-    reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reader
-    assert process.returncode is not None
     return CommandResult(
         command=command,
-        exit_code=process.returncode,
-        output=bytes(output[-OUTPUT_LIMIT:]).decode(errors="replace"),
-        duration_s=round(time.monotonic() - started, 3),
-        timed_out=timed_out,
+        exit_code=result.exit_code,
+        output=result.stdout,
+        duration_s=result.duration_s,
+        timed_out=result.timed_out,
     )
-
-
-# The repo's tests run code the agent wrote: they get a small allowlist of the environment,
-# never Fixbot's own variables (tokens, the database URL).
-_PASSED_THROUGH = frozenset(
-    {
-        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME",
-        "SHELL", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-        "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
-    }
-)  # fmt: skip
-
-
-def _test_env() -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name in _PASSED_THROUGH or name.startswith("LC_")
-    }
-    env.setdefault("PATH", os.defpath)
-    # CI: test runners neither watch nor prompt. No bytecode: no stray files in the diff.
-    env.update(CI="true", PYTHONDONTWRITEBYTECODE="1")
-    return env
-
-
-async def _read_tail(stream: asyncio.StreamReader, output: bytearray) -> None:
-    while chunk := await stream.read(65536):
-        output += chunk
-        if len(output) > 2 * OUTPUT_LIMIT:
-            del output[:-OUTPUT_LIMIT]
-
-
-async def _stop_group(process: asyncio.subprocess.Process) -> None:
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), KILL_GRACE)
-    except TimeoutError:
-        _signal_group(process.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), KILL_GRACE)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 # Which files are tests ------------------------------------------------------------------
@@ -288,7 +218,7 @@ async def verify_fix(
     every run in `sandbox` (reaching only `reach`, in the repository's `environment`).
 
     `checkouts`: the folder where checkouts of base commits are kept warm between
-    verifications (agents/base_checkouts.py); None: a temporary one for this verification.
+    verifications (repos/base_checkouts.py); None: a temporary one for this verification.
     """
     if checkouts is None:
         folder = Path(tempfile.mkdtemp(prefix="fixbot-base-"))

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agents.workspace import GitError, git, remove_tree
+from repos.workspace import GitError, git, remove_tree
 
 
 @contextlib.asynccontextmanager
@@ -109,7 +109,7 @@ async def _reset(slot: Path, base_commit: str) -> None:
     if left.strip():
         raise GitError(f"{tree} still differs from {base_commit} after a reset: {left[:200]}")
     # The work tree's `.git` (which git clean leaves alone) is Fixbot's again: a link to
-    # the git directory, which the sandbox then shows read-only (agents/sandbox.py).
+    # the git directory, which the sandbox then shows read-only (repos/sandbox.py).
     dot_git = tree / ".git"
     if dot_git.is_dir() and not dot_git.is_symlink():
         await remove_tree(dot_git)

@@ -1,6 +1,6 @@
 """Workspaces: one cached mirror per repository, one git worktree and branch per task.
 
-Every git call is an asyncio subprocess, bounded by a timeout and always reaped. Fixbot
+Every git call runs through repos/process.py: bounded by a timeout and always reaped. Fixbot
 commits and pushes here itself; agents never do.
 """
 
@@ -13,7 +13,6 @@ import fcntl
 import math
 import os
 import re
-import signal
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from bot.config import RepoConfig
-from bot.errors import StepFailed, Transient
+from repos import process
+from repos.config import RepoConfig
+from repos.errors import StepFailed, Transient
 
 FIXBOT_NAME = "Fixbot"
 FIXBOT_EMAIL = "fixbot@users.noreply.github.com"
@@ -82,13 +82,6 @@ class Worktree:
     base_commit: str
 
 
-@dataclass(frozen=True)
-class _GitResult:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
 async def git(
     *args: str,
     cwd: Path,
@@ -119,34 +112,16 @@ async def _run_git(
     cwd: Path,
     timeout: float = 120,  # noqa: ASYNC109
     extra_config: Sequence[str] = (),
-) -> _GitResult:
+) -> process.Finished:
     command = ["git"]
     for setting in _SAFE_CONFIG:
         command += ["-c", setting]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        *args,
-        cwd=cwd,
-        env=_git_env(extra_config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+    result = await process.run(
+        [*command, *args], cwd=cwd, env=_git_env(extra_config), timeout=timeout
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        await _kill(process)
-        raise GitError(f"{_describe(args)} timed out after {timeout:g} s") from None
-    except BaseException:
-        await _kill(process)
-        raise
-    assert process.returncode is not None
-    return _GitResult(
-        process.returncode,
-        stdout.decode(errors="replace"),
-        stderr.decode(errors="replace"),
-    )
+    if result.timed_out:
+        raise GitError(f"{_describe(args)} timed out after {timeout:g} s")
+    return result
 
 
 def _git_env(extra_config: Sequence[str]) -> dict[str, str]:
@@ -172,14 +147,6 @@ def _git_env(extra_config: Sequence[str]) -> dict[str, str]:
         env[f"GIT_CONFIG_KEY_{index}"] = key
         env[f"GIT_CONFIG_VALUE_{index}"] = value
     return env
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(process.wait(), 5)
 
 
 def _describe(args: Sequence[str]) -> str:
@@ -466,14 +433,8 @@ async def _worktree_branches(mirror: Path) -> dict[Path, str | None]:
 
 async def remove_tree(path: Path) -> None:
     """`rm -rf PATH` as a subprocess, keeping the event loop free for large trees."""
-    process = await asyncio.create_subprocess_exec(
-        "rm", "-rf", "--", str(path), stdin=asyncio.subprocess.DEVNULL
-    )
-    try:
-        await asyncio.wait_for(process.wait(), 120)
-    except BaseException:
-        await _kill(process)
-        raise
+    if (await process.run(["rm", "-rf", "--", str(path)], timeout=120)).timed_out:
+        raise TimeoutError(f"rm -rf {path} did not finish within 120 s")
 
 
 # Commits and pushes ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agents.workspace import GitError, git
+from repos.workspace import GitError, git
 
 # Files that change how tests are found, run or reported wherever they are.
 _INFRASTRUCTURE_NAMES = {

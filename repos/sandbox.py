@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from bot.errors import StepFailed
+from repos import process
+from repos.errors import StepFailed
 
 log = logging.getLogger("fixbot.sandbox")
 
@@ -125,20 +126,11 @@ class Sandbox:
         if socat is None:
             return f"socat (`{self.socat}`) is not installed"
         argv = [bwrap, *_namespaces(), *_system_binds(), "--remount-ro", "/", "--", "true"]
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(), _PROBE_TIMEOUT_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        probe = await process.run(argv, timeout=_PROBE_TIMEOUT_S)
+        if probe.timed_out:
             return f"bubblewrap did not start a sandbox within {_PROBE_TIMEOUT_S:g} s"
-        if process.returncode != 0:
-            said = stderr.decode(errors="replace").strip() or f"exit {process.returncode}"
+        if probe.exit_code != 0:
+            said = probe.stderr.strip() or f"exit {probe.exit_code}"
             return f"bubblewrap cannot make a sandbox here: {said}"
         return None
 
