@@ -59,8 +59,9 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    orphaned = asyncio.Event()
+    watching = asyncio.create_task(_until_closed(parent, orphaned, stop)) if parent else None
     engine = create_engine(settings.database_url.get_secret_value())
-    watching = asyncio.create_task(_until_closed(parent, stop)) if parent else None
     try:
         await wiring.start_database(settings, engine)
         owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}-worker"
@@ -71,7 +72,13 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
                 loop.add_signal_handler(signal.SIGUSR2, pool.beat_now)
                 log.info("worker %s claiming jobs", owner)
                 await stop.wait()
-                log.info("worker stopping: no new work; letting running steps finish")
+                if orphaned.is_set():
+                    # The app was killed: so are its steps, as if with it; their leases run
+                    # out and another replica resumes them.
+                    log.warning("the app is gone: stopping running steps now")
+                    await pool.stop(0)
+                else:
+                    log.info("worker stopping: no new work; letting running steps finish")
         finally:
             await parts.aclose()
     finally:
@@ -80,8 +87,11 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
         await engine.dispose()
 
 
-async def _until_closed(parent: asyncio.StreamReader, stop: asyncio.Event) -> None:
+async def _until_closed(
+    parent: asyncio.StreamReader, orphaned: asyncio.Event, stop: asyncio.Event
+) -> None:
     await parent.read()  # the app writes nothing more; EOF means it is gone
+    orphaned.set()
     stop.set()
 
 
