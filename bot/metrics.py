@@ -26,13 +26,10 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -68,7 +65,8 @@ ERRORS = Counter(
 )
 SLACK_ACK_SECONDS = Histogram(
     "fixbot_slack_ack_seconds",
-    "From a Socket Mode envelope reaching the app to its acknowledgement being sent.",
+    "From a Socket Mode envelope reaching the app to its acknowledgement being sent "
+    "(handlers/socket_mode.py).",
     ["type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
 )
@@ -206,19 +204,3 @@ def _failed(response: HttpResponse) -> bool:
 
 def _method(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "unknown"
-
-
-class TimedSocketModeHandler(AsyncSocketModeHandler):
-    """Bolt's Socket Mode handler, timing each envelope from arrival to its ack.
-
-    The clock starts when the Socket Mode client hands the envelope to Bolt and stops
-    once the acknowledgement is written to the socket: the part of Slack's 3 s the app
-    controls (network time to and from Slack is not in it).
-    """
-
-    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
-        started = time.monotonic()
-        try:
-            await super().handle(client, req)
-        finally:
-            SLACK_ACK_SECONDS.labels(req.type).observe(time.monotonic() - started)

@@ -43,6 +43,7 @@ from bot.redact import Redactor
 from bot.webhooks import webhook_routes
 from bot.wiring import CannotStart
 from bot.workers import WorkerProcesses
+from handlers.socket_mode import AckFirstSocketModeHandler
 from storage.db import create_engine, ping, sessionmaker
 
 log = logging.getLogger("fixbot")
@@ -108,11 +109,27 @@ async def _serve(
     sessions = sessionmaker(engine)
     owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     parts = wiring.build(settings, sessions, owner)
-    workspace = await _unless_stopped(stop, _check_slack(settings, parts.client))
-    if workspace is None:
-        await parts.aclose()
-        return
+    # The workers start first: their start-up (imports, the sandbox check) overlaps the
+    # Slack side's, so the first step does not wait for it.
+    async with _agent_steps(parts) as (workers_ready, metrics_dir):
+        workspace = await _unless_stopped(stop, _check_slack(settings, parts.client))
+        if workspace is not None:
+            await _serve_slack(parts, engine, workspace, stop, mounts, workers_ready, metrics_dir)
+    await parts.aclose()  # after the agent steps: they post in threads to the end
+    log.info("stopped")
 
+
+async def _serve_slack(
+    parts: wiring.Parts,
+    engine: AsyncEngine,
+    workspace: str,
+    stop: asyncio.Event,
+    mounts: Mapping[str, web.Application] | None,
+    workers_ready: Callable[[], bool],
+    metrics_dir: Path | None,
+) -> None:
+    """Socket Mode and the HTTP server, until a stop signal."""
+    settings, sessions = parts.settings, parts.sessions
     responses = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RESPOND_TIMEOUT_S))
     bolt = AsyncApp(client=parts.client, logger=logging.getLogger("fixbot.slack"))
     handlers.register(bolt, parts.workflow, parts.conversation, responses)
@@ -120,64 +137,59 @@ async def _serve(
     # per try is enough.
     socket_log = logging.getLogger("fixbot.slack.socket")
     socket_log.addFilter(WithoutTraceback())
-    socket_mode = metrics.TimedSocketModeHandler(
+    socket_mode = AckFirstSocketModeHandler(
         bolt, settings.slack_app_token.get_secret_value(), logger=socket_log
     )
 
-    async with _agent_steps(parts) as (workers_ready, metrics_dir):
+    async def readiness() -> dict[str, bool]:
+        connected = await socket_mode.client.is_connected()
+        return {"database": await ping(engine), "slack": connected, "workers": workers_ready()}
 
-        async def readiness() -> dict[str, bool]:
-            connected = await socket_mode.client.is_connected()
-            return {"database": await ping(engine), "slack": connected, "workers": workers_ready()}
-
-        runner: web.AppRunner | None = None
-        if settings.fixbot_http_port:
-            runner = web.AppRunner(
-                make_http_app(
-                    readiness,
-                    lambda: metrics.update_queue_lengths(sessions),
-                    webhooks=webhook_routes(parts.conversation),
-                    mounts=mounts,
-                    exposition=partial(metrics.exposition, metrics_dir),
-                )
+    runner: web.AppRunner | None = None
+    if settings.fixbot_http_port:
+        runner = web.AppRunner(
+            make_http_app(
+                readiness,
+                lambda: metrics.update_queue_lengths(sessions),
+                webhooks=webhook_routes(parts.conversation),
+                mounts=mounts,
+                exposition=partial(metrics.exposition, metrics_dir),
             )
-            await runner.setup()
-            await web.TCPSite(runner, settings.fixbot_http_host, settings.fixbot_http_port).start()
-
-        _warn_missing_parts(settings)
-        http = (
-            f"http://{settings.fixbot_http_host}:{settings.fixbot_http_port}"
-            if settings.fixbot_http_port
-            else "off"
         )
-        database = make_url(settings.database_url.get_secret_value())
-        log.info(
-            "Fixbot %s starting: Slack workspace %s, repos %s, database %s, HTTP %s, "
-            "worker processes %s",
-            version("fixbot"),
-            workspace,
-            ", ".join(repo.name for repo in settings.repos) or "none",
-            database.render_as_string(hide_password=True),
-            http,
-            settings.workers.processes or "none (steps run in this process)",
-            extra={"data": {"owner": owner}},
-        )
-        # Connecting runs beside the agent steps: work queued before a Slack outage goes
-        # on, and a stop signal is heard while Slack is away.
-        connecting = asyncio.create_task(socket_mode.connect_async())
-        await stop.wait()
+        await runner.setup()
+        await web.TCPSite(runner, settings.fixbot_http_host, settings.fixbot_http_port).start()
 
-        log.info("stopping: no new work; letting running steps finish")
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
-        with contextlib.suppress(Exception):  # a connection that never came up has nothing to close
-            await asyncio.wait_for(socket_mode.close_async(), 5)
-    # The agent steps have stopped (the block's end waits for them).
-    await parts.aclose()
+    _warn_missing_parts(settings)
+    http = (
+        f"http://{settings.fixbot_http_host}:{settings.fixbot_http_port}"
+        if settings.fixbot_http_port
+        else "off"
+    )
+    database = make_url(settings.database_url.get_secret_value())
+    log.info(
+        "Fixbot %s starting: Slack workspace %s, repos %s, database %s, HTTP %s, "
+        "worker processes %s",
+        version("fixbot"),
+        workspace,
+        ", ".join(repo.name for repo in settings.repos) or "none",
+        database.render_as_string(hide_password=True),
+        http,
+        settings.workers.processes or "none (steps run in this process)",
+        extra={"data": {"owner": parts.queue.owner}},
+    )
+    # Connecting runs beside the agent steps: work queued before a Slack outage goes on,
+    # and a stop signal is heard while Slack is away.
+    connecting = asyncio.create_task(socket_mode.connect_async())
+    await stop.wait()
+
+    log.info("stopping: no new work; letting running steps finish")
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    with contextlib.suppress(Exception):  # a connection that never came up has nothing to close
+        await asyncio.wait_for(socket_mode.close_async(), 5)
     await responses.close()
     if runner is not None:
         await runner.cleanup()
-    log.info("stopped")
 
 
 @contextlib.asynccontextmanager

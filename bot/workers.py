@@ -63,7 +63,8 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
     watching = asyncio.create_task(_until_closed(parent, orphaned, stop)) if parent else None
     engine = create_engine(settings.database_url.get_secret_value())
     try:
-        await wiring.start_database(settings, engine)
+        if parent is None:  # the app brought the schema up to date before it started this
+            await wiring.start_database(settings, engine)
         owner = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}-worker"
         parts = wiring.build(settings, sessionmaker(engine), owner)
         try:
