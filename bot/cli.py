@@ -1,6 +1,7 @@
 """The `fixbot` command: run the bot, check its set-up, and look after tasks from a terminal.
 
     fixbot run                      # the same as `python app.py`
+    fixbot worker                   # run agent steps from the queue (app.py starts its own)
     fixbot local [--demo]           # Fixbot in a local workspace in the browser, no Slack needed
     fixbot doctor                   # one line per setting and dependency, and what to do
     fixbot tasks list [--state S] [--limit N]
@@ -60,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     """The `fixbot` console script."""
     args = _parser().parse_args(argv)
     if args.command == "run":
-        import app
+        from bot import service
 
-        return app.main()
+        return service.main()
+    if args.command == "worker":
+        from bot import workers
+
+        return workers.main(from_app=args.from_app)
     if args.command == "local":
         from bot.local import workspace
 
@@ -87,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="connect to Slack and serve (the same as python app.py)")
+    worker = commands.add_parser(
+        "worker", help="run agent steps from the queue, beside an app with workers.processes: 0"
+    )
+    # Set by `python app.py` for its own workers: settings on stdin, stop when it goes.
+    worker.add_argument("--from-app", action="store_true", help=argparse.SUPPRESS)
     local = commands.add_parser("local", help="serve a local workspace in the browser and connect")
     local.add_argument("--demo", action="store_true", help="a sample repository, a scripted model")
     commands.add_parser("doctor", help="check every setting and dependency")
@@ -656,18 +666,15 @@ async def _act(settings: Settings, sessions: Sessions, args: argparse.Namespace)
 
 @contextlib.asynccontextmanager
 async def _workflow(settings: Settings, sessions: Sessions) -> AsyncIterator[Any]:
-    import app
-    from storage.queue import JobQueue
+    from bot import wiring
+    from bot.seams import NoWorkers
 
-    client = app.slack_client(settings)
-    queue = JobQueue(sessions, f"{socket.gethostname()}-{ACTOR}")
-    workflow = app.build_workflow(settings, sessions, queue, client)
+    queue = wiring.job_queue(settings, sessions, f"{socket.gethostname()}-{ACTOR}")
+    parts = wiring.build(settings, sessions, queue, NoWorkers())
     try:
-        yield workflow
+        yield parts.workflow
     finally:
-        await workflow.aclose()
-        if client.session is not None:
-            await client.session.close()
+        await parts.aclose()
 
 
 async def _transcript(

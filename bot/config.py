@@ -33,6 +33,14 @@ class Concurrency(BaseModel):
     execution: int = Field(default=2, ge=1)
 
 
+class Workers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Worker processes `python app.py` starts for the agent steps (`fixbot worker`); 0 runs
+    # them in the app's own process, beside Slack.
+    processes: int = Field(default=1, ge=0)
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -133,6 +141,7 @@ class Settings(BaseSettings):
     alert_channels: list[str] = []
     auto_plan: bool = False
     concurrency: Concurrency = Concurrency()
+    workers: Workers = Workers()
     limits: Limits = Limits()
     mcp_servers: dict[str, McpServer] = {}
     jira_transition: str | None = "In Review"  # where a Jira issue moves when its PR is ready
@@ -311,6 +320,7 @@ _YAML_KEYS = {
     "alert_channels",
     "auto_plan",
     "concurrency",
+    "workers",
     "limits",
     "mcp_servers",
     "github_approvers",

@@ -19,11 +19,13 @@ def make_http_app(
     refresh_metrics: MetricsRefresh | None = None,
     webhooks: Sequence[web.RouteDef] = (),
     mounts: Mapping[str, web.Application] | None = None,
+    exposition: Callable[[], bytes] = generate_latest,
 ) -> web.Application:
     """`/healthz` (the process answers), `/readyz` (database and Slack), `/metrics`.
 
     `refresh_metrics` runs before each scrape, for gauges read from the database.
     `mounts` serves other applications under a prefix (`/local`: the local workspace).
+    `exposition` renders the metrics (the worker processes' added: `metrics.exposition`).
     """
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -40,7 +42,7 @@ def make_http_app(
                 await refresh_metrics()
             except Exception:  # a scrape still answers with what the process counted
                 log.warning("refreshing metrics from the database failed", exc_info=True)
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

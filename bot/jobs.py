@@ -105,6 +105,7 @@ class WorkerPool:
         self._stopping = False
         # Per worker: when it last looked for a job (None while it runs one).
         self._last_claim: dict[str, float | None] = {}
+        self._beat = asyncio.Event()  # set and cleared at once: wakes every heartbeat
 
     def start(
         self,
@@ -340,9 +341,16 @@ class WorkerPool:
                     log.warning("maintenance skipped: %s", transient(error))
             await asyncio.sleep(self.settings.limits.sweep_interval_s)
 
+    def beat_now(self) -> None:
+        """Renew every running job's lease now: a task stopped in another process ends here
+        at once instead of at the next heartbeat."""
+        self._beat.set()
+        self._beat.clear()
+
     async def _heartbeat(self, job: Job, step: asyncio.Task[None]) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat.wait(), self.heartbeat_interval_s)
             try:
                 still_ours = await self.queue.heartbeat(job.id)
             except Exception as error:

@@ -2,24 +2,34 @@
 
 The reference system's agent metrics (`ai_agent_*`, with `agent` = "planning" or
 "executor"), and Fixbot's own: Slack acknowledgement latency, Slack API errors by
-method, agent spend and active steps. Counters are per process; the queue length is read
-from the jobs table at scrape time, so every replica reports the same shared queue.
+method, agent spend and active steps. Counters are per replica: the app's worker
+processes write theirs to files (prometheus_client's multiprocess mode) and the app adds
+them to its own at each scrape. The queue length is read from the jobs table at scrape
+time, so every replica reports the same shared queue.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,7 +64,8 @@ ERRORS = Counter(
 )
 SLACK_ACK_SECONDS = Histogram(
     "fixbot_slack_ack_seconds",
-    "From a Socket Mode envelope reaching the app to its acknowledgement being sent.",
+    "From a Socket Mode envelope reaching the app to its acknowledgement being sent "
+    "(handlers/socket_mode.py).",
     ["type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
 )
@@ -66,7 +77,11 @@ SLACK_API_ERRORS = Counter(
 AGENT_SPEND = Counter(
     "fixbot_agent_spend_usd_total", "What Claude Code steps cost, in US dollars.", ["agent"]
 )
-ACTIVE_STEPS = Gauge("fixbot_active_steps", "Agent steps running in this process.")
+ACTIVE_STEPS = Gauge(
+    "fixbot_active_steps",
+    "Agent steps running in this replica.",
+    multiprocess_mode="livesum",  # summed over the live worker processes
+)
 
 
 def agent_label(kind: str) -> str:
@@ -110,6 +125,39 @@ async def update_queue_lengths(sessions: async_sessionmaker[AsyncSession]) -> No
         QUEUE_LENGTH.labels(name).set(counts.get(name, 0))
 
 
+def exposition(workers_dir: Path | None) -> bytes:
+    """This process's metrics in Prometheus' text format, its worker processes' added
+    when they write to `workers_dir`."""
+    if workers_dir is None:
+        return generate_latest()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_WithWorkers(workers_dir))
+    return generate_latest(registry)
+
+
+class _WithWorkers:
+    """This process's samples plus the worker processes', same names and labels summed."""
+
+    def __init__(self, workers_dir: Path) -> None:
+        self.workers = MultiProcessCollector(None, path=str(workers_dir))
+
+    def collect(self) -> Iterable[Metric]:
+        families = {family.name: family for family in REGISTRY.collect()}
+        for family in self.workers.collect():
+            own = families.setdefault(family.name, family)
+            if own is family:
+                continue
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s for s in own.samples}
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                mine = samples.get(key)
+                samples[key] = (
+                    sample if mine is None else mine._replace(value=mine.value + sample.value)
+                )
+            own.samples = list(samples.values())
+        return families.values()
+
+
 class SlackErrorCounter(AsyncRetryHandler):
     """Counts failed Slack Web API attempts by method; never asks for a retry itself.
 
@@ -144,19 +192,3 @@ def _failed(response: HttpResponse) -> bool:
 
 def _method(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "unknown"
-
-
-class TimedSocketModeHandler(AsyncSocketModeHandler):
-    """Bolt's Socket Mode handler, timing each envelope from arrival to its ack.
-
-    The clock starts when the Socket Mode client hands the envelope to Bolt and stops
-    once the acknowledgement is written to the socket: the part of Slack's 3 s the app
-    controls (network time to and from Slack is not in it).
-    """
-
-    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
-        started = time.monotonic()
-        try:
-            await super().handle(client, req)
-        finally:
-            SLACK_ACK_SECONDS.labels(req.type).observe(time.monotonic() - started)

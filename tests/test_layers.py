@@ -49,10 +49,5 @@ def test_a_lower_package_imports_nothing_above_it(package: str, forbidden: set[s
     assert wrong_imports(package, forbidden) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/cli.py and bot/local/workspace.py import app until the wiring module "
-    "(branch s2-13a) takes its place; drop this mark when it lands",
-)
 def test_bot_does_not_import_the_entry_script() -> None:
     assert wrong_imports("bot", {"app"}) == {}

@@ -229,6 +229,9 @@ async def make_world(root: Path) -> AsyncIterator[World]:
             "approvers": [],
             "alert_channels": [CHANNEL],
             "limits": {"planning_timeout_s": 120, "execution_timeout_s": 180},
+            # Steps run in the app's own process: a worker process costs ~2 CPU-seconds to
+            # start in every test; tests/test_workers.py runs the default (processes: 1).
+            "workers": {"processes": 0},
         }
         try:
             yield world

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-import app
+from bot import service
 from bot.config import Settings, load_settings, scrub_environment
 from bot.errors import ConfigError
 from bot.local.demo import EXAMPLE_COMMAND, DemoModel, demo_repo, make_sample_repository
@@ -86,7 +86,7 @@ async def serve_local(settings: Settings, *, demo: bool) -> None:
         add_page(mounted, slack, page)
         print(f"Fixbot's local workspace: {url}/  (Ctrl-C stops it)", flush=True)
         try:
-            await app.serve(settings, mounts={MOUNT: mounted})
+            await service.serve(settings, mounts={MOUNT: mounted})
         finally:
             await slack.close()
 
