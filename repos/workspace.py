@@ -318,8 +318,9 @@ class Workspaces:
     def _worktrees(
         self, mirror: Path, *, shared: bool
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The mirror's list of worktrees: added to side by side (shared), pruned alone.
-        `worktree prune` would take a worktree being added for one deleted by hand."""
+        """The mirror's list of worktrees: added to and removed from side by side (shared);
+        pruned and fetched into alone. `worktree prune` would take a worktree being added
+        for one deleted by hand."""
         self.locks.mkdir(parents=True, exist_ok=True)
         return _file_lock(self.locks / f"{mirror.name}.worktrees.lock", shared=shared)
 
@@ -352,7 +353,12 @@ class Workspaces:
             current = (await git("remote", "get-url", "origin", cwd=mirror)).strip()
             if current != repo.clone_url:
                 await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
-            await git("fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT)
+            # Alone with the worktree list: a fetch reads every worktree's HEAD, and one
+            # being added or removed meanwhile fails it ("bad object worktrees/…/HEAD").
+            async with self._worktrees(mirror, shared=False):
+                await git(
+                    "fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT
+                )
         (mirror / "info").mkdir(exist_ok=True)
         # Replaced whole, never rewritten in place: other tasks' git reads it meanwhile.
         staged = mirror / "info" / f"exclude.tmp{os.getpid()}"
@@ -373,7 +379,8 @@ class Workspaces:
 
     async def _discard(self, mirror: Path, path: Path) -> None:
         # `worktree remove` fails on a directory git no longer knows; rm -rf covers that.
-        await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
+        async with self._worktrees(mirror, shared=True):
+            await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
         await remove_tree(path)
         await self._prune(mirror)
 
