@@ -153,9 +153,7 @@ class AfterMerge:
             return
         if values["status"] == Watch.WATCHING:
             await self._schedule_check(task, watch)
-        await self.threads.post(
-            task.channel_id, views.loop_closed(done, watching), thread_ts=task.thread_ts
-        )
+        await TaskThread.of(self.threads, task).reply(views.loop_closed(done, watching))
         await self._update_parent(task, watch)
 
     async def _close_jira(self, task: Task, watch: FixWatch) -> str:
@@ -252,7 +250,7 @@ class AfterMerge:
     ) -> None:
         if not await self._move(watch, Watch.WATCHING, status=status, **facts):
             return
-        ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        ts = await TaskThread.of(self.threads, task).reply(message)
         await self._move(watch, status, report_ts=ts)
         await self._update_parent(task, watch)
 
@@ -281,7 +279,7 @@ class AfterMerge:
             return CameBack.KNOWN
         ref = alert.ref_key or task.ref_key
         message = views.came_back(watch.id, ref, watch.pr_url, regressed=alert.regressed)
-        ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        ts = await TaskThread.of(self.threads, task).reply(message)
         await self._move(watch, Watch.REGRESSED, report_ts=ts)
         await self._update_parent(task, watch)
         return CameBack.REOPENED

@@ -28,6 +28,7 @@ from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD, names_a_reference, parse_reference
 from bot.seams import Threads
 from bot.tasks import PRIORITY_URGENT, Decision, Workflow, priority_for_level
+from bot.tasks.thread import TaskThread
 from repos.errors import FixbotError
 from storage.tables import Alert, Task
 from storage.triggers import first_delivery
@@ -95,9 +96,8 @@ class Conversation:
         if self.settings.auto_plan:
             task = await self._start(row, alert, user=None)
             if regression_of:
-                await self.threads.post(
-                    channel, views.regression_note(regression_of), thread_ts=task.thread_ts
-                )
+                thread = TaskThread.of(self.threads, task)
+                await thread.reply(views.regression_note(regression_of))
             return task
         offer = views.alert_offer(row.id, alert.title, alert.ref_key, regression_of=regression_of)
         offer_ts = await self.threads.post(channel, offer, thread_ts=message_ts)
