@@ -149,7 +149,9 @@ async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    engine = create_engine(settings.database_url.get_secret_value())
+    limits = settings.concurrency  # and one after-merge worker
+    steps = limits.planning + limits.execution + 1
+    engine = create_engine(settings.database_url.get_secret_value(), steps=steps)
     try:
         if not await _unless_stopped(stop, _start_database(settings, engine)):
             return
