@@ -46,7 +46,7 @@ from test_replicas import (  # noqa: E402
 )
 from world import World, make_world  # noqa: E402
 
-CI_CASES = ["sqlite:20", "postgresql:20", "sqlite:50", "postgresql:50x2"]
+CI_CASES = ["sqlite:20", "postgresql:20x2", "sqlite:50"]
 ALL_CASES = [
     f"{engine}:{tasks}" for engine in ("sqlite", "postgresql") for tasks in (1, 5, 20, 50)
 ] + ["postgresql:50x2"]
