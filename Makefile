@@ -1,9 +1,11 @@
 # The two commands a person needs: `make run` and `make test`. Both set up .venv first.
+# `make bench` runs the load benchmarks (their correctness assertions fail it); CI runs it
+# after `make test`. BENCH picks cases: `make bench BENCH=all`, or BENCH="sqlite:5 postgresql:20x2".
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-dev clean
+.PHONY: run test lint bench install install-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +39,10 @@ lint: install-dev
 
 test: lint
 	$(BIN)/pytest -q
+
+BENCH ?=
+bench: install-dev
+	$(BIN)/python benchmarks/throughput.py $(if $(BENCH),--cases $(BENCH))
 
 clean:
 	rm -rf $(VENV)

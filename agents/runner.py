@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from claude_agent_sdk import (
     AssistantMessage,
@@ -112,6 +112,12 @@ class AgentStep:
     readable: Sequence[Path] = ()  # folders the sandbox shows read-only (that environment)
 
 
+class TranscriptStore(SessionStore, Protocol):
+    """A `SessionStore` that batches appends; `flush` writes them, at the end of a step."""
+
+    async def flush(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class AgentEnvironment:
     """How to start Claude Code; built once from settings."""
@@ -123,7 +129,7 @@ class AgentEnvironment:
     base_url: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # e.g. CLAUDE_CODE_MAX_RETRIES
     # Where transcripts are mirrored and resumed from, so any replica can resume a session.
-    session_store: SessionStore | None = field(default=None, repr=False)
+    session_store: TranscriptStore | None = field(default=None, repr=False)
     sandbox: Sandbox = field(default_factory=Sandbox)  # what confines the CLI and its tools
 
 
@@ -247,6 +253,7 @@ async def _run(
         ) from error
     finally:
         await _close(client)
+        await _flush_transcript(env)
     if result is None:
         raise AgentTransientError(_with_stderr("Claude Code ended without a result.", stderr_tail))
     return _step_result(result, time.monotonic() - started, last_text)
@@ -371,7 +378,8 @@ def _options(
         resume=step.resume_session_id,
         session_store=env.session_store,
         # Every transcript line reaches the store as it is written, not at the end of the
-        # step: a replica that dies mid-step leaves a session another can resume.
+        # step: a replica that dies mid-step leaves a session another can resume. The
+        # store batches the lines into a write a second (storage/sessions.py).
         session_store_flush="eager",
         model=step.model,
         stderr=on_stderr,
@@ -481,6 +489,16 @@ def _with_stderr(message: str, stderr_tail: Iterable[str]) -> str:
 
 
 # Cleanup
+
+
+async def _flush_transcript(env: AgentEnvironment) -> None:
+    """Write the step's last transcript lines, so a later step resumes with all of them."""
+    if env.session_store is None:
+        return
+    try:
+        await asyncio.shield(env.session_store.flush())  # a cancelled step still keeps them
+    except Exception as error:  # they stay pending; the store's next flush writes them
+        log.warning("transcript not fully written at step end: %s", error)
 
 
 async def _close(client: ClaudeSDKClient) -> None:

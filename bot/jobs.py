@@ -31,17 +31,20 @@ from repos.errors import Transient
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
 from storage.tables import Job
+from storage.wakeups import JobWatcher
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL_S = 1.0  # how often idle workers look for jobs other replicas added
+# Idle workers are woken when jobs may be runnable (this process's enqueues, and
+# storage/wakeups.py's watcher for the rest); without a wake they still look this often.
+FALLBACK_POLL_S = 15.0
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
 DATABASE_RETRY_MAX_S = 30.0  # a worker's own write waits at most this long between tries
-# An idle worker looks for work every POLL_INTERVAL_S; one that has not looked for this
-# long (and is not running a job) is stuck, and /readyz says so.
+# An idle worker looks for work at least every FALLBACK_POLL_S; one that has not looked for
+# this long (and is not running a job) is stuck, and /readyz says so.
 CLAIM_STALE_S = 60.0
 
 
@@ -129,11 +132,17 @@ class WorkerPool:
                     asyncio.create_task(self._work(kind), name=f"worker-{kind}-{number}")
                 )
         self._workers.append(asyncio.create_task(self._maintain(), name="maintenance"))
+        watcher = JobWatcher(self.queue.sessions)
+        self._workers.append(asyncio.create_task(watcher.run(self._wake_kinds), name="watcher"))
 
     def wake(self) -> None:
         """A job was added in this process: workers look now instead of at the next poll."""
-        for event in self._wake.values():
-            event.set()
+        self._wake_kinds(set(self._wake))
+
+    def _wake_kinds(self, kinds: set[str]) -> None:
+        for kind, event in self._wake.items():
+            if kind in kinds:
+                event.set()
 
     @property
     def active_jobs(self) -> int:
@@ -178,7 +187,7 @@ class WorkerPool:
             if job is None:
                 event = self._wake[kind]
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), POLL_INTERVAL_S)
+                    await asyncio.wait_for(event.wait(), FALLBACK_POLL_S)
                 event.clear()
                 continue
             self._last_claim[name] = None

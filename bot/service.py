@@ -45,7 +45,7 @@ from bot.webhooks import webhook_routes
 from bot.wiring import CannotStart
 from bot.workers import WorkerProcesses
 from handlers.socket_mode import AckFirstSocketModeHandler
-from storage.db import create_engine, ping, sessionmaker
+from storage.db import ping, sessionmaker
 from storage.queue import JobQueue
 
 log = logging.getLogger("fixbot")
@@ -63,7 +63,7 @@ async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = wiring.database_engine(settings, runs_steps=not settings.workers.processes)
     try:
         await _unless_stopped(stop, wiring.start_database(settings, engine))
         if not stop.is_set():

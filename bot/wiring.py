@@ -40,7 +40,7 @@ from bot.thread import SlackThreads
 from repos.errors import FixbotError
 from repos.sandbox import NO_SANDBOX_HELP, Sandbox
 from repos.workspace import Workspaces
-from storage.db import migrate
+from storage.db import create_engine, migrate
 from storage.jobs import JobKind
 from storage.queue import JobQueue
 from storage.sessions import DatabaseSessionStore
@@ -54,6 +54,14 @@ START_CHECK_TIMEOUT_S = 30.0  # the database and Slack each get this long to ans
 
 class CannotStart(FixbotError):
     """Slack refused a token, or the database does not answer: serving would be pointless."""
+
+
+def database_engine(settings: Settings, *, runs_steps: bool) -> AsyncEngine:
+    """The engine, its pool sized for the agent steps this process runs (and its after-merge
+    worker), if it runs them."""
+    limits = settings.concurrency
+    steps = limits.planning + limits.execution + 1 if runs_steps else 0
+    return create_engine(settings.database_url.get_secret_value(), steps=steps)
 
 
 async def start_database(settings: Settings, engine: AsyncEngine) -> None:

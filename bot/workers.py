@@ -6,8 +6,9 @@ connection. `python app.py` starts `workers.processes` of them as its children
 (`WorkerProcesses`), so that whatever the agents do, acknowledging Slack shares no
 event loop with them. A child gets its settings from the app on stdin (secrets never
 pass through the environment) and stops when that pipe closes, that is when the app
-is gone. The app restarts a child that dies, and signals its children when it adds a
-job (SIGUSR1: claim now) or stops a task (SIGUSR2: check running jobs now).
+is gone. The app restarts a child that dies, and signals its children when it stops a
+task (SIGUSR2: check running jobs now); new work reaches them through the database
+(storage/wakeups.py), as it reaches other replicas.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bot.errors import ConfigError
 from bot.jobs import WorkerPool
 from bot.logs import setup_logging
 from bot.redact import Redactor
-from storage.db import create_engine, sessionmaker
+from storage.db import sessionmaker
 
 log = logging.getLogger("fixbot")
 
@@ -62,7 +63,7 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
         loop.add_signal_handler(signum, stop.set)
     orphaned = asyncio.Event()
     watching = asyncio.create_task(_until_closed(parent, orphaned, stop)) if parent else None
-    engine = create_engine(settings.database_url.get_secret_value())
+    engine = wiring.database_engine(settings, runs_steps=True)
     try:
         if parent is None:  # the app brought the schema up to date before it started this
             await wiring.start_database(settings, engine)
@@ -72,7 +73,6 @@ async def serve_worker(settings: Settings, parent: asyncio.StreamReader | None =
         parts = wiring.build(settings, queue.sessions, queue, pool)
         try:
             async with wiring.running_pool(parts, pool):
-                loop.add_signal_handler(signal.SIGUSR1, pool.wake)
                 loop.add_signal_handler(signal.SIGUSR2, pool.beat_now)
                 log.info("worker %s claiming jobs", owner)
                 await stop.wait()
@@ -120,10 +120,9 @@ class WorkerProcesses:
         self._stopping = False
 
     def start(self) -> None:
-        # Ignored signals stay ignored through exec: a child woken before it listens for
-        # the wake-up lives (their default is to end the process). The app uses neither.
-        for signum in (signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(signum, signal.SIG_IGN)
+        # An ignored signal stays ignored through exec: a child signalled before it listens
+        # lives (the default is to end the process). The app itself does not use it.
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         self._keepers = [
             asyncio.create_task(self._keep(slot), name=f"worker-process-{slot}")
             for slot in range(self.count)
@@ -136,8 +135,7 @@ class WorkerProcesses:
         return not self._stopping and len(running) == self.count
 
     def wake(self) -> None:
-        """A job was added: the children claim now instead of at their next poll."""
-        self._signal(signal.SIGUSR1)
+        """A job was added: the children's job watchers see it in the database."""
 
     def cancel_task(self, task_id: int) -> None:
         """A task was stopped: its running step, in whichever child, ends now."""

@@ -20,16 +20,25 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Replicas that start together migrate one at a time: the first upgrades, the rest find
 # the schema current. Any fixed number works; this one spells "FIXB".
 MIGRATION_LOCK_KEY = 0x46495842
+# Connections besides the steps': Slack handlers, the HTTP server, maintenance, the job
+# watcher and the dashboard each hold one briefly, a few at once.
+SHARED_CONNECTIONS = 5
+BUSY_TIMEOUT_S = 30  # how long a SQLite writer waits for another's lock before failing
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for `url`; makes the SQLite file's folder when needed."""
+def create_engine(url: str, steps: int = 0) -> AsyncEngine:
+    """An async engine for `url`, its pool sized for `steps` agent steps running at once
+    (each holds a connection now and then: heartbeat, transcript, progress) besides the
+    Slack side. Makes the SQLite file's folder when needed."""
+    # Enough that no step waits for a connection; the overflow absorbs bursts (many
+    # clicks at once) and closes again.
+    pool = {"pool_size": steps + SHARED_CONNECTIONS, "max_overflow": steps + SHARED_CONNECTIONS}
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, **pool)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}, **pool)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -37,7 +46,7 @@ def create_engine(url: str) -> AsyncEngine:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

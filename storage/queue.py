@@ -3,6 +3,8 @@
 One implementation serves SQLite and PostgreSQL. A claim is one UPDATE that picks the best
 queued job in a subquery (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers)
 and takes it only if it is still queued, so two workers can never both own a job.
+On PostgreSQL, adding or requeueing a job notifies NOTIFY_CHANNEL when its transaction
+commits (storage/wakeups.py listens).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, and_, func, or_, select, update
+from sqlalchemy import Update, and_, event, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from storage.jobs import JobStatus
 from storage.tables import Job, utcnow
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = JobStatus  # short names for the statements below
+NOTIFY_CHANNEL = "fixbot_jobs"
+_NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 class JobQueue:
@@ -38,6 +43,9 @@ class JobQueue:
         """Add a job inside the caller's transaction (with the task change that needs it)."""
         job = Job(task_id=task_id, kind=kind, priority=priority, status=QUEUED)
         session.add(job)
+        if session.get_bind().dialect.name == "postgresql":
+            # Sent with the commit (the caller's), so no one looks before the job is there.
+            event.listen(session.sync_session, "before_commit", _notify, once=True)
         return job
 
     async def claim(self, kinds: Iterable[str]) -> Job | None:
@@ -107,6 +115,7 @@ class JobQueue:
                     **values,
                 )
             )
+            await _notify_async(session)  # watchers learn when it comes due
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def _owned(self, job_id: int) -> Update:
@@ -123,6 +132,8 @@ class JobQueue:
                 .where(Job.status == RUNNING, Job.lease_expires_at < utcnow())
                 .values(status=QUEUED, lease_owner=None, lease_expires_at=None)
             )
+            if result.rowcount:  # type: ignore[attr-defined]
+                await _notify_async(session)
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def cancel_for_task(
@@ -174,3 +185,14 @@ class JobQueue:
     async def status_of(self, job_id: int) -> str | None:
         async with self.sessions() as session:
             return await session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def _notify(session: Session) -> None:
+    """Tell other processes' watchers (storage/wakeups.py) that jobs changed; PostgreSQL
+    delivers it when the transaction commits, and not at all if it rolls back."""
+    session.execute(_NOTIFY)
+
+
+async def _notify_async(session: AsyncSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(_NOTIFY)

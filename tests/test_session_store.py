@@ -10,8 +10,8 @@ from claude_agent_sdk import project_key_for_directory
 from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.types import SessionKey
 from fakes.anthropic import ScriptedModel, text
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agents.runner import AgentEnvironment, AgentStep, run_agent_step
 from storage.sessions import DatabaseSessionStore
@@ -36,10 +36,28 @@ async def test_the_store_passes_the_sdk_conformance_suite(sessions: Sessions) ->
     await run_session_store_conformance(empty_store)
 
 
+async def test_lines_appended_one_by_one_are_written_together(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    store = DatabaseSessionStore(sessions)
+    key: SessionKey = {"project_key": "p", "session_id": "s"}
+    commits: list[object] = []
+    event.listen(engine.sync_engine, "commit", commits.append)
+
+    for number in range(20):
+        await store.append(key, [{"type": "user", "n": number}])
+    assert await DatabaseSessionStore(sessions).load(key) is None  # another replica: not yet
+    await store.flush()
+
+    assert len(commits) == 1
+    assert await DatabaseSessionStore(sessions).load(key) == [
+        {"type": "user", "n": number} for number in range(20)
+    ]
+
+
 async def test_a_session_resumes_from_the_database_in_an_empty_home(
     sessions: Sessions, model: ScriptedModel, tmp_path: Path
 ) -> None:
-    store = DatabaseSessionStore(sessions)
     repo = tmp_path / "repo"
     repo.mkdir()
     model.script(
@@ -48,12 +66,13 @@ async def test_a_session_resumes_from_the_database_in_an_empty_home(
     )
 
     def replica(home: str) -> AgentEnvironment:
+        """Each replica has its own store: what it has not written, the other cannot see."""
         return AgentEnvironment(
             home=tmp_path / home,
             anthropic_api_key="sk-ant-test",
             base_url=model.base_url,
             extra={"CLAUDE_CODE_MAX_RETRIES": "0"},
-            session_store=store,
+            session_store=DatabaseSessionStore(sessions),
         )
 
     reported: list[str] = []
@@ -71,7 +90,7 @@ async def test_a_session_resumes_from_the_database_in_an_empty_home(
         "session_id": first.session_id,
     }
     assert reported == [first.session_id]
-    assert await store.load(key)  # mirrored as it ran
+    assert await DatabaseSessionStore(sessions).load(key)  # written by the step's end
 
     requests_before = len(model.requests)
     second = await run_agent_step(
