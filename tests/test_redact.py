@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from fakes.slack import LocalSlack
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from bot.redact import REDACTED, Redactor, redact_blocks
+from bot.thread import SlackThreads
 from bot.views import Message, failure_message, parent_message
 from storage.tables import Task
 
@@ -53,6 +57,28 @@ def test_short_values_are_hidden_where_they_stand_alone() -> None:
     assert redact("a short note, shorter") == f"a {REDACTED} note, shorter"
     out = Redactor(["Zq7", ""])("key=Zq7 and Zq7x and https://h/?t=Zq7")
     assert out == f"key={REDACTED} and Zq7x and https://h/?t={REDACTED}"
+
+
+def test_a_secret_that_starts_with_a_shorter_one_is_hidden_whole() -> None:
+    values = ["hunter22", "hunter22-and-the-rest-of-a-longer-secret", "pw9", "pw9-long-value"]
+    for ordered in (values, values[::-1]):
+        redactor = Redactor(ordered)
+        out = redactor("a hunter22-and-the-rest-of-a-longer-secret b pw9-long-value c")
+        assert out == f"a {REDACTED} b {REDACTED} c", ordered
+    # Many such pairs, so no order of the values could hide them all by chance.
+    pairs = [(f"prefix{n:02d}", f"prefix{n:02d}-with-a-longer-tail") for n in range(20)]
+    redactor = Redactor(value for pair in pairs for value in pair)
+    for short, long in pairs:
+        assert redactor(f"<{long}> <{short}>") == f"<{REDACTED}> <{REDACTED}>"
+
+
+def test_every_known_value_is_hidden_whatever_its_length_and_place() -> None:
+    values = ["k1", "Zq7", "abcd", "short", "a-very-long-secret-value", "medium-1", "x" * 40, "pw"]
+    for ordered in (values, sorted(values), sorted(values, key=len)):
+        redactor = Redactor(ordered)
+        for value in values:
+            assert redactor(f"({value})") == f"({REDACTED})", (value, ordered)
+            assert redactor.holds_secret_value(f"see {value}."), (value, ordered)
 
 
 def test_every_secret_setting_is_a_known_value_including_the_database_password() -> None:
@@ -169,3 +195,47 @@ def test_views_messages_redact_through_one_call() -> None:
         assert isinstance(clean, Message)
         assert token not in clean.text and token not in str(clean.blocks)
         assert token in str(message.blocks)
+
+
+async def test_everything_posted_to_slack_is_redacted() -> None:
+    """Each way the workflow reaches Slack: post, edit, ephemeral answer, upload, App Home."""
+    secret = "s3cr3t-value-from-settings"
+    token = "ghp_" + "Q7" * 18
+    leaky = f"Traceback: {secret} and {token}"
+    message = Message(
+        text=leaky,
+        blocks=[
+            {"type": "header", "text": {"type": "plain_text", "text": leaky[:100]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": leaky}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": leaky}]},
+        ],
+    )
+    async with LocalSlack() as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+        threads = SlackThreads(client, redact)
+        ts = await threads.post("C_GENERAL", message)
+        reply = await threads.post("C_GENERAL", message, thread_ts=ts)
+        await threads.update("C_GENERAL", reply, message)
+        await threads.ephemeral("C_GENERAL", "U_ALICE", leaky, thread_ts=ts)
+        await threads.upload("C_GENERAL", ts, filename="log.txt", content=leaky, title="log")
+        await threads.publish_home("U_ALICE", {"type": "home", "blocks": message.blocks})
+        if client.session:
+            await client.session.close()
+
+        seen = json.dumps(
+            [
+                slack.calls,
+                slack.thread("C_GENERAL", ts),
+                slack.ephemerals(),
+                slack.home_view("U_ALICE"),
+            ]
+        ) + "".join(upload.text for upload in slack.files.values())
+        assert {method for method, _ in slack.calls} >= {
+            "chat.postMessage",
+            "chat.update",
+            "chat.postEphemeral",
+            "views.publish",
+        }
+        assert any(REDACTED in upload.text for upload in slack.files.values())
+    assert secret not in seen and token not in seen
+    assert f"Traceback: {REDACTED} and {REDACTED}" in seen
