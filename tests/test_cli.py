@@ -301,7 +301,7 @@ async def test_cancel_a_step_running_in_the_app(world: World) -> None:
     """The CLI runs no step itself, like a second replica: the app's running step learns of
     the cancel from the database, at its next heartbeat, and stops."""
     world.config["limits"]["job_lease_s"] = 3  # a heartbeat each second
-    thread_ts = await start_slow_planning(world)
+    thread_ts = await start_slow_planning(world, seconds=120)
     assert world.process is not None
     with db(world) as connection:
         ((task_id, job_status),) = connection.execute(
@@ -312,9 +312,9 @@ async def test_cancel_a_step_running_in_the_app(world: World) -> None:
     run = await fixbot(world, "tasks", "cancel", str(task_id))
 
     assert run.code == 0, run.err
-    # The model holds its answer for 30 s: a step still running then was never stopped.
+    # The model holds its answer for 120 s: a step still running at 60 s was never stopped.
     await world.slack.wait_for(
-        lambda: not claude_processes(world.process.pid), timeout=20, what="no Claude Code left"
+        lambda: not claude_processes(world.process.pid), timeout=60, what="no Claude Code left"
     )
     with db(world) as connection:
         assert connection.execute("select state from tasks").fetchone() == ("cancelled",)

@@ -93,6 +93,7 @@ async def test_a_sentry_alert_offers_a_fix_and_the_button_plans_it(world: World)
     alert_ts = await post_alert(world, sentry_alert(world, issue_id))
     offer = await world.slack.wait_for(
         lambda: next((m for m in world.slack.thread(CHANNEL, alert_ts) if buttons(m)), None),
+        timeout=60,
         what="the Plan a fix offer",
     )
     assert buttons(offer) == ["Plan a fix"]

@@ -139,7 +139,7 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     assert result.timed_out
     assert not result.passed
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # cut short: the sleeper alone takes 30 s
     assert running_with(marker) == []
 
 
