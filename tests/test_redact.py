@@ -10,7 +10,7 @@ from fakes.slack import LocalSlack
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.redact import REDACTED, Redactor, redact_blocks
+from bot.redact import REDACTED, WHOLE_WORD_BELOW, Redactor, redact_blocks
 from bot.thread import SlackThreads
 from bot.views import Message, failure_message, parent_message
 from storage.tables import Task
@@ -114,8 +114,36 @@ def test_url_credentials() -> None:
     out = redact("DATABASE_URL=postgresql+asyncpg://fixbot:hunter22@db:5432/fixbot")
     assert "hunter22" not in out
     assert out.endswith(f"postgresql+asyncpg://{REDACTED}@db:5432/fixbot")
+    # A password without a user name, as Redis URLs have it.
+    out = redact("connecting to redis://:hunter2secret@cache:6379/0")
+    assert out == f"connecting to redis://{REDACTED}@cache:6379/0"
     # A URL without credentials is left alone.
     assert redact("see https://sentry.io/issues/1/") == "see https://sentry.io/issues/1/"
+    assert redact("http://host:8080/path@x") == "http://host:8080/path@x"
+
+
+@pytest.mark.parametrize(
+    "shortest",
+    [
+        "xoxb-abcdef",
+        "xoxe.xoxp-abcdef",
+        "xapp-abcdef",
+        "ghp_" + "a" * 16,
+        "github_pat_" + "a" * 16,
+        "sk-ant-abcdefgh",
+        "Bearer abcd",
+        "authorization: abcd",
+    ],
+)
+def test_the_shortest_token_of_each_shape_is_hidden(shortest: str) -> None:
+    assert shortest.split()[-1] not in redact(f"({shortest})")
+
+
+def test_a_value_of_the_whole_word_length_is_hidden_inside_words() -> None:
+    value = "k" * WHOLE_WORD_BELOW
+    assert Redactor([value])(f"x{value}y") == f"x{REDACTED}y"
+    shorter = value[1:]
+    assert Redactor([shorter])(f"x{shorter}y") == f"x{shorter}y"
 
 
 def test_private_key_blocks() -> None:
