@@ -202,6 +202,9 @@ def test_redact_blocks_keeps_slack_limits_when_text_grows() -> None:
     assert len(out[0]["text"]["text"]) <= 150
     assert len(out[1]["text"]["text"]) <= 3000
     assert "abcdef" not in out[1]["text"]["text"]
+    # Grown but within the limit: nothing is cut.
+    short = {"type": "section", "text": {"type": "mrkdwn", "text": "see abcdef"}}
+    assert redact_blocks([short], r)[0]["text"]["text"] == f"see {REDACTED}"
 
 
 def test_views_messages_redact_through_one_call() -> None:
