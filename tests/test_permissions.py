@@ -117,6 +117,10 @@ def test_execution_does_not_run_bash_or_edits_without_asking(worktree: Path) -> 
         "git status",
         "git diff --stat",
         "git log -3",
+        "git show HEAD",
+        "git blame shop/pricing.py",
+        "git ls-files",
+        "git rev-parse HEAD",
     ],
 )
 async def test_execution_runs_the_repos_commands(worktree: Path, command: str) -> None:
@@ -127,6 +131,14 @@ async def test_execution_runs_the_repos_commands(worktree: Path, command: str) -
 async def test_execution_refuses_any_other_command(worktree: Path, command: str) -> None:
     refusal = await ask(execution(worktree), "Bash", {"command": command})
     assert refusal is not None and refusal.startswith("Refused: Bash may run only")
+
+
+@pytest.mark.parametrize("tool", ["Read", "Grep", "Glob", "LS"])
+async def test_execution_reads_inside_its_checkout(worktree: Path, tool: str) -> None:
+    step = execution(worktree)
+    assert await ask(step, tool, {"path": str(worktree / "shop")}) is None
+    refusal = await ask(step, tool, {"path": "/etc"})
+    assert refusal is not None and refusal.startswith("Refused")
 
 
 @pytest.mark.parametrize("tool", ["Write", "Edit", "MultiEdit"])
@@ -151,6 +163,8 @@ async def test_execution_never_edits_gits_own_files(worktree: Path, tool: str, p
     for given in (path, str(worktree / path)):
         refusal = await ask(step, tool, {"file_path": given})
         assert refusal == "Refused: git's own files are not to be edited.", given
+    notebook = await ask(step, "NotebookEdit", {"notebook_path": str(worktree / path)})
+    assert notebook == "Refused: git's own files are not to be edited."
     assert (worktree / ".git" / "config").read_text() == "[core]\n"
 
 
