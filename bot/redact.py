@@ -45,8 +45,8 @@ _LABELLED: tuple[re.Pattern[str], ...] = (
     # Authorization / Proxy-Authorization header values, also as a dict or JSON entry.
     re.compile(r"""((?:Proxy-)?Authorization['"]?\s*[:=]\s*['"]?)[^'"\r\n]+""", re.IGNORECASE),
     re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE),
-    # user:password@ in any scheme://authority.
-    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@<>|]+:[^/\s@<>|]*@"),
+    # user:password@ in any scheme://authority; the user may be empty (redis://:password@).
+    re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@<>|]*:[^/\s@<>|]*@"),
 )
 _URL_CREDENTIALS = _LABELLED[-1]
 

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from fakes.anthropic import structured, tool
 from slack_sdk.web.async_client import AsyncWebClient
+from test_core_loop import buttons
+from test_pool import claude_processes, start_slow_planning
 from world import CHANNEL, ROOT, World, plan_data, seed_sentry_issue
 
 from repos.workspace import branch_name
@@ -275,7 +277,7 @@ async def test_requeue_with_a_plan_goes_back_to_execution(world: World) -> None:
         assert connection.execute("select kind from jobs").fetchall() == [("execution",)]
 
 
-async def test_cancel(world: World) -> None:
+async def test_cancel_a_queued_task(world: World) -> None:
     task_id = await seed_task(world, "queued")
     await add_rows(world, Job(task_id=task_id, kind="planning", status="queued"))
     run = await fixbot(world, "tasks", "cancel", str(task_id))
@@ -293,6 +295,38 @@ async def test_cancel(world: World) -> None:
 
     run = await fixbot(world, "tasks", "cancel", str(task_id))
     assert run.code == 2 and run.err.strip() == "fixbot: This task was cancelled."
+
+
+async def test_cancel_a_step_running_in_the_app(world: World) -> None:
+    """The CLI runs no step itself, like a second replica: the app's running step learns of
+    the cancel from the database, at its next heartbeat, and stops."""
+    world.config["limits"]["job_lease_s"] = 3  # a heartbeat each second
+    thread_ts = await start_slow_planning(world, seconds=120)
+    assert world.process is not None
+    with db(world) as connection:
+        ((task_id, job_status),) = connection.execute(
+            "select tasks.id, jobs.status from tasks join jobs on jobs.task_id = tasks.id"
+        ).fetchall()
+    assert job_status == "running"
+
+    run = await fixbot(world, "tasks", "cancel", str(task_id))
+
+    assert run.code == 0, run.err
+    # The model holds its answer for 120 s: a step still running at 60 s was never stopped.
+    await world.slack.wait_for(
+        lambda: not claude_processes(world.process.pid), timeout=60, what="no Claude Code left"
+    )
+    with db(world) as connection:
+        assert connection.execute("select state from tasks").fetchone() == ("cancelled",)
+        assert connection.execute("select status from jobs").fetchall() == [("cancelled",)]
+    await world.slack.wait_for(
+        lambda: any(
+            "cancelled" in m["text"].lower() and "Planning" in m["text"]
+            for m in world.slack.thread(CHANNEL, thread_ts)[1:]
+        ),
+        what="the step's status line saying it was cancelled",
+    )
+    assert not any(buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
 
 
 # tasks transcript

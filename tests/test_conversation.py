@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes.anthropic import structured, tool
-from world import CHANNEL, World, plan_data, seed_sentry_issue
+from world import CHANNEL, World, git, plan_data, seed_sentry_issue
 
 from repos.workspace import branch_name
 
@@ -93,6 +93,7 @@ async def test_a_sentry_alert_offers_a_fix_and_the_button_plans_it(world: World)
     alert_ts = await post_alert(world, sentry_alert(world, issue_id))
     offer = await world.slack.wait_for(
         lambda: next((m for m in world.slack.thread(CHANNEL, alert_ts) if buttons(m)), None),
+        timeout=60,
         what="the Plan a fix offer",
     )
     assert buttons(offer) == ["Plan a fix"]
@@ -209,19 +210,37 @@ async def test_a_reply_revises_the_plan_and_supersedes_its_buttons(world: World)
 
 
 async def test_a_reply_while_planning_is_kept_for_the_next_step(world: World) -> None:
+    world.config["approvers"] = ["U_BOB"]  # only an approver's reply answers the agent
+    world.config["question_timeout_s"] = 60
     seed_sentry_issue(world)
+    worktree = world.worktree(branch_name("SHOP-1", TITLE))
     question = [tool(ASK, {"question": "Is 100% a valid discount?"})]
-    plan_script(world, first=question)
-    world.config["question_timeout_s"] = 30
+    revision = [
+        [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan v2\n"})],
+        [structured(plan_data(summary="Divide by 100; negative totals refused."))],
+    ]
+    plan_script(world, *revision, first=question)
     await world.start_app()
     thread_ts = await start_fix(world)
     await world.slack.wait_for(
         lambda: "The agent asks" in thread_texts(world, thread_ts), what="the question"
     )
-    # An answer, then a reply that is no answer any more: feedback for the next step.
+    # Planning waits for its answer: a reply that is no answer comes in meanwhile.
+    await world.slack.reply_in_thread(
+        CHANNEL, thread_ts, "Also refuse negative totals.", user="U_CAROL"
+    )
+    await world.slack.wait_for(
+        lambda: "goes into a revised plan" in thread_texts(world, thread_ts),
+        what="the note that the reply is kept",
+    )
     await world.slack.reply_in_thread(CHANNEL, thread_ts, "Yes, 100% is valid.", user="U_BOB")
-    await wait_for_plan(world, thread_ts)
-    assert any("Yes, 100% is valid." in json.dumps(r) for r in world.model.tool_results())
+
+    # The kept reply is the next step's input: plan v1 is revised at once.
+    await wait_for_plan(world, thread_ts, version=2)
+    answers = json.dumps(world.model.tool_results())
+    assert "Yes, 100% is valid." in answers and "Also refuse negative totals." not in answers
+    revisions = [r for r in world.model.requests if "plan-changes skill" in json.dumps(r)]
+    assert revisions and "Also refuse negative totals." in json.dumps(revisions[-1])
 
 
 async def test_an_unanswered_question_lets_the_agent_carry_on(world: World) -> None:
@@ -292,9 +311,10 @@ async def test_mention_fix_starts_a_task_from_the_thread_and_cancel_stops_it(wor
 
 
 async def test_mention_retry_runs_a_failed_step_again(world: World) -> None:
-    # A repository that cannot be cloned: planning fails and offers Retry.
-    gone = {"name": "acme/gone", "clone_url": (world.root / "gone.git").as_uri()}
-    world.config["repos"].append(gone)
+    # A repository that cannot be cloned yet: planning fails and offers Retry.
+    gone = world.root / "gone.git"
+    world.config["repos"].append({"name": "acme/gone", "clone_url": gone.as_uri()})
+    world.model.script([[structured(plan_data())]], match="in the repository acme/gone")
     await world.start_app()
     await world.slack.slash_command("checkout is broken repo:acme/gone")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
@@ -302,7 +322,15 @@ async def test_mention_retry_runs_a_failed_step_again(world: World) -> None:
         lambda: any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, parent["ts"])),
         what="the failure",
     )
+    # The repository is there now: the step run again gets through to a plan.
+    git("clone", "-q", "--bare", str(world.origin), str(gone), cwd=world.root)
+    world.github.add_repo("acme/gone", gone)
+
     await world.slack.mention(CHANNEL, "retry", thread_ts=parent["ts"])
+
     await world.slack.wait_for(
         lambda: "Retry requested by <@U_ALICE>" in thread_texts(world, parent["ts"])
     )
+    await wait_for_plan(world, parent["ts"])
+    assert db(world).execute("select kind from jobs").fetchall() == [("planning",)] * 2
+    assert world.model.unexpected == []

@@ -6,7 +6,8 @@ import asyncio
 import sqlite3
 from typing import Any
 
-from fakes.anthropic import structured, text, tool
+import pytest
+from fakes.anthropic import Script, structured, text, tool
 from world import (
     CHANNEL,
     FIXED_PRICING,
@@ -34,22 +35,22 @@ def buttons(message: dict[str, Any]) -> list[str]:
     ]
 
 
-def script_planning(world: World, ref: str = "SHOP-1") -> None:
+def script_planning(world: World, ref: str = "SHOP-1", **plan: Any) -> None:
     worktree = world.worktree(branch_name(ref, TITLE))
     world.model.script(
         [
             [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
             [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
-            [structured(plan_data())],
+            [structured(plan_data(**plan))],
         ],
         match=f"Plan a fix for {ref}",
     )
 
 
-def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING) -> None:
+def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING) -> Script:
     worktree = world.worktree(branch_name(ref, TITLE))
     test_command = world.config["repos"][0]["test_command"]
-    world.model.script(
+    return world.model.script(
         [
             [
                 tool(
@@ -67,19 +68,38 @@ def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING
 
 
 async def test_fix_reaches_a_thread(world: World) -> None:
+    """/fix makes one top-level parent that names the task, and everything after it
+    (status, plan) is a reply in that parent's thread."""
     seed_sentry_issue(world)
     script_planning(world)
     await world.start_app()
     ack = await world.slack.slash_command("SHOP-1")
     assert ack.latency_s < 3
-    parent = await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1])
-    thread_ts = parent[0]["ts"]
-    await world.slack.wait_for(lambda: len(world.slack.thread(CHANNEL, thread_ts)) > 1)
+    thread_ts = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]["ts"]
+    plan = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, thread_ts) if buttons(m)), None),
+        timeout=60,
+        what="the plan",
+    )
+
+    parents = world.slack.messages(CHANNEL)
+    assert [m["ts"] for m in parents] == [thread_ts]
+    assert "SHOP-1" in str(parents[0]["blocks"]) and TITLE in parents[0]["text"]
+    replies = world.slack.thread(CHANNEL, thread_ts)[1:]
+    assert plan in replies and buttons(plan)[:2] == ["Approve", "Reject"]
+    assert any("Planning" in m["text"] for m in replies)  # the step's status line
+    assert all(m["thread_ts"] == thread_ts for m in replies)
+    db = sqlite3.connect(world.root / "fixbot.db")
+    assert db.execute("select channel_id, thread_ts from tasks").fetchall() == [
+        (CHANNEL, thread_ts)
+    ]
 
 
 async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     seed_sentry_issue(world)
-    script_planning(world)
+    # The plan quotes Fixbot's own GitHub token: it must not reach the pull request.
+    leaked = world.env["GITHUB_TOKEN"]
+    script_planning(world, risk=f"Low: one expression. CI printed {leaked} once.")
     script_execution(world)
     await world.start_app()
 
@@ -93,6 +113,7 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     assert buttons(plan)[:2] == ["Approve", "Reject"]
     drafts = world.github.pulls("acme/shop")
     assert len(drafts) == 1 and drafts[0].draft
+    assert leaked not in drafts[0].body and "[redacted]" in drafts[0].body
 
     await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
     done = await world.slack.wait_for(
@@ -106,11 +127,15 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     assert not pull.draft
     assert pull.html_url in done["text"]
     assert "failed" in pull.body.lower() and "passed" in pull.body.lower()
+    assert leaked not in pull.body and "CI printed [redacted] once." in pull.body
     assert pull.head == branch_name("SHOP-1", TITLE)
     db = sqlite3.connect(world.root / "fixbot.db")
     runs = db.execute("select step, session_id, cost_usd from agent_runs").fetchall()
     assert [run[0] for run in runs] == ["planning", "execution"]
     assert all(run[1] and run[2] > 0 for run in runs)
+    # The task's spend is every step's, the budget's measure for the next step.
+    (spent,) = db.execute("select cost_usd from tasks").fetchone()
+    assert spent == pytest.approx(sum(run[2] for run in runs))
     assert world.model.unexpected == []
     # The agent's two test runs and Fixbot's own red, green and suite runs all tried to
     # write beside the checkout; the sandbox let none of them (tests/test_sandbox.py).

@@ -338,6 +338,25 @@ async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> No
     assert buttons(first) == []  # superseded: only the revised plan can be approved
     assert any("Also refuse negative prices." in json.dumps(r) for r in world.model.requests)
 
+    # A click that still carries plan v1 (a client showing the old buttons) changes nothing.
+    approve = next(
+        element["value"]
+        for block in revised["blocks"]
+        if block["type"] == "actions"
+        for element in block["elements"]
+        if element["action_id"] == "approve"
+    )
+    task_id, _, version = approve.partition(":")
+    assert version == "2"
+    stale = f"{task_id}:1"
+    await world.slack.click_button(CHANNEL, revised["ts"], "approve", user="U_LEAD", value=stale)
+    await world.slack.wait_for(
+        lambda: any("superseded" in e["text"] for e in world.slack.ephemerals("U_LEAD")),
+        what="the refusal of the old plan",
+    )
+    assert "Approved" not in json.dumps(thread(world, thread_ts))
+    assert not any("Implement the approved plan" in json.dumps(r) for r in world.model.requests)
+
 
 async def test_a_fix_holding_a_secret_value_is_not_pushed(world: World) -> None:
     seed_sentry_issue(world)

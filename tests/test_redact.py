@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from fakes.slack import LocalSlack
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.redact import REDACTED, Redactor, redact_blocks
+from bot.redact import REDACTED, WHOLE_WORD_BELOW, Redactor, redact_blocks
+from bot.thread import SlackThreads
 from bot.views import Message, failure_message, parent_message
 from storage.tables import Task
 
@@ -55,6 +59,28 @@ def test_short_values_are_hidden_where_they_stand_alone() -> None:
     assert out == f"key={REDACTED} and Zq7x and https://h/?t={REDACTED}"
 
 
+def test_a_secret_that_starts_with_a_shorter_one_is_hidden_whole() -> None:
+    values = ["hunter22", "hunter22-and-the-rest-of-a-longer-secret", "pw9", "pw9-long-value"]
+    for ordered in (values, values[::-1]):
+        redactor = Redactor(ordered)
+        out = redactor("a hunter22-and-the-rest-of-a-longer-secret b pw9-long-value c")
+        assert out == f"a {REDACTED} b {REDACTED} c", ordered
+    # Many such pairs, so no order of the values could hide them all by chance.
+    pairs = [(f"prefix{n:02d}", f"prefix{n:02d}-with-a-longer-tail") for n in range(20)]
+    redactor = Redactor(value for pair in pairs for value in pair)
+    for short, long in pairs:
+        assert redactor(f"<{long}> <{short}>") == f"<{REDACTED}> <{REDACTED}>"
+
+
+def test_every_known_value_is_hidden_whatever_its_length_and_place() -> None:
+    values = ["k1", "Zq7", "abcd", "short", "a-very-long-secret-value", "medium-1", "x" * 40, "pw"]
+    for ordered in (values, sorted(values), sorted(values, key=len)):
+        redactor = Redactor(ordered)
+        for value in values:
+            assert redactor(f"({value})") == f"({REDACTED})", (value, ordered)
+            assert redactor.holds_secret_value(f"see {value}."), (value, ordered)
+
+
 def test_every_secret_setting_is_a_known_value_including_the_database_password() -> None:
     settings = Settings(
         slack_bot_token="xoxb-1",
@@ -88,8 +114,36 @@ def test_url_credentials() -> None:
     out = redact("DATABASE_URL=postgresql+asyncpg://fixbot:hunter22@db:5432/fixbot")
     assert "hunter22" not in out
     assert out.endswith(f"postgresql+asyncpg://{REDACTED}@db:5432/fixbot")
+    # A password without a user name, as Redis URLs have it.
+    out = redact("connecting to redis://:hunter2secret@cache:6379/0")
+    assert out == f"connecting to redis://{REDACTED}@cache:6379/0"
     # A URL without credentials is left alone.
     assert redact("see https://sentry.io/issues/1/") == "see https://sentry.io/issues/1/"
+    assert redact("http://host:8080/path@x") == "http://host:8080/path@x"
+
+
+@pytest.mark.parametrize(
+    "shortest",
+    [
+        "xoxb-abcdef",
+        "xoxe.xoxp-abcdef",
+        "xapp-abcdef",
+        "ghp_" + "a" * 16,
+        "github_pat_" + "a" * 16,
+        "sk-ant-abcdefgh",
+        "Bearer abcd",
+        "authorization: abcd",
+    ],
+)
+def test_the_shortest_token_of_each_shape_is_hidden(shortest: str) -> None:
+    assert shortest.split()[-1] not in redact(f"({shortest})")
+
+
+def test_a_value_of_the_whole_word_length_is_hidden_inside_words() -> None:
+    value = "k" * WHOLE_WORD_BELOW
+    assert Redactor([value])(f"x{value}y") == f"x{REDACTED}y"
+    shorter = value[1:]
+    assert Redactor([shorter])(f"x{shorter}y") == f"x{shorter}y"
 
 
 def test_private_key_blocks() -> None:
@@ -148,6 +202,9 @@ def test_redact_blocks_keeps_slack_limits_when_text_grows() -> None:
     assert len(out[0]["text"]["text"]) <= 150
     assert len(out[1]["text"]["text"]) <= 3000
     assert "abcdef" not in out[1]["text"]["text"]
+    # Grown but within the limit: nothing is cut.
+    short = {"type": "section", "text": {"type": "mrkdwn", "text": "see abcdef"}}
+    assert redact_blocks([short], r)[0]["text"]["text"] == f"see {REDACTED}"
 
 
 def test_views_messages_redact_through_one_call() -> None:
@@ -169,3 +226,47 @@ def test_views_messages_redact_through_one_call() -> None:
         assert isinstance(clean, Message)
         assert token not in clean.text and token not in str(clean.blocks)
         assert token in str(message.blocks)
+
+
+async def test_everything_posted_to_slack_is_redacted() -> None:
+    """Each way the workflow reaches Slack: post, edit, ephemeral answer, upload, App Home."""
+    secret = "s3cr3t-value-from-settings"
+    token = "ghp_" + "Q7" * 18
+    leaky = f"Traceback: {secret} and {token}"
+    message = Message(
+        text=leaky,
+        blocks=[
+            {"type": "header", "text": {"type": "plain_text", "text": leaky[:100]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": leaky}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": leaky}]},
+        ],
+    )
+    async with LocalSlack() as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+        threads = SlackThreads(client, redact)
+        ts = await threads.post("C_GENERAL", message)
+        reply = await threads.post("C_GENERAL", message, thread_ts=ts)
+        await threads.update("C_GENERAL", reply, message)
+        await threads.ephemeral("C_GENERAL", "U_ALICE", leaky, thread_ts=ts)
+        await threads.upload("C_GENERAL", ts, filename="log.txt", content=leaky, title="log")
+        await threads.publish_home("U_ALICE", {"type": "home", "blocks": message.blocks})
+        if client.session:
+            await client.session.close()
+
+        seen = json.dumps(
+            [
+                slack.calls,
+                slack.thread("C_GENERAL", ts),
+                slack.ephemerals(),
+                slack.home_view("U_ALICE"),
+            ]
+        ) + "".join(upload.text for upload in slack.files.values())
+        assert {method for method, _ in slack.calls} >= {
+            "chat.postMessage",
+            "chat.update",
+            "chat.postEphemeral",
+            "views.publish",
+        }
+        assert any(REDACTED in upload.text for upload in slack.files.values())
+    assert secret not in seen and token not in seen
+    assert f"Traceback: {REDACTED} and {REDACTED}" in seen

@@ -257,8 +257,8 @@ async def test_cancelling_a_step_leaves_no_process_behind(
     running = asyncio.create_task(run_agent_step(step, environment))
     async with asyncio.timeout(20):
         await asked.wait()
-    await asyncio.sleep(0.5)  # let the shell start
-    assert _processes_with(marker), "the tool's shell should be running"
+    # The tool's shell starts (slowly, on a busy machine).
+    assert await _started(marker, within_s=30), "the tool's shell should be running"
 
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -316,6 +316,16 @@ async def _left_behind(marker: str, within_s: float) -> list[str]:
         if not left or asyncio.get_running_loop().time() > deadline:
             return left
         await asyncio.sleep(0.1)
+
+
+async def _started(marker: str, within_s: float) -> list[str]:
+    """The command lines holding `marker`, once one runs (empty after `within_s`)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        running = _processes_with(marker)
+        if running or asyncio.get_running_loop().time() > deadline:
+            return running
+        await asyncio.sleep(0.05)
 
 
 def _processes() -> list[tuple[int, int, str]]:

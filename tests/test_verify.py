@@ -111,6 +111,25 @@ async def test_new_tests_that_fail_with_the_fix_fail(repo: tuple[Path, str]) -> 
     assert result.reason == "the new tests fail (exit 1) with the fix"
 
 
+async def test_new_tests_that_do_not_run_without_the_fix_prove_nothing(
+    repo: tuple[Path, str],
+) -> None:
+    """A test that skips itself where the fix is missing is not red: it did not run."""
+    path, base = repo
+    (path / "median.py").write_text("def median(values):\n    return sorted(values)[1]\n")
+    (path / "tests" / "test_median.py").write_text(
+        "import pytest\n\nmedian = pytest.importorskip('median')\n\n\n"
+        "def test_median():\n    assert median.median([3, 1, 2]) == 2\n"
+    )
+
+    result = await verify_fix(path, base, TEST_COMMAND, timeout=120, sandbox=SANDBOX)
+
+    assert not result.ok
+    assert result.reason == "the new tests did not run without the fix (pytest exit 5)"
+    assert result.red is not None and result.red.exit_code == 5
+    assert result.green is None
+
+
 async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     marker = f"fixbot-timeout-{uuid.uuid4().hex[:8]}"
     sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(30)' {marker}"
@@ -120,7 +139,7 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     assert result.timed_out
     assert not result.passed
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # cut short: the sleeper alone takes 30 s
     assert running_with(marker) == []
 
 

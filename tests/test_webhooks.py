@@ -143,6 +143,15 @@ async def test_jira_issue_created_with_the_label(world: World) -> None:
 
     assert (await post(f"{hooks}/jira", body, headers))[0] == 401
     assert (await post(f"{hooks}/jira?secret=nope", body, headers))[0] == 401
+    for forged in (
+        "sha256=",
+        "sha256=" + "0" * 64,
+        "sha256=" + sign("wrong", body),
+        "sha256=" + sign(SECRETS["jira"], body + b" "),
+        sign(SECRETS["jira"], body),  # without its prefix
+    ):
+        forged_headers = {**headers, "X-Hub-Signature": forged}
+        assert (await post(f"{hooks}/jira", body, forged_headers))[0] == 401, forged
     assert count(world, "tasks") == 0
 
     signed = {**headers, "X-Hub-Signature": "sha256=" + sign(SECRETS["jira"], body)}
