@@ -58,11 +58,16 @@ async def start_slow_planning(world: World, seconds: float = 30) -> str:
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    # Generous bounds: a worker process (tests/test_workers.py) starts before it claims.
     await world.slack.wait_for(
-        lambda: any("Planning" in m["text"] for m in world.slack.thread(CHANNEL, parent["ts"])[1:])
+        lambda: any("Planning" in m["text"] for m in world.slack.thread(CHANNEL, parent["ts"])[1:]),
+        timeout=60,
+        what="the Planning status",
     )
     assert world.process is not None
-    await world.slack.wait_for(lambda: claude_processes(world.process.pid), what="Claude Code")
+    await world.slack.wait_for(
+        lambda: claude_processes(world.process.pid), timeout=60, what="Claude Code"
+    )
     return str(parent["ts"])
 
 
