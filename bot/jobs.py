@@ -17,25 +17,21 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
 
 from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
 from bot.errors import Postponed, Transient
-from bot.faults import transient
+from bot.faults import Backoff, retried, transient
 from bot.models import AFTER_MERGE
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
 from storage.tables import Job
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0  # how often idle workers look for jobs other replicas added
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
-DATABASE_RETRY_MAX_S = 30.0  # a worker's own write waits at most this long between tries
 # An idle worker looks for work every POLL_INTERVAL_S; one that has not looked for this
 # long (and is not running a job) is stuck, and /readyz says so.
 CLAIM_STALE_S = 60.0
@@ -114,8 +110,10 @@ class WorkerPool:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _work(self, kind: str) -> None:
-        name = asyncio.current_task().get_name()  # type: ignore[union-attr]
-        unavailable = _Backoff(f"{name}: claiming a job")
+        worker = asyncio.current_task()
+        assert worker is not None
+        name = worker.get_name()
+        unavailable = Backoff(f"{name}: claiming a job")
         while not self._stopping:
             self._last_claim[name] = time.monotonic()
             try:
@@ -138,6 +136,10 @@ class WorkerPool:
             try:
                 await asyncio.shield(step)
             except asyncio.CancelledError:
+                if not worker.cancelling():
+                    # Only the step was cancelled (its lease lost, a person's cancel) and it
+                    # has ended: the worker is free for the next job.
+                    continue
                 if not step.done():
                     step.cancel()
                     await asyncio.gather(step, return_exceptions=True)
@@ -170,9 +172,7 @@ class WorkerPool:
                 raise  # shutting down: the lease expires and another worker resumes the job
             # Nothing to write: whoever cancelled the job marked it, and a job taken over
             # belongs to the worker that took it.
-            status = await self._guarded(
-                f"reading job {job.id}", lambda: self.queue.status_of(job.id)
-            )
+            status = await retried(f"reading job {job.id}", lambda: self.queue.status_of(job.id))
             if status != CANCELLED:
                 log.warning(
                     "job %s: lease lost (now %s under another worker); this step stopped",
@@ -202,7 +202,7 @@ class WorkerPool:
         except Postponed as wait:
             counted.ended("waiting")
             until = wait.until
-            if not await self._guarded(
+            if not await retried(
                 f"postponing job {job.id}", lambda: self.queue.postpone(job.id, until)
             ):
                 log.warning("job %s: lease lost before it could wait", job.id)
@@ -221,14 +221,14 @@ class WorkerPool:
             told = f"Fixbot hit an unexpected error in this step ({reason})."
             await self._fail(job, reason, told)
         else:
-            if not await self._guarded(
+            if not await retried(
                 f"finishing job {job.id}", lambda: self.queue.finish(job.id, DONE)
             ):
                 log.warning("job %s: lease lost; the worker that took it over finishes it", job.id)
 
     async def _fail(self, job: Job, error: str, told: str) -> None:
         """End the job FAILED and tell the thread, unless another worker holds it now."""
-        if not await self._guarded(
+        if not await retried(
             f"failing job {job.id}", lambda: self.queue.finish(job.id, FAILED, error)
         ):
             log.warning("job %s: lease lost; not reporting its failure (%s)", job.id, error)
@@ -251,25 +251,11 @@ class WorkerPool:
         delay *= random.uniform(0.5, 1.0)  # jitter keeps replicas from retrying in step
         delay = max(delay, min(error.retry_after or 0.0, BACKOFF_MAX_S))
         log.warning("job %s: transient failure, retrying in %.0f s: %s", job.id, delay, error)
-        if not await self._guarded(
+        if not await retried(
             f"requeueing job {job.id}",
             lambda: self.queue.retry_later(job.id, timedelta(seconds=delay), str(error)),
         ):
             log.warning("job %s: lease lost before it could be requeued", job.id)
-
-    async def _guarded(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        """Run one of this worker's database calls, trying again while the database is away.
-
-        Other errors pass; cancellation (shutdown) ends the waiting.
-        """
-        unavailable = _Backoff(what)
-        while True:
-            try:
-                return await write()
-            except Exception as error:
-                if transient(error) is None:
-                    raise
-                await unavailable.wait(error)
 
     async def _maintain(self) -> None:
         """Take over jobs whose worker died (on any replica), and end stale work."""
@@ -289,7 +275,9 @@ class WorkerPool:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
-                still_ours = await self.queue.heartbeat(job.id)
+                # A renewal that takes longer than this is no use to the lease.
+                async with asyncio.timeout(self.heartbeat_interval_s):
+                    still_ours = await self.queue.heartbeat(job.id)
             except Exception as error:
                 log.warning("heartbeat for job %s failed: %s", job.id, transient(error) or error)
                 continue
@@ -303,21 +291,3 @@ class WorkerPool:
         for job, step in list(self._running.values()):
             if job.task_id == task_id:
                 step.cancel()
-
-
-class _Backoff:
-    """Waits between tries of a call to a service that is away, 1 s doubling to 30 s,
-    and logs each wait once, in one line, without a traceback."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.delay = 1.0
-
-    async def wait(self, error: BaseException) -> None:
-        reason = transient(error) or error
-        log.warning("%s failed; trying again in %.0f s: %s", self.what, self.delay, reason)
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, DATABASE_RETRY_MAX_S)
-
-    def reset(self) -> None:
-        self.delay = 1.0

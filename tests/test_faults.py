@@ -406,7 +406,6 @@ async def test_a_replica_paused_past_its_lease_leaves_the_job_to_the_one_that_to
 # running step's job is taken over after the database returns and, with planning
 # concurrency 1, the resumed step can wait behind the old worker: the task never gets its
 # plan. Seen in about half the runs on a loaded machine; passes on an idle one.
-@pytest.mark.xfail(reason="a step taken over after a database outage can stick", strict=False)
 async def test_the_database_away_for_10_s_mid_step_loses_no_task(
     world: World, postgres_database: str
 ) -> None:
@@ -431,9 +430,11 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
         for ref in refs[1:]:
             script_planning(world, ref)
         await world.start_app()
-        for ref in refs:
-            await world.slack.slash_command(ref)
+        # SHOP-1 first, alone: commands sent together are handled in either order.
+        await world.slack.slash_command(refs[0])
         await world.slack.wait_for(lambda: first.served == 1, timeout=60, what="SHOP-1 planning")
+        for ref in refs[1:]:
+            await world.slack.slash_command(ref)
         await world.slack.wait_for(  # the other two are queued (their "ahead" notes posted)
             lambda: sum("ahead" in m["text"] for m in all_thread_messages(world)) == 2,
             timeout=60,
