@@ -59,6 +59,7 @@ from bot.errors import (
     StepFailed,
     Transient,
 )
+from bot.faults import retried
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
@@ -776,7 +777,11 @@ class Workflow:
             await self._record_run(task, job, step.name, None, started, str(error), run_id)
             await self._save(task, status_message_ts=None)
             raise
-        await self._record_run(task, job, step.name, result, started, run_id=run_id)
+        # The agent's work is done: a database briefly away is waited out, not run again.
+        await retried(
+            "recording the step's result",
+            lambda: self._record_run(task, job, step.name, result, started, run_id=run_id),
+        )
         await status.finish(_outcome_words(result.outcome), task.cost_usd)
         await self._save(task, status_message_ts=None)
         if result.outcome == "error_max_budget":
@@ -836,9 +841,10 @@ class Workflow:
                     .where(Task.id == task.id)
                     .values(cost_usd=Task.cost_usd + result.cost_usd)
                 )
-                task.cost_usd += result.cost_usd
-                metrics.AGENT_SPEND.labels(metrics.agent_label(step)).inc(result.cost_usd)
             session.add(run)
+        if result is not None:  # counted once written: a failed write is tried again
+            task.cost_usd += result.cost_usd
+            metrics.AGENT_SPEND.labels(metrics.agent_label(step)).inc(result.cost_usd)
 
     # Side effects Fixbot does itself
 
