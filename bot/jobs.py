@@ -24,8 +24,9 @@ from bot.config import Settings
 from bot.errors import Postponed, Transient
 from bot.faults import Backoff, retried, transient
 from bot.models import AFTER_MERGE
+from bot.views import fmt_duration
 from storage.queue import CANCELLED, DONE, FAILED, JobQueue
-from storage.tables import Job
+from storage.tables import Job, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +240,22 @@ class WorkerPool:
             log.exception("job %s: its failure could not be told", job.id)
 
     async def _retry_or_fail(self, job: Job, error: Transient) -> None:
-        if job.attempts >= job.max_attempts:
+        """Back off and try again; waiting has its own bound (`limits.transient_wait_s`)."""
+        since = aware(job.transient_since) if job.transient_since else utcnow()
+        waited_s = (utcnow() - since).total_seconds()
+        if waited_s >= self.settings.limits.transient_wait_s:
             await self._fail(
                 job,
                 str(error),
-                f"This step kept failing for a passing reason after {job.attempts} attempts: "
-                f"{error}",
+                f"This step kept failing for a passing reason for {fmt_duration(waited_s)} "
+                f"({job.attempts} attempts), so I stopped waiting: {error}",
+            )
+            return
+        if job.attempts >= job.max_attempts:  # interrupted runs used up its real attempts
+            await self._fail(
+                job,
+                str(error),
+                f"This step kept failing after {job.attempts} attempts: {error}",
             )
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (job.attempts - 1))

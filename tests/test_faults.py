@@ -161,6 +161,48 @@ async def test_sentry_github_and_slack_errors_are_waited_out(world: World) -> No
     )
 
 
+async def test_a_service_away_past_three_attempts_is_still_waited_out(world: World) -> None:
+    seed_sentry_issue(world)
+    script_planning(world)
+    # The look-up before the thread meets the first 503, planning attempts 1 to 3 the rest:
+    # passing failures give their attempts back, so the fourth attempt plans.
+    world.sentry.faults.fail(503, times=4)
+    await world.start_app()
+    started = time.monotonic()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    plan = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
+        timeout=180,  # three back-offs of up to 5, 10 and 20 s, on a loaded machine
+        what="the plan after three passing failures",
+    )
+    planned_s = time.monotonic() - started
+    texts = thread_texts(world, parent["ts"])
+    assert buttons(plan)[:2] == ["Approve", "Reject"], texts
+    assert any("passing reason" in t and "HTTP 503" in t and "attempt 4" in t for t in texts)
+    assert world.sentry.faults.failed == 4
+    print(f"Sentry away for 3 planning attempts: plan after {planned_s:.1f} s")
+
+
+async def test_a_service_away_past_the_wait_limit_fails_the_step_saying_so(
+    world: World,
+) -> None:
+    world.config["limits"]["transient_wait_s"] = 1
+    seed_sentry_issue(world)
+    world.sentry.faults.fail(503, times=1000)
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    failure = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
+        timeout=60,
+        what="the failure with Retry",
+    )
+    assert "Retry" in buttons(failure)
+    texts = thread_texts(world, parent["ts"])
+    assert any("stopped waiting" in t and "HTTP 503" in t for t in texts), texts
+
+
 # The same trigger twice
 
 
@@ -427,6 +469,10 @@ async def test_the_database_away_for_10_s_mid_step_loses_no_task(
             [[pause(10), structured(plan_data())], *[[structured(plan_data())]] * 3],
             match="Plan a fix for SHOP-1",
         )
+        # A re-run whose session cannot be resumed (its transcript's last lines were lost
+        # with the database) starts a new session: a script serves that one too.
+        for _ in range(2):
+            world.model.script([[structured(plan_data())]], match="Plan a fix for SHOP-1")
         for ref in refs[1:]:
             script_planning(world, ref)
         await world.start_app()
