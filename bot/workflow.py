@@ -624,7 +624,12 @@ class Workflow:
             fresh.feedback = list(fresh.feedback or [])[consumed:]
             task.feedback = kept = fresh.feedback
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
-        plan_ts = await self.threads.post(task.channel_id, message, thread_ts=task.thread_ts)
+        # The task awaits approval already: Slack briefly away is waited out here, since a
+        # step run again would find no plan to make.
+        plan_ts = await retried(
+            "posting the plan",
+            lambda: self.threads.post(task.channel_id, message, thread_ts=task.thread_ts),
+        )
         await self._save(task, plan_message_ts=plan_ts)
         await self._update_parent(task)
         if kept:

@@ -21,13 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.anthropic import pause, structured
+from fakes.anthropic import pause, structured, tool
 from fakes.proxy import LineProxy
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from test_cli import fixbot, seed_task
+from test_conversation import ASK, plan_script, post_alert, sentry_alert
 from test_conversation import buttons as fixbot_buttons
-from test_conversation import post_alert, sentry_alert
 from test_core_loop import buttons, script_execution, script_planning, start_plan, thread_texts
 from world import CHANNEL, World, plan_data, seed_sentry_issue
 
@@ -201,6 +201,63 @@ async def test_a_service_away_past_the_wait_limit_fails_the_step_saying_so(
     assert "Retry" in buttons(failure)
     texts = thread_texts(world, parent["ts"])
     assert any("stopped waiting" in t and "HTTP 503" in t for t in texts), texts
+
+
+async def test_slack_answering_503_for_a_while_is_waited_out(world: World) -> None:
+    seed_sentry_issue(world)
+    first = world.model.script([[pause(2), structured(plan_data())]], match="Plan a fix for SHOP-1")
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    await world.slack.wait_for(lambda: first.served == 1, timeout=60, what="planning")
+    # Slack is down for the plan's message: two posts, each with the client's two retries.
+    world.slack.force_503("chat.postMessage", times=6)
+    started = time.monotonic()
+    plan = await world.slack.wait_for(
+        lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
+        timeout=120,
+        what="the plan once Slack answered again",
+    )
+    recovered_s = time.monotonic() - started
+    texts = thread_texts(world, parent["ts"])
+    assert buttons(plan)[:2] == ["Approve", "Reject"], texts
+    assert sum(bool(buttons(m)) for m in world.slack.thread(CHANNEL, parent["ts"])) == 1
+    log = world.app_log()
+    assert "posting the plan failed; trying again" in log and "HTTP 503" in log
+    assert first.served == 1 and world.model.unexpected == []  # the agent did not run again
+    assert "Traceback" not in log
+    print(f"Slack 503 for 6 calls: plan {recovered_s:.1f} s later, 0 lost, 0 duplicates")
+
+
+async def test_an_answer_given_at_once_reaches_the_agent(world: World) -> None:
+    seed_sentry_issue(world)
+    world.config["question_timeout_s"] = 60
+    question = [pause(2), tool(ASK, {"question": "Is 100% a valid discount?"})]
+    plan_script(world, first=question)
+    await world.start_app()
+    await world.slack.slash_command("SHOP-1")
+    parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
+    thread_ts = parent["ts"]
+    await world.slack.wait_for(  # the step's status: the next message is the question
+        lambda: len(world.slack.thread(CHANNEL, thread_ts)) >= 2, timeout=60, what="status"
+    )
+    # Slack shows the question at once but tells Fixbot it was posted only 5 s later: a
+    # reply in between must find the question open.
+    world.slack.answer_late("chat.postMessage", seconds=5)
+    await world.slack.wait_for(
+        lambda: any("The agent asks" in t for t in thread_texts(world, thread_ts)),
+        timeout=60,
+        what="the question",
+    )
+    await world.slack.reply_in_thread(CHANNEL, thread_ts, "Yes, 100% is valid.", user="U_BOB")
+    await world.slack.wait_for(
+        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, thread_ts)),
+        timeout=60,
+        what="the plan",
+    )
+    texts = thread_texts(world, thread_ts)
+    assert any("Yes, 100% is valid." in json.dumps(r) for r in world.model.tool_results())
+    assert not any("No answer" in t or "revis" in t.lower() for t in texts), texts
 
 
 # The same trigger twice
