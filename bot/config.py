@@ -51,6 +51,8 @@ class Limits(BaseModel):
     test_run_timeout_s: float = Field(default=600, gt=0)  # each of Fixbot's red/green/suite runs
     plan_ttl_hours: float = Field(default=72, gt=0)
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
+    # How long a step waits out services that are briefly away before it fails.
+    transient_wait_s: float = Field(default=600, gt=0)
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
     # How often a merged fix's error is checked in Sentry during verify_window_hours.

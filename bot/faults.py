@@ -7,13 +7,23 @@ as their own exceptions (the database driver, the Slack SDK, the network) is rea
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from repos.errors import Transient
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+RETRY_MAX_S = 30.0  # a call retried in place waits at most this long between tries
 
 
 def transient(error: BaseException) -> Transient | None:
@@ -42,3 +52,36 @@ def transient(error: BaseException) -> Transient | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
+
+
+class Backoff:
+    """Waits between tries of a call to a service that is away, 1 s doubling to 30 s,
+    and logs each wait once, in one line, without a traceback."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.delay = 1.0
+
+    async def wait(self, error: BaseException) -> None:
+        reason = transient(error) or error
+        log.warning("%s failed; trying again in %.0f s: %s", self.what, self.delay, reason)
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, RETRY_MAX_S)
+
+    def reset(self) -> None:
+        self.delay = 1.0
+
+
+async def retried(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call` (a database write, say), trying again in place while its failure passes.
+
+    Other errors pass through; cancellation ends the waiting.
+    """
+    unavailable = Backoff(what)
+    while True:
+        try:
+            return await call()
+        except Exception as error:
+            if transient(error) is None:
+                raise
+            await unavailable.wait(error)

@@ -21,19 +21,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from agents.runner import AgentPermanentError
 from bot import logs, metrics
 from bot.config import Settings
-from bot.faults import transient
+from bot.faults import Backoff, retried, transient
+from bot.views import fmt_duration
 from repos.errors import Transient
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
-from storage.tables import Job
+from storage.tables import Job, aware, utcnow
 from storage.wakeups import JobWatcher
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,6 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_S = 15.0
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
-DATABASE_RETRY_MAX_S = 30.0  # a worker's own write waits at most this long between tries
 # An idle worker looks for work at least every FALLBACK_POLL_S; one that has not looked for
 # this long (and is not running a job) is stuck, and /readyz says so.
 CLAIM_STALE_S = 60.0
@@ -172,8 +169,10 @@ class WorkerPool:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _work(self, kind: JobKind) -> None:
-        name = asyncio.current_task().get_name()  # type: ignore[union-attr]
-        unavailable = _Backoff(f"{name}: claiming a job")
+        worker = asyncio.current_task()
+        assert worker is not None
+        name = worker.get_name()
+        unavailable = Backoff(f"{name}: claiming a job")
         while not self._stopping:
             self._last_claim[name] = time.monotonic()
             try:
@@ -196,6 +195,10 @@ class WorkerPool:
             try:
                 await asyncio.shield(step)
             except asyncio.CancelledError:
+                if not worker.cancelling():
+                    # Only the step was cancelled (its lease lost, a person's cancel) and it
+                    # has ended: the worker is free for the next job.
+                    continue
                 if not step.done():
                     step.cancel()
                     await asyncio.gather(step, return_exceptions=True)
@@ -228,9 +231,7 @@ class WorkerPool:
                 raise  # shutting down: the lease expires and another worker resumes the job
             # Nothing to write: whoever cancelled the job marked it, and a job taken over
             # belongs to the worker that took it.
-            status = await self._guarded(
-                f"reading job {job.id}", lambda: self.queue.status_of(job.id)
-            )
+            status = await retried(f"reading job {job.id}", lambda: self.queue.status_of(job.id))
             if status != JobStatus.CANCELLED:
                 log.warning(
                     "job %s: lease lost (now %s under another worker); this step stopped",
@@ -280,12 +281,12 @@ class WorkerPool:
         if outcome.status == JobStatus.QUEUED:
             assert outcome.until is not None
             until = outcome.until
-            if not await self._guarded(
+            if not await retried(
                 f"postponing job {job.id}", lambda: self.queue.postpone(job.id, until)
             ):
                 log.warning("job %s: lease lost before it could wait", job.id)
             return
-        if not await self._guarded(
+        if not await retried(
             f"finishing job {job.id}",
             lambda: self.queue.finish(job.id, outcome.status, outcome.reason),
         ):
@@ -293,7 +294,7 @@ class WorkerPool:
 
     async def _fail(self, job: Job, error: str, told: str) -> None:
         """End the job FAILED and tell the thread, unless another worker holds it now."""
-        if not await self._guarded(
+        if not await retried(
             f"failing job {job.id}", lambda: self.queue.finish(job.id, JobStatus.FAILED, error)
         ):
             log.warning("job %s: lease lost; not reporting its failure (%s)", job.id, error)
@@ -304,37 +305,33 @@ class WorkerPool:
             log.exception("job %s: its failure could not be told", job.id)
 
     async def _retry_or_fail(self, job: Job, error: Transient) -> None:
-        if job.attempts >= job.max_attempts:
+        """Back off and try again; waiting has its own bound (`limits.transient_wait_s`)."""
+        since = aware(job.transient_since) if job.transient_since else utcnow()
+        waited_s = (utcnow() - since).total_seconds()
+        if waited_s >= self.settings.limits.transient_wait_s:
             await self._fail(
                 job,
                 str(error),
-                f"This step kept failing for a passing reason after {job.attempts} attempts: "
-                f"{error}",
+                f"This step kept failing for a passing reason for {fmt_duration(waited_s)} "
+                f"({job.attempts} attempts), so I stopped waiting: {error}",
+            )
+            return
+        if job.attempts >= job.max_attempts:  # interrupted runs used up its real attempts
+            await self._fail(
+                job,
+                str(error),
+                f"This step kept failing after {job.attempts} attempts: {error}",
             )
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (job.attempts - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter keeps replicas from retrying in step
         delay = max(delay, min(error.retry_after or 0.0, BACKOFF_MAX_S))
         log.warning("job %s: transient failure, retrying in %.0f s: %s", job.id, delay, error)
-        if not await self._guarded(
+        if not await retried(
             f"requeueing job {job.id}",
             lambda: self.queue.retry_later(job.id, timedelta(seconds=delay), str(error)),
         ):
             log.warning("job %s: lease lost before it could be requeued", job.id)
-
-    async def _guarded(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        """Run one of this worker's database calls, trying again while the database is away.
-
-        Other errors pass; cancellation (shutdown) ends the waiting.
-        """
-        unavailable = _Backoff(what)
-        while True:
-            try:
-                return await write()
-            except Exception as error:
-                if transient(error) is None:
-                    raise
-                await unavailable.wait(error)
 
     async def _maintain(self) -> None:
         """Take over jobs whose worker died (on any replica), and end stale work."""
@@ -361,7 +358,9 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat.wait(), self.heartbeat_interval_s)
             try:
-                still_ours = await self.queue.heartbeat(job.id)
+                # A renewal that takes longer than this is no use to the lease.
+                async with asyncio.timeout(self.heartbeat_interval_s):
+                    still_ours = await self.queue.heartbeat(job.id)
             except Exception as error:
                 log.warning("heartbeat for job %s failed: %s", job.id, transient(error) or error)
                 continue
@@ -375,21 +374,3 @@ class WorkerPool:
         for job, step in list(self._running.values()):
             if job.task_id == task_id:
                 step.cancel()
-
-
-class _Backoff:
-    """Waits between tries of a call to a service that is away, 1 s doubling to 30 s,
-    and logs each wait once, in one line, without a traceback."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.delay = 1.0
-
-    async def wait(self, error: BaseException) -> None:
-        reason = transient(error) or error
-        log.warning("%s failed; trying again in %.0f s: %s", self.what, self.delay, reason)
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, DATABASE_RETRY_MAX_S)
-
-    def reset(self) -> None:
-        self.delay = 1.0

@@ -7,6 +7,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.faults import transient
 from bot.redact import Redactor, redact_blocks
 from bot.views import Message
 from repos.errors import FixbotError
@@ -33,6 +34,9 @@ class SlackThreads:
                 **self._content(message),
             )
         except SlackApiError as error:
+            passing = transient(error)  # Slack briefly away: the step waits and tries again
+            if passing is not None:
+                raise passing from error
             reason = error.response.get("error", "unknown error")
             raise SlackUnavailable(
                 f"Slack refused my message in <#{channel}> ({reason}); "

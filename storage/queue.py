@@ -97,8 +97,19 @@ class JobQueue:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def retry_later(self, job_id: int, delay: timedelta, error: str) -> bool:
-        """Put a job back in the queue after a transient failure; False if the lease was lost."""
-        return await self._requeue(job_id, utcnow() + delay, last_error=error)
+        """Put a job back in the queue after a transient failure; False if the lease was lost.
+
+        A passing failure gives its attempt back (attempts count real failures only) and
+        the first one marks when the job began waiting (`transient_since`).
+        """
+        now = utcnow()
+        return await self._requeue(
+            job_id,
+            now + delay,
+            last_error=error,
+            max_attempts=Job.max_attempts + 1,
+            transient_since=func.coalesce(Job.transient_since, now),
+        )
 
     async def postpone(self, job_id: int, until: datetime) -> bool:
         """Put a job back until `until` without counting the claim as an attempt."""

@@ -40,6 +40,8 @@ Surface::
         # how Slack pushes back
         slack.rate_limit("chat.update")        # published tier; "*" for every method
         slack.force_429("chat.postMessage", retry_after=1, times=1)
+        slack.force_503("chat.postMessage", times=4)  # Slack briefly down for that method
+        slack.answer_late("chat.postMessage", seconds=5)  # done at once, answered late
         await slack.deliver_again(ack.envelope_id)  # as Slack does when an ack is lost
 
 Envelopes not acknowledged within ``ack_timeout`` seconds (3, as Slack) are sent
@@ -271,6 +273,8 @@ class LocalSlack:
         self._buckets: dict[str, _Bucket] = {}
         self._rate_limited: dict[str, float | None] = {}
         self._forced_429: dict[str, deque[int]] = {}
+        self._forced_503: Counter[str] = Counter()
+        self._late_answers: dict[str, deque[float]] = {}
         self._runner: web.AppRunner | None = None
         self._closing = False
         self.version = 0
@@ -716,6 +720,16 @@ class LocalSlack:
         """Answer the next ``times`` calls of ``method`` with 429 and ``Retry-After``."""
         self._forced_429.setdefault(method, deque()).extend([retry_after] * times)
 
+    def force_503(self, method: str, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with HTTP 503, doing nothing:
+        Slack briefly unavailable."""
+        self._forced_503[method] += times
+
+    def answer_late(self, method: str, seconds: float, times: int = 1) -> None:
+        """Do the next ``times`` calls of ``method`` at once but answer them ``seconds``
+        later: what they did is visible before the caller hears back."""
+        self._late_answers.setdefault(method, deque()).extend([seconds] * times)
+
     def _retry_after(self, method: str, args: dict[str, Any]) -> int | None:
         forced = self._forced_429.get(method)
         if forced:
@@ -762,6 +776,9 @@ class LocalSlack:
             return web.json_response(
                 {"ok": False, "error": "not_allowed_token_type" if known else "invalid_auth"}
             )
+        if self._forced_503[method] > 0:
+            self._forced_503[method] -= 1
+            return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         retry_after = self._retry_after(method, args)
         if retry_after is not None:
             return web.json_response(
@@ -779,6 +796,9 @@ class LocalSlack:
                 return self._refuse(method, error.error, error.detail)
             return web.json_response({"ok": False, "error": error.error})
         self._changed()
+        late = self._late_answers.get(method)
+        if late:
+            await asyncio.sleep(late.popleft())
         return web.json_response({"ok": True, **result})
 
     def _refuse(self, method: str, error: str, detail: str) -> web.Response:

@@ -25,6 +25,7 @@ from bot import views
 from bot.config import Settings
 from bot.dashboard import spend_since, start_of_day
 from bot.errors import BadReference, DailyBudgetReached, InvalidTransition, Postponed
+from bot.faults import retried
 from bot.integrations import IntegrationError
 from bot.jobs import Outcome
 from bot.models import Reference, RefKind, State
@@ -226,7 +227,10 @@ class Steps:
         )
         kept = await self.store.drop_feedback(task, consumed)
         message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
-        plan_ts = await self.lifecycle.thread(task).reply(message)
+        # The task awaits approval already: Slack briefly away is waited out here, since a
+        # step run again would find no plan to make.
+        thread = self.lifecycle.thread(task)
+        plan_ts = await retried("posting the plan", lambda: thread.reply(message))
         await self.store.save(task, plan_message_ts=plan_ts)
         await self.lifecycle.thread(task).update_parent(task)
         if kept:
@@ -358,7 +362,11 @@ class Steps:
             await self.store.record_run(task, job, step.name, None, started, str(error), run_id)
             await self.store.save(task, status_message_ts=None)
             raise
-        await self.store.record_run(task, job, step.name, result, started, run_id=run_id)
+        # The agent's work is done: a database briefly away is waited out, not run again.
+        await retried(
+            "recording the step's result",
+            lambda: self.store.record_run(task, job, step.name, result, started, run_id=run_id),
+        )
         await status.finish(_outcome_words(result.outcome), task.cost_usd)
         await self.store.save(task, status_message_ts=None)
         if result.outcome == "error_max_budget":

@@ -274,9 +274,10 @@ class TaskStore:
                     .where(Task.id == task.id)
                     .values(cost_usd=Task.cost_usd + result.cost_usd)
                 )
-                task.cost_usd += result.cost_usd
-                metrics.AGENT_SPEND.labels(metrics.agent_label(step)).inc(result.cost_usd)
             session.add(run)
+        if result is not None:  # counted once written: a failed write is tried again
+            task.cost_usd += result.cost_usd
+            metrics.AGENT_SPEND.labels(metrics.agent_label(step)).inc(result.cost_usd)
 
     # Questions
 
