@@ -358,8 +358,8 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat.wait(), self.heartbeat_interval_s)
             try:
-                # A renewal that takes longer than this is no use to the lease.
-                async with asyncio.timeout(self.heartbeat_interval_s):
+                # A renewal that takes longer than the lease is no use to it.
+                async with asyncio.timeout(self.queue.lease.total_seconds()):
                     still_ours = await self.queue.heartbeat(job.id)
             except Exception as error:
                 log.warning("heartbeat for job %s failed: %s", job.id, transient(error) or error)
