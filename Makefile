@@ -38,7 +38,7 @@ lint: install-dev
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 BENCH ?=
 bench: install-dev
