@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.anthropic import pause, structured, text, tool
@@ -81,27 +82,23 @@ def script_planning(world: World, ref: str) -> None:
     )
 
 
-def script_execution(world: World, ref: str) -> None:
+def execution_turns(world: World, ref: str) -> list[Any]:
     """Every branch gets the same small fix and its test; Fixbot's verification runs them."""
     worktree = worktree_of(world, ref)
-    world.model.script(
+    return [
         [
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
-                )
-            ],
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
-                )
-            ],
-            [text(f"Fixed {ref}: percent is now divided by 100.")],
+            tool(
+                "Write",
+                {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
+            )
         ],
-        match=execution_match(ref),
-    )
+        [tool("Write", {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING})],
+        [text(f"Fixed {ref}: percent is now divided by 100.")],
+    ]
+
+
+def script_execution(world: World, ref: str) -> None:
+    world.model.script(execution_turns(world, ref), match=execution_match(ref))
 
 
 async def start_replicas(world: World, count: int) -> None:
@@ -211,7 +208,12 @@ async def test_a_replica_killed_holding_a_job_loses_it_to_the_other(
     ref = "SHOP-1"
     seed_issue(world, ref)
     script_planning(world, ref)
-    doomed = world.model.script([[pause(30), text("never answered")]], match=execution_match(ref))
+    # The survivor resumes the killed session when its transcript was mirrored in time (it
+    # continues this script) or starts afresh (the next one): either way it can finish.
+    doomed = world.model.script(
+        [[pause(30), text("never answered")], *execution_turns(world, ref)],
+        match=execution_match(ref),
+    )
     script_execution(world, ref)
     await start_replicas(world, 2)
 
