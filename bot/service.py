@@ -15,7 +15,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,13 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import handlers
 from bot import metrics, wiring
-from bot.config import Settings, load_settings, scrub_environment
-from bot.errors import ConfigError
+from bot.config import Settings
 from bot.faults import transient
 from bot.http import make_http_app
 from bot.jobs import WorkerPool
-from bot.logs import WithoutTraceback, setup_logging
-from bot.redact import Redactor
+from bot.logs import WithoutTraceback
 from bot.webhooks import webhook_routes
 from bot.wiring import CannotStart
 from bot.workers import WorkerProcesses
@@ -229,17 +226,5 @@ def _warn_missing_parts(settings: Settings) -> None:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(f"fixbot: {error}", file=sys.stderr)
-        return 2
-    scrub_environment()
-    setup_logging(settings.log_format, Redactor(settings.secret_values()))
     Path("data").mkdir(exist_ok=True)
-    try:
-        asyncio.run(serve(settings))
-    except CannotStart as error:
-        print(f"fixbot: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return wiring.run_process(serve)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -24,13 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from agents.runner import AgentEnvironment, run_agent_step
 from bot import metrics
 from bot.aftermerge import AfterMerge
-from bot.config import Settings
+from bot.config import Settings, load_settings, scrub_environment
 from bot.conversation import Conversation
+from bot.errors import ConfigError
 from bot.faults import transient
 from bot.integrations.github import GitHubClient
 from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient
 from bot.jobs import WorkerPool
+from bot.logs import setup_logging
 from bot.redact import Redactor
 from bot.seams import JobControl
 from bot.sources import Sources
@@ -54,6 +58,24 @@ START_CHECK_TIMEOUT_S = 30.0  # the database and Slack each get this long to ans
 
 class CannotStart(FixbotError):
     """Slack refused a token, or the database does not answer: serving would be pointless."""
+
+
+def run_process(serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
+    """Load the settings, scrub the environment, set up logging and run `serve` to its end:
+    the exit code, 2 (with the reason on stderr) when a setting is wrong or it cannot start."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"fixbot: {error}", file=sys.stderr)
+        return 2
+    scrub_environment()
+    setup_logging(settings.log_format, Redactor(settings.secret_values()))
+    try:
+        asyncio.run(serve(settings))
+    except CannotStart as error:
+        print(f"fixbot: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def database_engine(settings: Settings, *, runs_steps: bool) -> AsyncEngine:

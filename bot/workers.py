@@ -30,8 +30,7 @@ from prometheus_client import multiprocess
 from pydantic import SecretStr
 
 from bot import wiring
-from bot.config import Settings, load_settings, scrub_environment
-from bot.errors import ConfigError
+from bot.config import Settings
 from bot.jobs import WorkerPool
 from bot.logs import setup_logging
 from bot.redact import Redactor
@@ -209,19 +208,7 @@ def main(*, from_app: bool) -> int:
     if from_app:
         asyncio.run(_serve_for_app())
         return 0
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(f"fixbot: {error}", file=sys.stderr)
-        return 2
-    scrub_environment()
-    setup_logging(settings.log_format, Redactor(settings.secret_values()))
-    try:
-        asyncio.run(serve_worker(settings))
-    except wiring.CannotStart as error:
-        print(f"fixbot: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return wiring.run_process(serve_worker)
 
 
 async def _serve_for_app() -> None:
