@@ -21,24 +21,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT), str(BENCHMARKS)]
 
-from ack_latency import BAD_REFERENCE, Case, load_note, script_busy_planning  # noqa: E402
-from fakes.anthropic import Script  # noqa: E402
+from ack_latency import (  # noqa: E402
+    BAD_REFERENCE,
+    Case,
+    bare_app,
+    load_note,
+    prepare_busy_steps,
+    start_busy_steps,
+)
 from fakes.slack import Ack, LocalSlack  # noqa: E402
-from world import make_world, seed_sentry_issue  # noqa: E402
+from world import make_world  # noqa: E402
 
 SLACK_LIMIT_S = 3.0
 WARMUP = 10
@@ -74,40 +76,8 @@ async def burst(slack: LocalSlack, n: int, user: str) -> tuple[list[float], int]
     return [ack.latency_s for ack in acks], late
 
 
-@contextlib.asynccontextmanager
-async def bare_app(log_path: Path) -> AsyncIterator[LocalSlack]:
-    """The respond-ing bare Bolt app in its own process, against its own LocalSlack."""
-    async with LocalSlack() as slack:
-        env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "SLACK_BOT_TOKEN": slack.bot_token,
-            "SLACK_APP_TOKEN": slack.app_token,
-            "SLACK_API_URL": slack.api_url,
-        }
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(BENCHMARKS / "bare_app.py"),
-                "--respond",
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            await slack.wait_connected(n=1, timeout=60)
-            yield slack
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 10)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-
-
 async def bare_case(name: str, n: int, log_path: Path) -> BurstCase:
-    async with bare_app(log_path) as slack:
+    async with bare_app(log_path, "--respond") as slack:
         latencies, late = await burst(slack, n, "U_BARE")
     case = BurstCase(name, latencies)
     case.past_limit = late
@@ -118,30 +88,16 @@ async def run(args: argparse.Namespace, root: Path) -> list[BurstCase]:
     bare = await bare_case("(a) bare Bolt app + respond()", args.n, root / "bare.log")
     (root / "world").mkdir()
     async with make_world(root / "world") as world:
-        world.config["concurrency"] = {"planning": args.tasks, "execution": 2}
+        steps = prepare_busy_steps(world, args.tasks, args.turns)
+        scripts = list(steps.values())
         world.config["workers"] = {"processes": args.processes}
-        world.config["limits"] = {
-            "planning_timeout_s": 1800,
-            "execution_timeout_s": 1800,
-            "task_budget_usd": 10_000.0,  # long scripted steps add up tokens, not money
-            "daily_budget_usd": 100_000.0,
-        }
-        refs = [f"SHOP-{101 + index}" for index in range(args.tasks)]
-        scripts: list[Script] = []
-        for ref in refs:
-            seed_sentry_issue(world, ref)
-            scripts.append(script_busy_planning(world, ref, args.turns))
         await world.start_app()
 
         latencies, late = await burst(world.slack, args.n, "U_IDLE")
         idle = BurstCase("(b) Fixbot, idle", latencies)
         idle.past_limit = late
 
-        for ref in refs:
-            await world.slack.slash_command(ref)
-        await world.slack.wait_for(
-            lambda: all(script.served >= 3 for script in scripts), timeout=300, what="the steps"
-        )
+        await start_busy_steps(world, steps)
         served_before, started = sum(script.served for script in scripts), time.monotonic()
         latencies, late = await burst(world.slack, args.n, "U_BUSY")
         busy = BurstCase(f"(c) Fixbot, {args.tasks} steps running", latencies)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +81,9 @@ async def send_commands(
     return latencies
 
 
-async def bare_app(n: int, warmup: int, log_path: Path) -> list[float]:
-    """The bare Bolt app in its own process, against its own LocalSlack."""
+@contextlib.asynccontextmanager
+async def bare_app(log_path: Path, *options: str) -> AsyncIterator[LocalSlack]:
+    """`bare_app.py options` in its own process, against its own LocalSlack."""
     async with LocalSlack() as slack:
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -94,14 +95,15 @@ async def bare_app(n: int, warmup: int, log_path: Path) -> list[float]:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(BENCHMARKS / "bare_app.py"),
+                *options,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         try:
-            await slack.wait_connected(n=1, timeout=30)
-            return await send_commands(slack, n, warmup)
+            await slack.wait_connected(n=1, timeout=60)
+            yield slack
         finally:
             process.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
@@ -109,6 +111,11 @@ async def bare_app(n: int, warmup: int, log_path: Path) -> list[float]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+async def bare_app_latencies(n: int, warmup: int, log_path: Path) -> list[float]:
+    async with bare_app(log_path) as slack:
+        return await send_commands(slack, n, warmup)
 
 
 def answered(world: World) -> Callable[[int], Awaitable[None]]:
@@ -148,29 +155,14 @@ async def fixbot_cases(
     """(b), (c) and (d): one Fixbot idle, then with `tasks` planning steps running, and
     the bare app again while those steps still run (the share of (c) due to the machine)."""
     async with make_world(root) as world:
-        world.config["concurrency"] = {"planning": tasks, "execution": 2}
-        world.config["limits"] = {
-            "planning_timeout_s": 900,
-            "execution_timeout_s": 900,
-            "task_budget_usd": 10_000.0,  # long scripted steps add up tokens, not money
-            "daily_budget_usd": 100_000.0,
-        }
-        refs = [f"SHOP-{101 + index}" for index in range(tasks)]
-        scripts: list[Script] = []
-        for ref in refs:
-            seed_sentry_issue(world, ref)
-            scripts.append(script_busy_planning(world, ref, turns))
+        steps = prepare_busy_steps(world, tasks, turns)
+        scripts = list(steps.values())
         await world.start_app()
 
         idle_latencies = await send_commands(world.slack, n, warmup, answered(world))
         idle = Case("(b) Fixbot, idle", idle_latencies)
 
-        for ref in refs:
-            await world.slack.slash_command(ref)
-        # Every step is past the CLI's start-up and calling tools.
-        await world.slack.wait_for(
-            lambda: all(script.served >= 3 for script in scripts), timeout=120, what="the steps"
-        )
+        await start_busy_steps(world, steps)
         served_before = sum(script.served for script in scripts)
         started = time.monotonic()
         busy_latencies = await send_commands(world.slack, n, 0, answered(world))
@@ -178,7 +170,7 @@ async def fixbot_cases(
         busy.note = load_note(scripts, served_before, started)
 
         served_before, started = sum(script.served for script in scripts), time.monotonic()
-        bare_latencies = await bare_app(n, warmup, root / "bare-busy.log")
+        bare_latencies = await bare_app_latencies(n, warmup, root / "bare-busy.log")
         bare_busy = Case("(d) bare Bolt app, (c)'s steps running", bare_latencies)
         bare_busy.note = load_note(scripts, served_before, started)
         if any(script.exhausted for script in scripts):
@@ -186,6 +178,35 @@ async def fixbot_cases(
         # The steps would run for minutes more; SIGKILL takes Claude Code's processes too.
         await world.stop_app(signal.SIGKILL)
     return idle, busy, bare_busy
+
+
+def prepare_busy_steps(world: World, tasks: int, turns: int) -> dict[str, Script]:
+    """Set `world` up for `tasks` planning steps of `turns` tool calls each: their scripts
+    by the reference that starts them (see `start_busy_steps`)."""
+    world.config["concurrency"] = {"planning": tasks, "execution": 2}
+    world.config["limits"] = {
+        "planning_timeout_s": 1800,
+        "execution_timeout_s": 1800,
+        "task_budget_usd": 10_000.0,  # long scripted steps add up tokens, not money
+        "daily_budget_usd": 100_000.0,
+    }
+    steps: dict[str, Script] = {}
+    for ref in (f"SHOP-{101 + index}" for index in range(tasks)):
+        seed_sentry_issue(world, ref)
+        steps[ref] = script_busy_planning(world, ref, turns)
+    return steps
+
+
+async def start_busy_steps(world: World, steps: dict[str, Script]) -> None:
+    """Start the steps of `prepare_busy_steps` and wait until every one is past the CLI's
+    start-up and calling tools."""
+    for ref in steps:
+        await world.slack.slash_command(ref)
+    await world.slack.wait_for(
+        lambda: all(script.served >= 3 for script in steps.values()),
+        timeout=300,
+        what="the steps",
+    )
 
 
 def load_note(scripts: list[Script], served_before: int, started: float) -> str:
@@ -218,7 +239,9 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fixbot-bench-") as tmp:
         root = Path(tmp)
         (root / "world").mkdir()
-        bare = Case("(a) bare Bolt app", await bare_app(args.n, args.warmup, root / "bare.log"))
+        bare = Case(
+            "(a) bare Bolt app", await bare_app_latencies(args.n, args.warmup, root / "bare.log")
+        )
         idle, busy, bare_busy = await fixbot_cases(
             args.n, args.warmup, args.tasks, args.turns, root / "world"
         )
