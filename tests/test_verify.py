@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_process import alive_with
 
 from repos import verify
 from repos.sandbox import Sandbox
@@ -140,7 +141,7 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert result.timed_out
     assert not result.passed
     assert time.monotonic() - started < 25  # cut short: the sleeper alone takes 30 s
-    assert running_with(marker) == []
+    assert alive_with(marker) == []
 
 
 async def test_a_linked_test_file_is_copied_as_a_link_not_as_what_it_points_at(
@@ -158,20 +159,6 @@ async def test_a_linked_test_file_is_copied_as_a_link_not_as_what_it_points_at(
     assert result.red is not None
     assert "ghp_from_the_host" not in result.red.output
     assert not result.ok
-
-
-def running_with(marker: str) -> list[str]:
-    """Command lines of live (not zombie) processes that mention `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
 
 
 async def test_commands_get_no_secrets_from_the_environment(
