@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from world import plan_data
 
 from agents.runner import AgentEnvironment, AgentStep, EventHandler, SessionHandler, StepResult
 from bot.config import Settings
@@ -36,16 +37,6 @@ from storage.queue import JobQueue
 from storage.tables import Job
 
 REPO = "acme/shop"
-PLAN = {
-    "summary": "apply_discount treats percent as a fraction; divide by 100.",
-    "root_cause": "shop/pricing.py:3 multiplies by percent instead of percent / 100.",
-    "evidence": ["shop/pricing.py:3"],
-    "files": ["shop/pricing.py", "tests/test_discount.py"],
-    "test_plan": "tests/test_discount.py: apply_discount(200, 10) == 180.",
-    "change": "Divide percent by 100 in apply_discount.",
-    "risk": "Low: one expression.",
-    "out_of_scope": "Rounding of prices.",
-}
 
 
 @dataclass
@@ -107,7 +98,7 @@ class ScriptedAgent:
     """
 
     def __init__(self) -> None:
-        self.plan: dict[str, Any] | None = dict(PLAN)
+        self.plan: dict[str, Any] | None = plan_data()
         self.outcome = "success"
         self.cost_usd = 0.25
         self.steps: list[AgentStep] = []
