@@ -31,7 +31,7 @@ import pytest
 import yaml
 from fakes.anthropic import structured, text, tool
 from test_cli import fixbot
-from test_core_loop import TITLE, buttons, thread_texts
+from test_core_loop import TITLE, buttons, failure_report, thread_texts
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, ROOT, World, git, plan_data, seed_sentry_issue
 
 from repos.workspace import branch_name
@@ -280,14 +280,7 @@ async def test_without_a_sandbox_agents_are_refused_and_everyone_is_told_why(
 
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, parent["ts"]) if "Retry" in buttons(m)),
-            None,
-        ),
-        timeout=60,
-        what="the failure report",
-    )
+    failure = await failure_report(world, parent["ts"], timeout=60)
     assert "sandbox" in failure["text"] and "bubblewrap" in failure["text"]
     assert "apt-get install bubblewrap" in json.dumps(failure)
     assert world.model.requests == []  # no agent ran

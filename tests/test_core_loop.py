@@ -35,6 +35,18 @@ def buttons(message: dict[str, Any]) -> list[str]:
     ]
 
 
+async def failure_report(world: World, thread_ts: str, timeout: float) -> dict[str, Any]:
+    """The first message of the thread that offers Retry: how a failed step reports."""
+    message: dict[str, Any] = await world.slack.wait_for(
+        lambda: next(
+            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
+        ),
+        timeout=timeout,
+        what="the failure report",
+    )
+    return message
+
+
 def script_planning(world: World, ref: str = "SHOP-1", **plan: Any) -> None:
     worktree = world.worktree(branch_name(ref, TITLE))
     world.model.script(
@@ -215,13 +227,7 @@ async def test_red_verification_pushes_nothing_and_retry_works(world: World) -> 
     pushed_plan = git_heads(world)[branch]
 
     await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
-        ),
-        timeout=90,
-        what="the failure report",
-    )
+    failure = await failure_report(world, thread_ts, timeout=90)
     assert "Verification failed" in failure["text"]
     assert "Cancel" in buttons(failure)
     assert git_heads(world)[branch] == pushed_plan  # nothing of the fix was pushed

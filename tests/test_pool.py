@@ -12,6 +12,7 @@ from fakes.anthropic import Failure, overloaded, pause, structured, text, tool
 from test_core_loop import (
     TITLE,
     buttons,
+    failure_report,
     message,
     script_execution,
     script_planning,
@@ -101,13 +102,7 @@ async def test_a_step_past_its_timeout_is_stopped_and_reported(world: World) -> 
     # Not waiting to see Claude Code start: on a busy machine the 3 s may be up before.
     await world.slack.slash_command("SHOP-1")
     thread_ts = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]["ts"]
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
-        ),
-        timeout=60,
-        what="the timeout report",
-    )
+    failure = await failure_report(world, thread_ts, timeout=60)
     assert "ran past its 3 s limit" in failure["text"]
     await world.slack.wait_for(lambda: not claude_processes(world.process.pid), timeout=60)
 
@@ -127,13 +122,7 @@ async def test_a_step_that_reaches_the_task_budget_stops_and_says_so(world: Worl
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, parent["ts"]) if "Retry" in buttons(m)), None
-        ),
-        timeout=30,
-        what="the budget report",
-    )
+    failure = await failure_report(world, parent["ts"], timeout=30)
     assert "budget of $0.01" in failure["text"]
     assert not any(buttons(m)[:1] == ["Approve"] for m in world.slack.thread(CHANNEL, parent["ts"]))
 
@@ -155,13 +144,7 @@ async def test_the_task_budget_counts_what_earlier_steps_spent(world: World) -> 
     await world.start_app()
 
     await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, thread_ts) if "Retry" in buttons(m)), None
-        ),
-        timeout=90,
-        what="the budget report",
-    )
+    failure = await failure_report(world, thread_ts, timeout=90)
     assert "budget of $" in failure["text"]
     assert execution.served == 1  # stopped after its first turn
     assert world.github.pulls("acme/shop")[0].draft
@@ -212,13 +195,7 @@ async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(worl
     )
     age(world, "update jobs set created_at = :old where status = 'queued'")  # years in line
 
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, second[0]["ts"]) if "Retry" in buttons(m)),
-            None,
-        ),
-        timeout=60,
-    )
+    failure = await failure_report(world, second[0]["ts"], timeout=60)
     assert "waited in the queue" in failure["text"]
     assert not any("Retry" in buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
 
@@ -354,12 +331,7 @@ async def test_a_permanent_model_error_fails_at_once_in_plain_words(world: World
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    failure = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, parent["ts"]) if "Retry" in buttons(m)), None
-        ),
-        timeout=20,
-    )
+    failure = await failure_report(world, parent["ts"], timeout=20)
     assert "Claude Code could not run this step" in failure["text"]
     assert rejected.served == 1  # not retried: it would fail the same way
     assert not any("attempt 2" in t for t in thread_texts(world, parent["ts"]))
