@@ -28,7 +28,14 @@ from sqlalchemy.engine import make_url
 from test_cli import fixbot, seed_task
 from test_conversation import ASK, plan_script, post_alert, sentry_alert
 from test_conversation import buttons as fixbot_buttons
-from test_core_loop import buttons, script_execution, script_planning, start_plan, thread_texts
+from test_core_loop import (
+    buttons,
+    failure_report,
+    script_execution,
+    script_planning,
+    start_plan,
+    thread_texts,
+)
 from world import CHANNEL, World, plan_data, seed_sentry_issue
 
 from storage.db import create_engine
@@ -193,12 +200,7 @@ async def test_a_service_away_past_the_wait_limit_fails_the_step_saying_so(
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    failure = await world.slack.wait_for(
-        lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
-        timeout=60,
-        what="the failure with Retry",
-    )
-    assert "Retry" in buttons(failure)
+    await failure_report(world, parent["ts"], timeout=60)
     texts = thread_texts(world, parent["ts"])
     assert any("stopped waiting" in t and "HTTP 503" in t for t in texts), texts
 

@@ -69,8 +69,7 @@ async def woken(sessions: Sessions) -> AsyncIterator[Woken]:
 async def test_a_job_added_by_another_process_wakes_its_kind(
     other_process: Sessions, woken: Woken
 ) -> None:
-    task_id = await add_task(other_process)
-    await enqueue(other_process, task_id, kind="execution")
+    await enqueue(other_process, await add_task(other_process), kind="execution")
 
     await woken.until("execution")
 
@@ -80,8 +79,7 @@ async def test_a_job_added_by_another_process_wakes_its_kind(
 async def test_a_job_requeued_for_later_wakes_when_it_comes_due(
     other_process: Sessions, woken: Woken
 ) -> None:
-    task_id = await add_task(other_process)
-    await enqueue(other_process, task_id, kind="planning")
+    await enqueue(other_process, await add_task(other_process), kind="planning")
     await woken.until("planning")
     queue = JobQueue(other_process, "another-worker")
     job = await queue.claim(["planning"])
