@@ -1,35 +1,7 @@
-"""The scripted model the tests script: the product's own (`bot.local.scripted_model`)."""
+"""The scripted model the tests script: the product's own (`bot.local.scripted_model`),
+re-exported under its public names."""
 
-from bot.local.scripted_model import (
-    Failure,
-    LoggedRequest,
-    Pause,
-    Script,
-    ScriptedModel,
-    Text,
-    ToolUse,
-    Turn,
-    overloaded,
-    pause,
-    rate_limited,
-    structured,
-    text,
-    tool,
-)
+from bot.local import scripted_model
 
-__all__ = [
-    "Failure",
-    "LoggedRequest",
-    "Pause",
-    "Script",
-    "ScriptedModel",
-    "Text",
-    "ToolUse",
-    "Turn",
-    "overloaded",
-    "pause",
-    "rate_limited",
-    "structured",
-    "text",
-    "tool",
-]
+__all__ = scripted_model.__all__
+globals().update({name: getattr(scripted_model, name) for name in __all__})

@@ -1,5 +1,7 @@
-"""The local Slack the tests talk to: the product's own (`bot.local.slack`), re-exported."""
+"""The local Slack the tests talk to: the product's own (`bot.local.slack`), re-exported
+under its public names."""
 
-from bot.local.slack import Ack, LocalSlack, SlackError, UploadedFile, Violation
+from bot.local import slack
 
-__all__ = ["Ack", "LocalSlack", "SlackError", "UploadedFile", "Violation"]
+__all__ = slack.__all__
+globals().update({name: getattr(slack, name) for name in __all__})
