@@ -149,7 +149,7 @@ async def _serve_slack(
             make_http_app(
                 readiness,
                 lambda: metrics.update_queue_lengths(sessions),
-                webhooks=webhook_routes(parts.conversation),
+                webhooks=webhook_routes(settings, parts.workflow, parts.conversation),
                 mounts=mounts,
                 exposition=partial(metrics.exposition, metrics_dir),
             )

@@ -31,10 +31,11 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from bot.alerts import recognise_webhook
+from bot.config import Settings
 from bot.conversation import Conversation
 from bot.errors import BadReference
 from bot.refs import jira_reference
-from bot.tasks import PRIORITY_OTHER
+from bot.tasks import PRIORITY_OTHER, Workflow
 from repos.errors import FixbotError
 from storage.triggers import first_delivery
 
@@ -45,9 +46,11 @@ APPROVE_COMMENT = re.compile(r"(?:^|\s)@fixbot\s+approve\b", re.IGNORECASE)
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def webhook_routes(conversation: Conversation) -> list[web.RouteDef]:
+def webhook_routes(
+    settings: Settings, workflow: Workflow, conversation: Conversation
+) -> list[web.RouteDef]:
     """The three webhook routes, for `make_http_app`."""
-    hooks = Webhooks(conversation)
+    hooks = Webhooks(settings, workflow, conversation)
     return [
         web.post("/webhooks/sentry", hooks.sentry),
         web.post("/webhooks/github", hooks.github),
@@ -60,9 +63,9 @@ def hmac_sha256(secret: str, body: bytes) -> str:
 
 
 class Webhooks:
-    def __init__(self, conversation: Conversation) -> None:
-        self.workflow = conversation.workflow
-        self.settings = conversation.workflow.settings
+    def __init__(self, settings: Settings, workflow: Workflow, conversation: Conversation) -> None:
+        self.settings = settings
+        self.workflow = workflow
         self.conversation = conversation
 
     # Sentry
