@@ -16,7 +16,7 @@ The watch's state is its row, never a coroutine: a restart finds the queued job 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -25,19 +25,24 @@ from sqlalchemy import or_, select, update
 
 from bot import views
 from bot.alerts import SentryAlert
+from bot.config import Settings
 from bot.errors import InvalidTransition
 from bot.integrations import IntegrationError
+from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient, SentryEvent, SentryRelease
 from bot.jobs import Outcome
 from bot.models import AFTER_MERGE, Reference, RefKind, State, Watch
-from bot.sources import TaskContext
+from bot.redact import Redactor
+from bot.seams import JobControl, Threads
+from bot.sources import Sources, TaskContext
 from bot.tasks.thread import TaskThread
 from repos.workspace import branch_name
 from storage.queue import JobQueue
 from storage.tables import Alert, FixWatch, Job, Task, aware
 
 if TYPE_CHECKING:
-    from bot.tasks import Workflow
+    from bot.tasks.lifecycle import Lifecycle
+    from bot.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +62,35 @@ class CameBack(StrEnum):
 
 
 class AfterMerge:
-    """The merge's follow-up for one workflow: its jobs, its Plan again, its regressions."""
+    """The merge's follow-up of the tasks: its jobs, its Plan again, its regressions."""
 
-    def __init__(self, workflow: Workflow) -> None:
-        self.workflow = workflow
-        self.settings = workflow.settings
-        self.sessions = workflow.sessions
-        self.threads = workflow.threads
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        lifecycle: Lifecycle,
+        threads: Threads,
+        jobs: JobControl,
+        *,
+        sources: Sources,
+        jira: JiraClient | None,
+        redactor: Redactor,
+        changed: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = store.sessions
+        self.lifecycle = lifecycle
+        self.threads = threads
+        self.jobs = jobs
+        self.sources = sources
+        self.jira = jira
+        self.redact = redactor
+        self.changed = changed  # a watch moved: App Home republishes
 
     @property
     def sentry(self) -> SentryClient | None:
-        return self.workflow.sources.sentry
+        return self.sources.sentry
 
     @property
     def window(self) -> str:
@@ -102,7 +125,7 @@ class AfterMerge:
                 )
             )
             JobQueue.enqueue(session, task.id, AFTER_MERGE, task.priority)
-        self.workflow.jobs.wake()
+        self.jobs.wake()
 
     async def run_job(self, job: Job) -> Outcome:
         """One step of the task's newest watch: close the loop, or check the events."""
@@ -141,7 +164,7 @@ class AfterMerge:
             else:
                 done.append(f"Sentry {views.inline_code(task.ref_key)} resolved {how}.")
                 values["resolved_how"] = how
-        if task.ref_kind == RefKind.JIRA and self.workflow.jira is not None:
+        if task.ref_kind == RefKind.JIRA and self.jira is not None:
             done.append(await self._close_jira(task, watch))
         watching = None
         if values["status"] == Watch.WATCHING:
@@ -157,12 +180,12 @@ class AfterMerge:
         await self._update_parent(task, watch)
 
     async def _close_jira(self, task: Task, watch: FixWatch) -> str:
-        assert self.workflow.jira is not None
-        jira, key = self.workflow.jira, task.ref_key
+        assert self.jira is not None
+        jira, key = self.jira, task.ref_key
         commit = f" (merge commit {watch.merge_commit[:12]})" if watch.merge_commit else ""
         comment = f"The fix was merged: {watch.pr_url}{commit}."
         try:
-            await jira.add_comment(key, self.workflow.redact(comment))
+            await jira.add_comment(key, self.redact(comment))
             moved = ""
             if self.settings.jira_done_transition:
                 transition = await jira.transition(key, self.settings.jira_done_transition)
@@ -272,7 +295,7 @@ class AfterMerge:
         if watch is None or task is None or task.thread_ts is None:
             return None
         _with_aware_times(watch)
-        newest = await self.workflow.task_in_thread(task.channel_id, task.thread_ts)
+        newest = await self.store.in_thread(task.channel_id, task.thread_ts)
         current = newest.id if newest is not None else task.id
         await self._point_alert(alert_id, task, current)
         if current != task.id or not await self._move(watch, *REOPENABLE, status=Watch.REGRESSED):
@@ -328,7 +351,7 @@ class AfterMerge:
             text=earlier_fix_context(task, watch, verdict, events),
         )
         ref = Reference(RefKind(task.ref_kind), task.ref_key, url=task.ref_url, repo=task.repo)
-        again = await self.workflow.create_task(
+        again = await self.lifecycle.create_task(
             ref,
             channel=task.channel_id,
             thread_ts=task.thread_ts,
@@ -370,7 +393,7 @@ class AfterMerge:
             return False
         for key, value in values.items():
             setattr(watch, key, value)
-        self.workflow.home.changed()
+        self.changed()
         return True
 
     async def _update_parent(self, task: Task, watch: FixWatch) -> None:

@@ -213,9 +213,18 @@ def build(
     """Everything but running the agent steps, which `jobs` does."""
     client = slack_client(settings)
     workflow = build_workflow(settings, sessions, queue, client, jobs)
-    conversation = Conversation(
-        settings, sessions, workflow.threads, workflow, AfterMerge(workflow)
+    after_merge = AfterMerge(
+        settings,
+        workflow.store,
+        workflow.lifecycle,
+        workflow.threads,
+        jobs,
+        sources=workflow.sources,
+        jira=workflow.jira,
+        redactor=workflow.redact,
+        changed=workflow.home.changed,
     )
+    conversation = Conversation(settings, sessions, workflow.threads, workflow, after_merge)
     return Parts(settings, sessions, queue, client, workflow, conversation)
 
 
