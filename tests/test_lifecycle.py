@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from memory import PLAN, REPO, Machine, build_machine
+from memory import REPO, Machine, build_machine
 from prometheus_client import REGISTRY
+from world import plan_data
 
 from bot.errors import InvalidTransition, NotAllowed
 from bot.jobs import Outcome, WorkerPool
@@ -44,7 +45,7 @@ async def test_a_task_goes_from_request_to_a_pushed_fix(machine: Machine) -> Non
     assert (job.kind, outcome.status) == (JobKind.PLANNING, JobStatus.DONE)
     assert (task.state, task.plan_version) == (State.AWAITING_APPROVAL, 1)
     assert task.cost_usd == pytest.approx(0.25)
-    assert any(PLAN["summary"] in content for _c, _t, content in machine.threads.uploads)
+    assert any(plan_data()["summary"] in content for _c, _t, content in machine.threads.uploads)
 
     await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
     job, outcome = await machine.run_next_job()
@@ -74,7 +75,7 @@ async def test_a_reply_revises_the_plan_and_the_old_version_is_not_approvable(
     await machine.workflow.take_reply(task, "U_CAROL", "Also cover a negative percent.")
     assert (await state_of(machine, task)).state == State.REVISING
 
-    machine.agent.plan = {**PLAN, "summary": "Divide by 100 and refuse negative percents."}
+    machine.agent.plan = plan_data(summary="Divide by 100 and refuse negative percents.")
     await machine.run_next_job()
     task = await state_of(machine, task)
     assert (task.state, task.plan_version, task.feedback) == (State.AWAITING_APPROVAL, 2, [])
@@ -97,7 +98,7 @@ async def test_a_failed_step_fails_the_task_and_retry_runs_it_again(machine: Mac
     assert task.state == State.FAILED
     assert any("without returning a plan" in text for text in machine.threads.texts(task.thread_ts))
 
-    machine.agent.plan = dict(PLAN)
+    machine.agent.plan = plan_data()
     await machine.workflow.retry(Decision(task.id, "U_ALICE"))
     assert (await state_of(machine, task)).state == State.QUEUED
     _job, outcome = await machine.run_next_job()
