@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.anthropic import Script, structured, text, tool
+from fakes.anthropic import Script, Turn, structured, text, tool
 from world import (
     CHANNEL,
     FIXED_PRICING,
@@ -57,6 +58,15 @@ def script_planning(world: World, ref: str = "SHOP-1", **plan: Any) -> None:
         ],
         match=f"Plan a fix for {ref}",
     )
+
+
+def writes_of_the_fix(worktree: Path) -> list[Turn]:
+    """Two turns of an execution step: write the new test, then the fixed code."""
+    test, fix = worktree / "tests/test_discount.py", worktree / "shop/pricing.py"
+    return [
+        [tool("Write", {"file_path": str(test), "content": NEW_TEST})],
+        [tool("Write", {"file_path": str(fix), "content": FIXED_PRICING})],
+    ]
 
 
 def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING) -> Script:
@@ -316,18 +326,7 @@ async def test_a_jira_issue_gets_the_plan_and_the_pull_request(world: World) -> 
     test_command = world.config["repos"][0]["test_command"]
     world.model.script(
         [
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
-                )
-            ],
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
-                )
-            ],
+            *writes_of_the_fix(worktree),
             [tool("Bash", {"command": test_command})],
             [text("Done.")],
         ],

@@ -17,7 +17,7 @@ from typing import Any
 from fakes.anthropic import structured, text, tool
 from test_cli import fixbot
 from test_conversation import buttons, start_fix, thread_texts, wait_for_plan
-from test_core_loop import git_heads
+from test_core_loop import git_heads, writes_of_the_fix
 from test_webhooks import SECRETS, payload, post, sign, start
 from world import (
     CHANNEL,
@@ -365,18 +365,7 @@ async def test_a_fix_holding_a_secret_value_is_not_pushed(world: World) -> None:
     world.model.script(
         [
             [tool("Write", {"file_path": str(worktree / "notes.txt"), "content": "github-token"})],
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "tests/test_discount.py"), "content": NEW_TEST},
-                )
-            ],
-            [
-                tool(
-                    "Write",
-                    {"file_path": str(worktree / "shop/pricing.py"), "content": FIXED_PRICING},
-                )
-            ],
+            *writes_of_the_fix(worktree),
             [text("Done.")],
         ],
         match="Implement the approved plan for SHOP-1",
