@@ -75,6 +75,17 @@ def acking(received: list[SocketModeRequest]) -> Listener:
     return listener
 
 
+async def connect_acking(
+    slack: LocalSlack, socket_client: SocketModeClient
+) -> list[SocketModeRequest]:
+    """Connect `socket_client` with an `acking` listener: what it receives."""
+    received: list[SocketModeRequest] = []
+    socket_client.socket_mode_request_listeners.append(acking(received))
+    await socket_client.connect()
+    await slack.wait_connected()
+    return received
+
+
 # ---------------------------------------------------------------------- Web API
 
 
@@ -233,10 +244,7 @@ async def test_views_publish_sets_the_home_tab(slack: LocalSlack, web: AsyncWebC
 async def test_socket_client_receives_a_slash_command_and_acks(
     slack: LocalSlack, socket_client: SocketModeClient
 ) -> None:
-    received: list[SocketModeRequest] = []
-    socket_client.socket_mode_request_listeners.append(acking(received))
-    await socket_client.connect()
-    await slack.wait_connected()
+    received = await connect_acking(slack, socket_client)
 
     ack = await slack.slash_command("SHOP-1", user="U_ALICE")
 
@@ -273,10 +281,7 @@ async def test_unacknowledged_envelope_is_delivered_again(
 async def test_refresh_requested_makes_the_client_reconnect(
     slack: LocalSlack, socket_client: SocketModeClient
 ) -> None:
-    received: list[SocketModeRequest] = []
-    socket_client.socket_mode_request_listeners.append(acking(received))
-    await socket_client.connect()
-    await slack.wait_connected()
+    received = await connect_acking(slack, socket_client)
 
     await slack.request_refresh()
     await slack.slash_command("after refresh")
@@ -309,9 +314,7 @@ async def test_envelopes_are_shared_between_replicas(
 async def test_human_messages_arrive_as_events(
     slack: LocalSlack, socket_client: SocketModeClient, web: AsyncWebClient
 ) -> None:
-    received: list[SocketModeRequest] = []
-    socket_client.socket_mode_request_listeners.append(acking(received))
-    await socket_client.connect()
+    received = await connect_acking(slack, socket_client)
     parent = await web.chat_postMessage(channel="C_GENERAL", text="plan")
 
     reply_ts = await slack.reply_in_thread("C_GENERAL", parent["ts"], "use a guard clause")
@@ -398,9 +401,7 @@ async def test_every_method_fixbot_may_call_passes_the_spec_check(
 async def test_response_url_in_channel_posts_in_the_channel(
     slack: LocalSlack, socket_client: SocketModeClient
 ) -> None:
-    received: list[SocketModeRequest] = []
-    socket_client.socket_mode_request_listeners.append(acking(received))
-    await socket_client.connect()
+    received = await connect_acking(slack, socket_client)
     await slack.slash_command("SHOP-1")
 
     async with aiohttp.ClientSession() as session:
