@@ -10,9 +10,8 @@ import pytest
 from aiohttp import web
 from fakes.slack import LocalSlack
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
-from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
+from test_local_slack import connect_acking
 
 from bot.http import make_http_app
 
@@ -31,16 +30,6 @@ HOME = {"type": "home", "blocks": [approve_block("1:1"), approve_block("2:1")]}
 
 async def ready() -> dict[str, bool]:
     return {"ok": True}
-
-
-def acking(received: list[SocketModeRequest]) -> Any:
-    """A Socket Mode listener that keeps each request and acknowledges it at once."""
-
-    async def listener(client: Any, request: SocketModeRequest) -> None:
-        received.append(request)
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-
-    return listener
 
 
 @pytest.fixture
@@ -63,11 +52,8 @@ async def test_a_mounted_workspace_serves_web_api_and_socket_mode_under_its_pref
 ) -> None:
     web_client = AsyncWebClient(token=mounted.bot_token, base_url=mounted.api_url)
     socket = SocketModeClient(app_token=mounted.app_token, web_client=web_client)
-    received: list[SocketModeRequest] = []
-    socket.socket_mode_request_listeners.append(acking(received))
     try:
-        await socket.connect()
-        await mounted.wait_connected()
+        received = await connect_acking(mounted, socket)
         assert mounted.api_url.endswith("/local/api/")
         await mounted.slash_command("SHOP-1")
         await web_client.files_upload_v2(
@@ -90,11 +76,8 @@ async def test_next_change_wakes_on_a_message_and_home_buttons_click_by_value(
 
     await web_client.views_publish(user_id="U_BEN", view=HOME)
     socket = SocketModeClient(app_token=mounted.app_token, web_client=web_client)
-    received: list[SocketModeRequest] = []
-    socket.socket_mode_request_listeners.append(acking(received))
     try:
-        await socket.connect()
-        await mounted.wait_connected()
+        received = await connect_acking(mounted, socket)
         await mounted.click_home_button("approve", user="U_BEN", value="2:1")
     finally:
         await socket.close()
