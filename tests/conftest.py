@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import Listener
 from memory import Machine, build_machine
 from world import World, make_world
 
@@ -24,3 +26,13 @@ async def machine(tmp_path: Path) -> AsyncIterator[Machine]:
     """The task machinery in-process on the in-memory seams (tests/memory.py)."""
     async with build_machine(tmp_path) as built:
         yield built
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A `Listener` on a free port of the host's loopback."""
+    recorder = Listener()
+    server = await asyncio.start_server(recorder.serve, "127.0.0.1", 0)
+    recorder.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield recorder

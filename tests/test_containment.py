@@ -18,18 +18,16 @@ The attacks (and what stops them):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from fakes.anthropic import structured, text, tool
+from helpers import Listener
 from test_cli import fixbot
 from test_core_loop import TITLE, buttons, failure_report, thread_texts
 from world import CHANNEL, FIXED_PRICING, NEW_TEST, ROOT, World, git, plan_data, seed_sentry_issue
@@ -44,27 +42,6 @@ SECRETS = (
     "DATABASE_URL",
 )
 MARKER = "fixbot-hostile-code"
-
-
-class Listener:
-    """The attacker's server on the host's loopback: it records whatever reaches it."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.port = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.received.append(await reader.read(65536))
-        writer.close()
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    recorder = Listener()
-    server = await asyncio.start_server(recorder.serve, "127.0.0.1", 0)
-    recorder.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield recorder
 
 
 def hostile_code(world: World, listener: Listener, outside: list[Path]) -> str:

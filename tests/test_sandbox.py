@@ -8,15 +8,14 @@ Never skipped: where no sandbox can be made these fail, as Fixbot refuses agents
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import Listener
 
 from repos.config import RepoConfig
 from repos.sandbox import Endpoint, Sandbox, SandboxUnavailable
@@ -29,29 +28,6 @@ PYTHON = sys.executable
 
 async def inside(command: str, cwd: Path, *, reach: tuple[Endpoint, ...] = ()) -> CommandResult:
     return await run_command(command, cwd, timeout=60, sandbox=SANDBOX, reach=reach)
-
-
-class Listener:
-    """A TCP server on the host's loopback that records every connection it gets."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.port = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.received.append(await reader.read(65536))
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    recorder = Listener()
-    server = await asyncio.start_server(recorder._serve, "127.0.0.1", 0)
-    recorder.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield recorder
 
 
 async def test_a_sandbox_can_be_made_here() -> None:
