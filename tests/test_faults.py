@@ -59,14 +59,19 @@ async def wait_for_log(world: World, text: str, replica: int = 0, timeout: float
 # Start and stop
 
 
-async def test_a_revoked_token_exits_2_with_doctors_words(world: World) -> None:
-    world.env["SLACK_BOT_TOKEN"] = "xoxb-revoked"  # the local Slack answers invalid_auth
+async def exit_of_start(world: World) -> str:
+    """Start the app, which should exit 2 at once: its log."""
     await world.start_app(wait=False)
-    process = world.process
-    assert process is not None
-    code = await asyncio.to_thread(process.wait, 60)
+    assert world.process is not None
+    code = await asyncio.to_thread(world.process.wait, 90)
     log = world.app_log()
     assert code == 2, log
+    return log
+
+
+async def test_a_revoked_token_exits_2_with_doctors_words(world: World) -> None:
+    world.env["SLACK_BOT_TOKEN"] = "xoxb-revoked"  # the local Slack answers invalid_auth
+    log = await exit_of_start(world)
     assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in log
     assert "OAuth & Permissions" in log and "Traceback" not in log
 
@@ -75,12 +80,7 @@ async def test_an_unreachable_database_at_start_exits_2_without_a_traceback(
     world: World,
 ) -> None:
     world.env["DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/fixbot"
-    await world.start_app(wait=False)
-    process = world.process
-    assert process is not None
-    code = await asyncio.to_thread(process.wait, 90)
-    log = world.app_log()
-    assert code == 2, log
+    log = await exit_of_start(world)
     assert "does not answer: check DATABASE_URL" in log and "Traceback" not in log
 
 
