@@ -36,6 +36,7 @@ from test_core_loop import (
     start_plan,
     thread_texts,
 )
+from test_pool import restart_until_pull_request
 from world import CHANNEL, World, plan_data, seed_sentry_issue
 
 from storage.db import create_engine
@@ -416,14 +417,7 @@ async def test_kill_9_between_side_effects_ends_with_one_pull_request(
     if held is not None:
         held.release()
 
-    restarted = time.monotonic()
-    await world.start_app()
-    await world.slack.wait_for(
-        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
-        timeout=120,
-        what="the pull request after the restart",
-    )
-    recovery_s = time.monotonic() - restarted
+    recovery_s = await restart_until_pull_request(world, thread_ts, timeout=120)
     await world.stop_app()  # nothing more may come: a second message would show below
     messages = world.slack.thread(CHANNEL, thread_ts)
     finals = [m for m in messages if "Pull request ready" in m["text"]]

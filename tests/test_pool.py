@@ -150,6 +150,18 @@ async def test_the_task_budget_counts_what_earlier_steps_spent(world: World) -> 
     assert world.github.pulls("acme/shop")[0].draft
 
 
+async def restart_until_pull_request(world: World, thread_ts: str, timeout: float) -> float:
+    """Start the app again and wait for the thread's pull request: the seconds that took."""
+    restarted = time.monotonic()
+    await world.start_app()
+    await world.slack.wait_for(
+        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
+        timeout=timeout,
+        what="the pull request after the restart",
+    )
+    return time.monotonic() - restarted
+
+
 def age(world: World, sql: str) -> None:
     """Make rows old, as a clock run on would: `sql` sets a time column to LONG_AGO."""
     with sqlite3.connect(world.root / "fixbot.db") as connection:
@@ -239,14 +251,7 @@ async def test_kill_9_mid_execution_then_restart_ends_with_one_pull_request(
     os.killpg(world.process.pid, signal.SIGKILL)  # the app and its Claude Code, as a crash does
     await world.stop_app()
 
-    restarted = time.monotonic()
-    await world.start_app()
-    await world.slack.wait_for(
-        lambda: any("Pull request ready" in t for t in thread_texts(world, thread_ts)),
-        timeout=60,
-        what="the pull request after the restart",
-    )
-    recovery_s = time.monotonic() - restarted
+    recovery_s = await restart_until_pull_request(world, thread_ts, timeout=60)
     assert any("interrupted" in t for t in thread_texts(world, thread_ts))
     runs = sqlite3.connect(world.root / "fixbot.db").execute(
         "select outcome, session_id from agent_runs where step = 'execution' order by id"
