@@ -61,6 +61,8 @@ class Limits(BaseModel):
     # task starts anyway (and its planning step looks it up again).
     reference_timeout_s: float = Field(default=5, gt=0)
     setup_timeout_s: float = Field(default=1800, gt=0)  # a repo's setup_command, once cached
+    # On SIGTERM/SIGINT running steps get this long to finish before they are cancelled.
+    shutdown_grace_s: float = Field(default=20, ge=0)
 
 
 class McpServer(BaseModel):

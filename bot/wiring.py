@@ -52,7 +52,6 @@ from storage.sessions import DatabaseSessionStore
 log = logging.getLogger("fixbot")
 
 WORKTREE_MAX_AGE = timedelta(days=7)
-SHUTDOWN_GRACE_S = 20.0  # running steps get this long to finish; exit stays within 30 s
 START_CHECK_TIMEOUT_S = 30.0  # the database and Slack each get this long to answer at start
 
 
@@ -245,7 +244,7 @@ async def running_pool(parts: Parts, pool: WorkerPool) -> AsyncIterator[WorkerPo
         await _report_sandbox(workflow.agent_env.sandbox)
         yield pool
     finally:
-        await pool.stop(SHUTDOWN_GRACE_S)
+        await pool.stop(parts.settings.limits.shutdown_grace_s)
         cleanup.cancel()
         await asyncio.gather(cleanup, return_exceptions=True)
 

@@ -41,7 +41,7 @@ log = logging.getLogger("fixbot")
 RESTART_DELAY_S = 1.0  # a child that died is started again after this, doubling to the max
 RESTART_DELAY_MAX_S = 30.0
 STEADY_S = 60.0  # a child that ran this long before dying starts again without delay
-KILL_AFTER_S = wiring.SHUTDOWN_GRACE_S + 3.0  # a child still running then is killed
+KILL_MARGIN_S = 3.0  # a child still running this long after its grace period is killed
 
 
 def settings_payload(settings: Settings) -> bytes:
@@ -150,7 +150,8 @@ class WorkerProcesses:
         children = list(self._children.values())
         waits = [asyncio.create_task(child.wait()) for child in children]
         if waits:
-            await asyncio.wait(waits, timeout=KILL_AFTER_S)
+            grace_s = self.settings.limits.shutdown_grace_s
+            await asyncio.wait(waits, timeout=grace_s + KILL_MARGIN_S)
         for child in children:
             if child.returncode is None:
                 log.warning("worker process %s did not stop in time; killing it", child.pid)

@@ -90,6 +90,7 @@ async def test_sigterm_while_slack_is_unreachable_stops_within_the_grace_period(
 ) -> None:
     world.env["SLACK_API_URL"] = f"http://127.0.0.1:{free_port()}/api/"  # nobody listens
     world.env.pop("ANTHROPIC_API_KEY")
+    del world.config["limits"]["shutdown_grace_s"]  # the default grace period, as deployed
     await world.start_app(wait=False)
     await wait_for_log(world, "Fixbot ")
     await wait_for_log(world, "starting: Slack workspace unknown")

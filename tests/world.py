@@ -228,7 +228,13 @@ async def make_world(root: Path) -> AsyncIterator[World]:
             ],
             "approvers": [],
             "alert_channels": [CHANNEL],
-            "limits": {"planning_timeout_s": 120, "execution_timeout_s": 180},
+            # A stop cancels running steps after 2 s rather than 20: their jobs are resumed
+            # at the next start like after any stop, and each teardown is ~20 s shorter.
+            "limits": {
+                "planning_timeout_s": 120,
+                "execution_timeout_s": 180,
+                "shutdown_grace_s": 2,
+            },
             # Steps run in the app's own process: a worker process costs ~2 CPU-seconds to
             # start in every test; tests/test_workers.py runs the default (processes: 1).
             "workers": {"processes": 0},
