@@ -31,12 +31,13 @@ from bot.integrations import IntegrationError
 from bot.integrations.jira import JiraClient
 from bot.integrations.sentry import SentryClient, SentryEvent, SentryRelease
 from bot.jobs import Outcome
-from bot.models import AFTER_MERGE, Reference, RefKind, State, Watch
+from bot.models import Reference, RefKind, State, Watch
 from bot.redact import Redactor
 from bot.seams import JobControl, Threads
 from bot.sources import Sources, TaskContext
 from bot.tasks.thread import TaskThread
 from repos.workspace import branch_name
+from storage.jobs import JobKind
 from storage.queue import JobQueue
 from storage.tables import Alert, FixWatch, Job, Task, aware
 
@@ -124,7 +125,7 @@ class AfterMerge:
                     checks=0,
                 )
             )
-            JobQueue.enqueue(session, task.id, AFTER_MERGE, task.priority)
+            JobQueue.enqueue(session, task.id, JobKind.AFTER_MERGE, task.priority)
         self.jobs.wake()
 
     async def run_job(self, job: Job) -> Outcome:
@@ -265,7 +266,7 @@ class AfterMerge:
     async def _schedule_check(self, task: Task, watch: FixWatch) -> None:
         interval = timedelta(seconds=self.settings.limits.verify_check_interval_s)
         async with self.sessions.begin() as session:
-            job = JobQueue.enqueue(session, task.id, AFTER_MERGE, task.priority)
+            job = JobQueue.enqueue(session, task.id, JobKind.AFTER_MERGE, task.priority)
             job.run_after = min(_now() + interval, watch.window_ends_at)
 
     async def _verdict(

@@ -39,11 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import HINTS, Settings, blank_secrets, load_settings, scrub_environment
 from bot.errors import ConfigError
-from bot.models import AFTER_MERGE, State
+from bot.models import State
 from bot.redact import Redactor
 from repos import process
 from repos.config import RepoConfig
 from repos.errors import FixbotError
+from storage.jobs import JobKind
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -558,7 +559,9 @@ async def _show(sessions: Sessions, task_id: int) -> None:
         )
         follow_ups = list(
             await session.scalars(
-                select(Job).where(Job.task_id == task_id, Job.kind == AFTER_MERGE).order_by(Job.id)
+                select(Job)
+                .where(Job.task_id == task_id, Job.kind == JobKind.AFTER_MERGE)
+                .order_by(Job.id)
             )
         )
     print(f"Task {task.id} · {task.state} · {task.ref_kind} {task.ref_key}")

@@ -26,8 +26,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.models import AFTER_MERGE, State
-from storage.jobs import JobStatus
+from bot.models import State
+from storage.jobs import JobKind, JobStatus
 from storage.tables import AgentRun, FixWatch, Job, Task, TaskEvent, aware
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ async def load_board(
             await session.execute(
                 select(Job, Task)
                 .join(Task, Task.id == Job.task_id)
-                .where(Job.status == JobStatus.QUEUED, Job.kind != AFTER_MERGE)  # agent steps only
+                # agent steps only
+                .where(Job.status == JobStatus.QUEUED, Job.kind != JobKind.AFTER_MERGE)
                 .order_by(Job.priority, Job.id)
                 .limit(LIST_LIMIT)
             )
@@ -276,7 +277,9 @@ async def _running_and_awaiting(session: AsyncSession) -> tuple[int, int]:
 async def _queued_steps(session: AsyncSession) -> int:
     """How many agent steps wait for a worker."""
     queued = await session.scalar(
-        select(func.count(Job.id)).where(Job.status == JobStatus.QUEUED, Job.kind != AFTER_MERGE)
+        select(func.count(Job.id)).where(
+            Job.status == JobStatus.QUEUED, Job.kind != JobKind.AFTER_MERGE
+        )
     )
     return queued or 0
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from storage.jobs import JobKind
-
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -53,9 +51,6 @@ TRANSITIONS: dict[State, set[State]] = {
     State.CANCELLED: set(),
     State.EXPIRED: set(),
 }
-
-
-AFTER_MERGE = JobKind.AFTER_MERGE
 
 
 class Watch(StrEnum):
