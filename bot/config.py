@@ -53,6 +53,9 @@ class Limits(BaseModel):
     queued_ttl_hours: float = Field(default=24, gt=0)  # a job waiting longer fails, with why
     # How long a step waits out services that are briefly away before it fails.
     transient_wait_s: float = Field(default=600, gt=0)
+    # A step that met such a failure is tried again after this long, doubling each attempt
+    # (to at most 300 s, with jitter; a Retry-After the service gave is honoured).
+    retry_backoff_s: float = Field(default=5, gt=0)
     job_lease_s: float = Field(default=30, gt=0)  # a dead worker's job is taken over after this
     sweep_interval_s: float = Field(default=15, gt=0)  # how often stale work is looked for
     # How often a merged fix's error is checked in Sentry during verify_window_hours.

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # Idle workers are woken when jobs may be runnable (this process's enqueues, and
 # storage/wakeups.py's watcher for the rest); without a wake they still look this often.
 FALLBACK_POLL_S = 15.0
-BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
 # An idle worker looks for work at least every FALLBACK_POLL_S; one that has not looked for
 # this long (and is not running a job) is stuck, and /readyz says so.
@@ -323,7 +322,7 @@ class WorkerPool:
                 f"This step kept failing after {job.attempts} attempts: {error}",
             )
             return
-        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (job.attempts - 1))
+        delay = min(BACKOFF_MAX_S, self.settings.limits.retry_backoff_s * 2 ** (job.attempts - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter keeps replicas from retrying in step
         delay = max(delay, min(error.retry_after or 0.0, BACKOFF_MAX_S))
         log.warning("job %s: transient failure, retrying in %.0f s: %s", job.id, delay, error)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 from fakes.anthropic import structured, tool
+from launcher import launch
 from slack_sdk.web.async_client import AsyncWebClient
 from test_core_loop import buttons
 from test_pool import claude_processes, start_slow_planning
@@ -20,8 +19,6 @@ from world import CHANNEL, ROOT, World, plan_data, seed_sentry_issue
 from repos.workspace import branch_name
 from storage.db import create_engine, migrate, sessionmaker
 from storage.tables import AgentRun, Job, Task, TaskEvent
-
-FIXBOT = Path(sys.executable).parent / "fixbot"
 
 
 @dataclass
@@ -36,7 +33,8 @@ class Run:
 
 
 async def fixbot(world: World, *args: str, **env: str | None) -> Run:
-    """Run the installed `fixbot` script in the world's directory with its settings."""
+    """Run the `fixbot` script in the world's directory with its settings (through
+    tests/launcher.py, which has its imports done already)."""
     (world.root / "fixbot.yml").write_text(yaml.safe_dump(world.config))
     environment = {**world.env}
     for name, value in env.items():
@@ -44,18 +42,11 @@ async def fixbot(world: World, *args: str, **env: str | None) -> Run:
             environment.pop(name, None)
         else:
             environment[name] = value
-    command = [str(FIXBOT)] if FIXBOT.exists() else [sys.executable, "-m", "bot.cli"]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        *args,
-        cwd=world.root,
-        env=environment,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
+    number = len(list(world.root.glob("fixbot-*.out")))
+    out, err = world.root / f"fixbot-{number}.out", world.root / f"fixbot-{number}.err"
+    process = launch("fixbot", *args, cwd=world.root, env=environment, stdout=out, stderr=err)
+    code = await asyncio.to_thread(process.wait, 120)
+    return Run(code, out.read_text(), err.read_text())
 
 
 async def seed_task(world: World, state: str, **values: Any) -> int:

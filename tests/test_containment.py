@@ -127,6 +127,7 @@ async def test_a_compromised_agent_leaks_nothing_and_the_honest_fix_still_lands(
     world: World, listener: Listener
 ) -> None:
     seed_sentry_issue(world)
+    world.script = True  # the secrets in /proc/<pid>/environ, as `python app.py` has them
     await world.start_app()
     branch = branch_name("SHOP-1", TITLE)
     worktree = world.worktree(branch)

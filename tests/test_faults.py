@@ -182,7 +182,7 @@ async def test_a_service_away_past_three_attempts_is_still_waited_out(world: Wor
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
     plan = await world.slack.wait_for(
         lambda: next((m for m in world.slack.thread(CHANNEL, parent["ts"]) if buttons(m)), None),
-        timeout=180,  # three back-offs of up to 5, 10 and 20 s, on a loaded machine
+        timeout=180,  # three back-offs (0.5, 1 and 2 s here) and four plannings, loaded
         what="the plan after three passing failures",
     )
     planned_s = time.monotonic() - started

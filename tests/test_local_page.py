@@ -29,7 +29,7 @@ import pytest
 import yaml
 from fakes.anthropic import ScriptedModel, structured
 from playwright.async_api import Browser, Page, async_playwright, expect
-from world import make_shop_repo, plan_data
+from world import TEST_COMMAND, make_shop_repo, plan_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("FIXBOT_CHROMIUM", "/usr/bin/chromium"))
@@ -198,7 +198,7 @@ async def test_with_a_key_and_a_repository_real_work_runs_there(tmp_path: Path) 
             {
                 "name": "acme/shop",
                 "clone_url": str(origin),  # a plain local path
-                "test_command": f"{sys.executable} -m pytest -q -p no:cacheprovider",
+                "test_command": TEST_COMMAND,
             }
         ]
     }

@@ -312,7 +312,9 @@ async def _left_behind(marker: str, within_s: float) -> list[str]:
     """Our child processes and the tool's command still running after `within_s`."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
-        left = _descendants(os.getpid()) + _processes_with(marker)
+        # The app launcher (tests/launcher.py) is this process's child for the session.
+        ours = [line for line in _descendants(os.getpid()) if "tests/launcher.py" not in line]
+        left = ours + _processes_with(marker)
         if not left or asyncio.get_running_loop().time() > deadline:
             return left
         await asyncio.sleep(0.1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_process import alive_with
+from world import TEST_COMMAND
 
 from repos import verify
 from repos.sandbox import Sandbox
@@ -19,7 +20,6 @@ from repos.verify import ALREADY_PASS, NO_TEST, Verification, run_command, verif
 from repos.workspace import commit_all, git
 
 SANDBOX = Sandbox()  # the real one: every run here is confined as in production
-TEST_COMMAND = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
 
 BUGGY = "def mean(values):\n    return sum(values) / len(values)\n"
 FIXED = "def mean(values):\n    return sum(values) / len(values) if values else 0.0\n"

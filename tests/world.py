@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,8 +24,14 @@ from fakes.github import FakeGitHub
 from fakes.jira import FakeJira
 from fakes.sentry import FakeSentry
 from fakes.slack import LocalSlack
+from launcher import Launched, launch
 
 ROOT = Path(__file__).resolve().parent.parent
+# The shop's tests, run with the test venv's pytest; without its plugins (asyncio, xdist,
+# playwright…) a run starts in half the time, and there are a few hundred runs.
+PYTEST = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider"
+TEST_COMMAND = f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {PYTEST}"
+App = Launched | subprocess.Popen[bytes]
 CHANNEL = "C_GENERAL"
 
 SHOP_PRICING = '''\
@@ -115,7 +122,10 @@ class World:
     origin: Path
     env: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # by replica
+    processes: dict[int, App] = field(default_factory=dict)  # by replica
+    # Start `python app.py` itself rather than a launch (tests/launcher.py): a launched
+    # process's /proc/<pid>/environ is the launcher's, not the settings' (containment).
+    script: bool = False
     log_paths: dict[int, Path] = field(default_factory=dict)  # each replica's latest log
 
     @property
@@ -126,7 +136,7 @@ class World:
         return self.workdir / "tasks" / branch.replace("/", "__")
 
     @property
-    def process(self) -> subprocess.Popen[bytes] | None:
+    def process(self) -> App | None:
         """The app's process (replica 0), while it runs."""
         return self.processes.get(0)
 
@@ -135,7 +145,8 @@ class World:
         return self.log_paths.get(0)
 
     async def start_app(self, *, wait: bool = True, replica: int = 0) -> None:
-        """Start `python app.py` with this world's settings, as a person would.
+        """Start `python app.py` with this world's settings, as a person would (through
+        tests/launcher.py, which has its imports done already).
 
         Replicas 0, 1, … may run at once on one database, each with its own Socket Mode
         connection and log; `wait` waits until every running replica is connected.
@@ -145,15 +156,19 @@ class World:
         (self.root / "fixbot.yml").write_text(yaml.safe_dump(self.config))
         log_path = self.root / f"app-{len(list(self.root.glob('app-*.log')))}.log"
         self.log_paths[replica] = log_path
-        with log_path.open("wb") as log:
-            self.processes[replica] = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py")],
-                cwd=self.root,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        log_path.touch()  # now, so that the next start takes the next name
+        if self.script:
+            with log_path.open("wb") as log:
+                self.processes[replica] = subprocess.Popen(
+                    [sys.executable, str(ROOT / "app.py")],
+                    cwd=self.root,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        else:
+            self.processes[replica] = launch("app", cwd=self.root, env=self.env, stdout=log_path)
         if wait:
             await self.slack.wait_connected(n=len(self.processes), timeout=30)
 
@@ -172,7 +187,7 @@ class World:
         return path.read_text(errors="replace") if path else ""
 
 
-async def _stop(process: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+async def _stop(process: App, sig: int, timeout: float) -> int:
     if process.poll() is None:
         process.send_signal(sig)
     try:
@@ -223,7 +238,7 @@ async def make_world(root: Path) -> AsyncIterator[World]:
                     "default_branch": "main",
                     "sentry_projects": ["shop-backend"],
                     "jira_projects": ["SHOP"],
-                    "test_command": f"{sys.executable} -m pytest -q -p no:cacheprovider",
+                    "test_command": TEST_COMMAND,
                 }
             ],
             "approvers": [],
@@ -234,6 +249,8 @@ async def make_world(root: Path) -> AsyncIterator[World]:
                 "planning_timeout_s": 120,
                 "execution_timeout_s": 180,
                 "shutdown_grace_s": 2,
+                # A step's passing failure is tried again after 0.5 s, 1 s, 2 s…, not 5, 10, 20.
+                "retry_backoff_s": 0.5,
             },
             # Steps run in the app's own process: a worker process costs ~2 CPU-seconds to
             # start in every test; tests/test_workers.py runs the default (processes: 1).
