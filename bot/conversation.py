@@ -23,6 +23,7 @@ from bot import views
 from bot.aftermerge import AfterMerge, CameBack
 from bot.alerts import SentryAlert, recognise_message
 from bot.config import Settings
+from bot.dashboard import TaskSummary
 from bot.errors import BadReference, InvalidTransition
 from bot.models import Reference, RefKind, State
 from bot.refs import REPO_WORD, names_a_reference, parse_reference
@@ -277,7 +278,9 @@ class Conversation:
                     + views.MENTION_HELP
                 )
             if command == "status":
-                await self.threads.post(channel, views.task_status(task), thread_ts=where)
+                await self.threads.post(
+                    channel, views.task_status(TaskSummary.of(task)), thread_ts=where
+                )
                 return None
             verbs = {
                 "approve": self.workflow.approve,

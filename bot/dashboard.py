@@ -42,12 +42,17 @@ OUTCOME_STATES = (State.DONE, State.FAILED, State.REJECTED, State.CANCELLED, Sta
 
 @dataclass(frozen=True)
 class TaskSummary:
-    """One task as the dashboard shows it."""
+    """One task as Slack shows it, in its thread's messages and on the App Home: plain data
+    that `views` renders, read from the task's row by `TaskSummary.of`."""
 
     id: int
+    ref_kind: str
     ref_key: str
+    ref_url: str | None
     title: str
+    repo: str | None
     state: str
+    failure: str | None  # why it failed, when it did
     channel_id: str
     thread_ts: str | None
     requested_by: str | None
@@ -62,9 +67,13 @@ class TaskSummary:
     def of(cls, task: Task, since: datetime | None = None) -> TaskSummary:
         return cls(
             id=task.id,
+            ref_kind=task.ref_kind,
             ref_key=task.ref_key,
+            ref_url=task.ref_url,
             title=task.title,
+            repo=task.repo,
             state=task.state,
+            failure=task.failure,
             channel_id=task.channel_id,
             thread_ts=task.thread_ts,
             requested_by=task.requested_by,

@@ -1,4 +1,4 @@
-"""Block Kit for Fixbot's Slack messages, built from domain objects by pure functions.
+"""Block Kit for Fixbot's Slack messages, built from plain data by pure functions.
 
 Every function returns a `Message`: the blocks, and the fallback text Slack shows in
 notifications. Everything here keeps within Slack's limits (50 blocks a message, 3,000
@@ -35,7 +35,6 @@ from agents.plan import Plan
 from bot.dashboard import Dashboard, TaskSummary
 from bot.models import RefKind, State, Watch
 from bot.redact import redact_blocks
-from storage.tables import Task
 
 MAX_BLOCKS = 50
 MAX_HOME_BLOCKS = 100
@@ -217,7 +216,7 @@ def state_words(state: str) -> str:
     return _STATE_WORDS.get(state, escape(state.replace("_", " ").capitalize()))
 
 
-def _reference(task: Task) -> str:
+def _reference(task: TaskSummary) -> str:
     kind = _REF_LABELS.get(task.ref_kind, escape(task.ref_kind))
     key = " ".join(task.ref_key.split())
     if len(key) > 200:
@@ -226,11 +225,11 @@ def _reference(task: Task) -> str:
     return f"{kind} {shown}"
 
 
-def _title(task: Task, limit: int = 500) -> str:
+def _title(task: TaskSummary, limit: int = 500) -> str:
     return _one_line(task.title or task.ref_key, limit)
 
 
-def parent_message(task: Task, after_merge: str | None = None) -> Message:
+def parent_message(task: TaskSummary, after_merge: str | None = None) -> Message:
     """The thread's parent: what the task is about, where, and how far it has got.
 
     `after_merge` is Fixbot's own line on the merged fix (resolved, watched, held…)."""
@@ -304,7 +303,9 @@ def queued_message(ahead: int) -> Message:
     return _message(line, [_context(line)])
 
 
-def _plan_blocks(task: Task, plan: Plan, plan_url: str | None, cost_usd: float) -> list[Block]:
+def _plan_blocks(
+    task: TaskSummary, plan: Plan, plan_url: str | None, cost_usd: float
+) -> list[Block]:
     rest = link(plan_url, "PLAN.md") if plan_url else "PLAN.md"
 
     def part(label: str, text: str) -> SectionBlock:
@@ -339,11 +340,13 @@ def _code_list(label: str, items: Sequence[str], rest: str) -> str:
     return head + _fit(body, SECTION_LIMIT - len(head), rest)
 
 
-def _plan_fallback(task: Task, plan: Plan) -> str:
+def _plan_fallback(task: TaskSummary, plan: Plan) -> str:
     return f"Plan v{task.plan_version} for {_title(task, 300)}: {_one_line(plan.summary, 1000)}"
 
 
-def plan_message(task: Task, plan: Plan, *, plan_url: str | None, cost_usd: float) -> Message:
+def plan_message(
+    task: TaskSummary, plan: Plan, *, plan_url: str | None, cost_usd: float
+) -> Message:
     """The plan with its `Approve` and `Reject` buttons, tied to this plan version."""
     value = f"{task.id}:{task.plan_version}"
     actions = ActionsBlock(
@@ -358,7 +361,7 @@ def plan_message(task: Task, plan: Plan, *, plan_url: str | None, cost_usd: floa
 
 
 def plan_decided(
-    task: Task, plan: Plan, *, plan_url: str | None, cost_usd: float, note: str
+    task: TaskSummary, plan: Plan, *, plan_url: str | None, cost_usd: float, note: str
 ) -> Message:
     """The plan as decided: the buttons replaced by `note` (Fixbot's own mrkdwn, see
     `decision_note`)."""
@@ -394,7 +397,7 @@ def decision_note(verb: str, user: str | None, at: datetime) -> str:
     return f"{words} at {moment:%H:%M} UTC"
 
 
-def failure_message(task: Task, reason: str, *, output: str | None = None) -> Message:
+def failure_message(task: TaskSummary, reason: str, *, output: str | None = None) -> Message:
     """What went wrong in plain words, the tail of the output, and `Retry` / `Cancel`."""
     blocks: list[Block] = [_section(":x: *Failed:* " + _fit(escape(reason.strip()), 2900))]
     if output and output.strip():
@@ -412,7 +415,7 @@ def failure_message(task: Task, reason: str, *, output: str | None = None) -> Me
 
 
 def done_message(
-    task: Task,
+    task: TaskSummary,
     *,
     pr_url: str,
     red_excerpt: str,
@@ -520,7 +523,7 @@ def _fence(text: str, limit: int) -> str:
 
 
 def pull_request_body(
-    task: Task,
+    task: TaskSummary,
     plan: Plan,
     *,
     thread_url: str | None,
@@ -812,7 +815,7 @@ def pull_request_closed(pr_url: str, *, merged: bool, by: str | None) -> Message
     return _message(line, [_section(line)])
 
 
-def task_status(task: Task) -> Message:
+def task_status(task: TaskSummary) -> Message:
     """`@fixbot status`: where the task is."""
     line = f"{state_words(task.state)} · {_reference(task)}"
     if task.plan_version:

@@ -18,9 +18,13 @@ NOW = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
 def summary(task_id: int, state: str = State.DONE, **changes: Any) -> TaskSummary:
     values: dict[str, Any] = {
         "id": task_id,
+        "ref_kind": "sentry",
         "ref_key": f"SHOP-{task_id}",
+        "ref_url": None,
         "title": f"<!channel> broke <http://evil|click> {task_id}",
+        "repo": "acme/shop",
         "state": state,
+        "failure": None,
         "channel_id": "C_GENERAL",
         "thread_ts": f"1700000000.{task_id:06d}",
         "requested_by": "U_ALICE" if task_id % 2 else "U_BOB",

@@ -51,3 +51,7 @@ def test_a_lower_package_imports_nothing_above_it(package: str, forbidden: set[s
 
 def test_bot_does_not_import_the_entry_script() -> None:
     assert wrong_imports("bot", {"app"}) == {}
+
+
+def test_views_render_plain_data_not_orm_rows() -> None:
+    assert "storage" not in imports_of("bot")["bot/views.py"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,10 +11,10 @@ from fakes.slack import LocalSlack
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
+from bot.dashboard import TaskSummary
 from bot.redact import REDACTED, WHOLE_WORD_BELOW, Redactor, redact_blocks
 from bot.thread import SlackThreads
 from bot.views import Message, failure_message, parent_message
-from storage.tables import Task
 
 redact = Redactor(["s3cr3t-value-from-settings", "short", ""])
 
@@ -209,14 +210,24 @@ def test_redact_blocks_keeps_slack_limits_when_text_grows() -> None:
 
 def test_views_messages_redact_through_one_call() -> None:
     token = "ghp_" + "Z9" * 18
-    task = Task(
+    at = datetime(2024, 5, 1, tzinfo=UTC)
+    task = TaskSummary(
         id=1,
-        state="failed",
         ref_kind="text",
         ref_key="pricing",
+        ref_url=None,
         title=f"push failed with {token}",
+        repo=None,
+        state="failed",
+        failure=None,
         channel_id="C1",
+        thread_ts=None,
+        requested_by=None,
+        cost_usd=0.0,
         plan_version=0,
+        pr_url=None,
+        created_at=at,
+        since=at,
     )
     for message in (
         parent_message(task),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agents.plan import Plan
+from bot.dashboard import TaskSummary
 from bot.models import State
 from bot.views import (
     Message,
@@ -32,12 +33,11 @@ from bot.views import (
     status_message,
     unmapped_project_message,
 )
-from storage.tables import Task
 
 EVIL = "<!channel> pay <http://evil.example|click here> <@U999> & <!here>"
 
 
-def make_task(**changes: Any) -> Task:
+def make_task(**changes: Any) -> TaskSummary:
     fields: dict[str, Any] = {
         "id": 7,
         "state": State.PLANNING.value,
@@ -46,13 +46,18 @@ def make_task(**changes: Any) -> Task:
         "ref_url": "https://sentry.io/organizations/acme/issues/1/",
         "title": "ZeroDivisionError: division by zero in discount()",
         "repo": "acme/shop",
+        "failure": None,
         "channel_id": "C1",
         "thread_ts": "1700000000.000100",
+        "requested_by": "U1",
         "plan_version": 2,
         "cost_usd": 0.31,
+        "pr_url": None,
+        "created_at": datetime(2024, 5, 1, 14, 0, tzinfo=UTC),
+        "since": datetime(2024, 5, 1, 14, 0, tzinfo=UTC),
     }
     fields.update(changes)
-    return Task(**fields)
+    return TaskSummary(**fields)
 
 
 def make_plan(**changes: Any) -> Plan:

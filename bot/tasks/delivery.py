@@ -8,6 +8,7 @@ from agents.permissions import PLAN_FILE
 from agents.plan import Plan
 from bot import views
 from bot.config import Settings
+from bot.dashboard import TaskSummary
 from bot.integrations import IntegrationError
 from bot.integrations.github import GitHubClient, PullRequest
 from bot.integrations.jira import JiraClient
@@ -119,7 +120,7 @@ class Delivery:
         assert self.github is not None and task.branch is not None
         owner, name = repo.name.split("/")
         body = views.pull_request_body(
-            task,
+            TaskSummary.of(task),
             plan,
             thread_url=await thread.permalink(),
             red=Verification.excerpt(verification.red) if verification else None,

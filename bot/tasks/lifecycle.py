@@ -19,6 +19,7 @@ from sqlalchemy import update
 
 from bot import views
 from bot.config import Settings
+from bot.dashboard import TaskSummary
 from bot.errors import InvalidTransition
 from bot.models import ACTIVE, FINISHED, TRANSITIONS, Reference, State
 from bot.policy import ApprovalPolicy
@@ -149,7 +150,7 @@ class Lifecycle:
         )
         self.changed()
         try:
-            parent_ts = await self.thread(task).reply(views.parent_message(task))
+            parent_ts = await self.thread(task).reply(views.parent_message(TaskSummary.of(task)))
         except Exception as error:
             # No thread, no job: the task ends here rather than waiting forever unseen.
             reason = str(error) if isinstance(error, SlackUnavailable) else f"Slack: {error}"
@@ -375,7 +376,7 @@ class Lifecycle:
             )
         except InvalidTransition:
             return
-        failure = views.failure_message(task, reason, output=output)
+        failure = views.failure_message(TaskSummary.of(task), reason, output=output)
         if message is not None:
             failure = views.Message(message.text, message.blocks + failure.blocks[-1:])
         thread = self.thread(task)

@@ -23,7 +23,7 @@ from agents.planning import PlanningInput, planning_step, read_plan, render_plan
 from agents.runner import AgentEnvironment, AgentEvent, AgentStep, StepResult
 from bot import views
 from bot.config import Settings
-from bot.dashboard import spend_since, start_of_day
+from bot.dashboard import TaskSummary, spend_since, start_of_day
 from bot.errors import BadReference, DailyBudgetReached, InvalidTransition, Postponed
 from bot.faults import retried
 from bot.integrations import IntegrationError
@@ -226,7 +226,9 @@ class Steps:
             },
         )
         kept = await self.store.drop_feedback(task, consumed)
-        message = views.plan_message(task, plan, plan_url=plan_url, cost_usd=task.cost_usd)
+        message = views.plan_message(
+            TaskSummary.of(task), plan, plan_url=plan_url, cost_usd=task.cost_usd
+        )
         # The task awaits approval already: Slack briefly away is waited out here, since a
         # step run again would find no plan to make.
         thread = self.lifecycle.thread(task)
@@ -298,7 +300,7 @@ class Steps:
         if task.state != State.DONE:
             task = await self.lifecycle.transition(task.id, State.DONE, values={"pr_url": pr_url})
         done = views.done_message(
-            task,
+            TaskSummary.of(task),
             pr_url=pr_url,
             red_excerpt=Verification.excerpt(verification.red),
             green_excerpt=Verification.excerpt(verification.green),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from agents.plan import Plan
 from bot import views
+from bot.dashboard import TaskSummary
 from bot.seams import Threads
 from storage.tables import Task
 
@@ -48,14 +49,14 @@ class TaskThread:
     async def update_parent(self, task: Task, after_merge: str | None = None) -> None:
         """Show the task's state (and the merged fix's `after_merge` line) on its parent."""
         if self.parent is not None:
-            await self.edit(self.parent, views.parent_message(task, after_merge))
+            await self.edit(self.parent, views.parent_message(TaskSummary.of(task), after_merge))
 
     async def close_plan(self, task: Task, note: str) -> None:
         """Replace the plan's buttons with what became of it."""
         if self.plan_message_ts is None or task.plan is None:
             return
         message = views.plan_decided(
-            task,
+            TaskSummary.of(task),
             Plan.model_validate(task.plan),
             plan_url=f"{task.pr_url}/files" if task.pr_url else None,
             cost_usd=task.cost_usd,
