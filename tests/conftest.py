@@ -15,6 +15,21 @@ from world import World, make_world
 pytest_plugins = ["postgres"]
 
 
+# Tests that start Fixbot itself run for seconds; the rest for milliseconds.
+STARTS_FIXBOT = {"world", "replicas_world", "local"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that start Fixbot first: under `pytest -n`, the quick ones then fill
+    the workers' last minutes instead of one long test running alone at the end."""
+
+    def starts_fixbot(item: pytest.Item) -> bool:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        return bool(fixtures & STARTS_FIXBOT) or item.path.name == "test_local_page.py"
+
+    items.sort(key=lambda item: not starts_fixbot(item))
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     async with make_world(tmp_path) as built:
