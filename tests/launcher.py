@@ -200,6 +200,7 @@ def _child(request: dict[str, Any]) -> None:
         import random
 
         random.seed()  # not the launcher's sequence
+        signal.signal(signal.SIGUSR1, _print_tasks)
         code = _run(request["entry"], request["args"])
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else 1
@@ -217,6 +218,21 @@ def _child(request: dict[str, Any]) -> None:
             except Exception:
                 pass
         os._exit(code)
+
+
+def _print_tasks(*_: object) -> None:
+    """SIGUSR1: print every asyncio task's stack (World.stop_app asks before it kills one
+    that does not stop)."""
+    import asyncio
+
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no loop running
+        tasks = set()
+    print(f"--- {len(tasks)} asyncio tasks at SIGUSR1 ---", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _run(entry: str, args: list[str]) -> int:

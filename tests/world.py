@@ -194,6 +194,9 @@ async def _stop(process: App, sig: int, timeout: float) -> int:
         code = await asyncio.to_thread(process.wait, timeout)
     except subprocess.TimeoutExpired:
         code = -9
+        if isinstance(process, Launched):  # what it was stuck on, into its log
+            process.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     return code

@@ -7,6 +7,8 @@ a failed request into a sentence a person can act on.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -36,6 +38,13 @@ class IntegrationUnavailable(IntegrationError, Transient):
     """Sentry, GitHub or Jira did not answer, or answered 429 or 5xx: worth asking again."""
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every vendor client: each new one loads the CA bundle again
+    (~30 ms of CPU, a fifth of Fixbot's start)."""
+    return httpx.create_ssl_context()
+
+
 class ServiceClient:
     """An httpx.AsyncClient for one vendor API, with errors translated to `IntegrationError`."""
 
@@ -59,6 +68,7 @@ class ServiceClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
             transport=transport,
             follow_redirects=False,
+            verify=_tls_context(),
         )
 
     async def aclose(self) -> None:
