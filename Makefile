@@ -40,7 +40,7 @@ lint: install-dev
 # Four workers on any machine: most tests wait on the app, the model or a subprocess, so
 # two cores keep four busy (`benchmarks/README.md` has the figures for 2, 4 and 8).
 test: lint
-	$(BIN)/pytest -q -n 4 --durations=10
+	$(BIN)/pytest -q -n 4 --dist worksteal --durations=10
 
 BENCH ?=
 bench: install-dev

@@ -184,8 +184,11 @@ class WorkerPool:
             unavailable.reset()
             if job is None:
                 event = self._wake[kind]
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
+                # that comes as the event is set, and this loop would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), FALLBACK_POLL_S)
+                    async with asyncio.timeout(FALLBACK_POLL_S):
+                        await event.wait()
                 event.clear()
                 continue
             self._last_claim[name] = None
@@ -354,8 +357,9 @@ class WorkerPool:
 
     async def _heartbeat(self, job: Job, step: asyncio.Task[None]) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat.wait(), self.heartbeat_interval_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see _work
+                async with asyncio.timeout(self.heartbeat_interval_s):
+                    await self._beat.wait()
             try:
                 # A renewal that takes longer than the lease is no use to it.
                 async with asyncio.timeout(self.queue.lease.total_seconds()):

@@ -106,8 +106,11 @@ async def _notifications(connection: AsyncConnection) -> AsyncIterator[WaitForCh
     await driver.add_listener(NOTIFY_CHANNEL, on_notify)
 
     async def changed(timeout_s: float) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that
+        # comes as a notification arrives, and the watcher (and the app's stop) never ends.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(notified.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await notified.wait()
         notified.clear()
         if driver.is_closed():  # a LISTEN on a lost connection hears nothing: start again
             raise ConnectionError("the connection listening for new jobs closed")

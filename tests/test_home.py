@@ -153,7 +153,7 @@ async def test_home_follows_task_changes_for_those_who_opened_it(world: World) -
     await world.slack.slash_command("SHOP-1")
     await world.slack.wait_for(
         lambda: "SHOP-1" in text_of(world.slack.home_view("UBOB01") or {"blocks": []}),
-        timeout=20,
+        timeout=60,
         what="the republished Home",
     )
 

@@ -72,7 +72,7 @@ async def test_next_change_wakes_on_a_message_and_home_buttons_click_by_value(
     seen = mounted.version
     waiting = asyncio.create_task(mounted.next_change(seen))
     await web_client.chat_postMessage(channel="C_GENERAL", text="hello")
-    assert await asyncio.wait_for(waiting, 10) > seen
+    assert await asyncio.wait_for(waiting, 60) > seen
 
     await web_client.views_publish(user_id="U_BEN", view=HOME)
     socket = SocketModeClient(app_token=mounted.app_token, web_client=web_client)

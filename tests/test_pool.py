@@ -321,11 +321,11 @@ async def test_a_waiting_task_shows_its_place_and_the_same_message_shows_its_sta
     )
     await world.slack.wait_for(
         lambda: "Planning" in message(world, second["ts"], queued["ts"])["text"],
-        timeout=20,
+        timeout=60,
         what="the queued message turned into the step's status",
     )
     await world.slack.wait_for(
-        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"])), timeout=20
+        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"])), timeout=60
     )
 
 
@@ -336,7 +336,7 @@ async def test_a_permanent_model_error_fails_at_once_in_plain_words(world: World
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    failure = await failure_report(world, parent["ts"], timeout=20)
+    failure = await failure_report(world, parent["ts"], timeout=60)
     assert "Claude Code could not run this step" in failure["text"]
     assert rejected.served == 1  # not retried: it would fail the same way
     assert not any("attempt 2" in t for t in thread_texts(world, parent["ts"]))

@@ -643,7 +643,7 @@ class LocalSlack:
     async def wait_for(
         self,
         predicate: Callable[[], T],
-        timeout: float = 10,
+        timeout: float = 60,  # a bound for a stuck test, not a speed check: loaded machines
         *,
         what: str | None = None,
     ) -> T:

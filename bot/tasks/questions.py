@@ -41,8 +41,10 @@ class Questions:
                 left = deadline - loop.time()
                 if left <= 0:
                     break
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(answered.wait(), min(left, ANSWER_POLL_S))
+                    async with asyncio.timeout(min(left, ANSWER_POLL_S)):
+                        await answered.wait()
         finally:
             self._answered.pop(question_id, None)
         if answer is not None:
