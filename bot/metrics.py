@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,8 @@ from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.jobs import JobKind, JobStatus
-from storage.tables import Job
+from storage.jobs import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +111,8 @@ class StepMetrics:
             ERRORS.labels(self.agent, self.error_type).inc()
 
 
-async def update_queue_lengths(sessions: async_sessionmaker[AsyncSession]) -> None:
-    """Set `ai_agent_queue_length` from the jobs table (called before each scrape)."""
-    async with sessions() as session:
-        rows = await session.execute(
-            select(Job.kind, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.kind)
-        )
-        counts: dict[str, int] = {kind: count for kind, count in rows.tuples()}
+def set_queue_lengths(counts: Mapping[str, int]) -> None:
+    """Set `ai_agent_queue_length` from the queued jobs per kind (read before each scrape)."""
     for name in {*QUEUES, *counts}:
         QUEUE_LENGTH.labels(name).set(counts.get(name, 0))
 

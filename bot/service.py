@@ -127,7 +127,7 @@ async def _serve_slack(
     metrics_dir: Path | None,
 ) -> None:
     """Socket Mode and the HTTP server, until a stop signal."""
-    settings, sessions = parts.settings, parts.sessions
+    settings = parts.settings
     responses = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RESPOND_TIMEOUT_S))
     # A name, or Bolt reads the whole call stack's source to make one (~70 ms at start).
     bolt = AsyncApp(client=parts.client, logger=logging.getLogger("fixbot.slack"), name="fixbot")
@@ -144,12 +144,15 @@ async def _serve_slack(
         connected = await socket_mode.client.is_connected()
         return {"database": await ping(engine), "slack": connected, "workers": workers_ready()}
 
+    async def queue_lengths() -> None:
+        metrics.set_queue_lengths(await parts.queue.queued_counts())
+
     runner: web.AppRunner | None = None
     if settings.fixbot_http_port:
         runner = web.AppRunner(
             make_http_app(
                 readiness,
-                lambda: metrics.update_queue_lengths(sessions),
+                queue_lengths,
                 webhooks=webhook_routes(settings, parts.workflow, parts.conversation),
                 mounts=mounts,
                 exposition=partial(metrics.exposition, metrics_dir),

@@ -182,6 +182,14 @@ class JobQueue:
             )
             return int(count or 0)
 
+    async def queued_counts(self) -> dict[str, int]:
+        """How many jobs of each kind wait in the queue (the metrics' queue lengths)."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Job.kind, func.count()).where(Job.status == QUEUED).group_by(Job.kind)
+            )
+            return {kind: count for kind, count in rows.tuples()}
+
     async def lease_lost(self, job_id: int) -> bool:
         """Whether another worker took this job over (a cancelled job is not lost: it ended)."""
         async with self.sessions() as session:
