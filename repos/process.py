@@ -96,7 +96,10 @@ async def run(
         readers.append(asyncio.create_task(_read(process.stderr, stderr, keep)))
     timed_out = False
     try:
-        await asyncio.wait_for(process.wait(), timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that
+        # comes as the program ends, and the step would go on after a stop or a cancel.
+        async with asyncio.timeout(timeout):
+            await process.wait()
     except TimeoutError:
         timed_out = True
         await _stop_group(process)
