@@ -218,7 +218,8 @@ class Workspaces:
 
         A new one starts at `base_commit` when given (a task's later steps: no fetch when
         the mirror has that commit), else at the default branch's freshly fetched tip.
-        Worktrees of one repository are added side by side: only the fetch is serial.
+        Worktrees of one repository are prepared side by side; git's own steps on the
+        mirror's worktree list (the fetch, `worktree add`) take turns.
         """
         mirror = self.mirror_path(repo)
         path = self.worktree_path(branch)
@@ -246,7 +247,7 @@ class Workspaces:
                     else f"{repo.name} has no commit {base_commit} at {where} any more."
                 )
             self.tasks.mkdir(parents=True, exist_ok=True)
-            async with self._worktrees(mirror, shared=True):
+            async with self._worktrees(mirror):
                 await git(
                     "worktree", "add", "--no-track", "-B", branch, str(path), start, cwd=mirror
                 )
@@ -315,17 +316,16 @@ class Workspaces:
             async with _file_lock(lock):
                 yield
 
-    def _worktrees(
-        self, mirror: Path, *, shared: bool
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The mirror's list of worktrees: added to and removed from side by side (shared);
-        pruned and fetched into alone. `worktree prune` would take a worktree being added
-        for one deleted by hand."""
+    def _worktrees(self, mirror: Path) -> contextlib.AbstractAsyncContextManager[None]:
+        """The mirror's list of worktrees, changed or read by one git at a time: `worktree
+        add` reads every worktree's files and fails on one half-added ("failed to read
+        worktrees/…/commondir"), and `worktree prune` would take a worktree being added for
+        one deleted by hand."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        return _file_lock(self.locks / f"{mirror.name}.worktrees.lock", shared=shared)
+        return _file_lock(self.locks / f"{mirror.name}.worktrees.lock")
 
     async def _prune(self, mirror: Path) -> None:
-        async with self._worktrees(mirror, shared=False):
+        async with self._worktrees(mirror):
             await git("worktree", "prune", cwd=mirror)
 
     def _all_mirrors(self) -> list[Path]:
@@ -355,7 +355,7 @@ class Workspaces:
                 await git("remote", "set-url", "origin", repo.clone_url, cwd=mirror)
             # Alone with the worktree list: a fetch reads every worktree's HEAD, and one
             # being added or removed meanwhile fails it ("bad object worktrees/…/HEAD").
-            async with self._worktrees(mirror, shared=False):
+            async with self._worktrees(mirror):
                 await git(
                     "fetch", "--quiet", "--prune", "origin", cwd=mirror, timeout=NETWORK_TIMEOUT
                 )
@@ -379,7 +379,7 @@ class Workspaces:
 
     async def _discard(self, mirror: Path, path: Path) -> None:
         # `worktree remove` fails on a directory git no longer knows; rm -rf covers that.
-        async with self._worktrees(mirror, shared=True):
+        async with self._worktrees(mirror):
             await _run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=mirror)
         await remove_tree(path)
         await self._prune(mirror)
@@ -389,10 +389,8 @@ class Workspaces:
 async def _file_lock(
     path: Path,
     timeout: float = NETWORK_TIMEOUT,  # noqa: ASYNC109
-    *,
-    shared: bool = False,
 ) -> AsyncIterator[None]:
-    """An exclusive (or `shared`) flock on `path`, polled so the event loop never blocks;
+    """An exclusive flock on `path`, polled so the event loop never blocks;
     the kernel releases it when its holder dies, so a killed replica never leaves it held.
     Each call opens the file anew, so calls in one process exclude each other too."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -400,7 +398,7 @@ async def _file_lock(
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:

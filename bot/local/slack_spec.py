@@ -18,6 +18,7 @@ Surface:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -110,24 +111,9 @@ class WebApiSpec:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> WebApiSpec:
-        """Read the OpenAPI description and add the methods and arguments listed above."""
-        spec_path = Path(path) if path is not None else default_spec_path()
-        document = json.loads(spec_path.read_text(encoding="utf-8"))
-        methods: dict[str, MethodSpec] = {}
-        for route, operations in document["paths"].items():
-            name = route.lstrip("/")
-            arguments: set[str] = set()
-            required: set[str] = set()
-            for operation in operations.values():
-                for parameter in operation.get("parameters", []):
-                    arguments.add(parameter["name"])
-                    if parameter.get("required") and parameter["name"] != "token":
-                        required.add(parameter["name"])
-            arguments |= ADDED_ARGUMENTS.get(name, frozenset())
-            methods[name] = MethodSpec(name, frozenset(arguments), frozenset(required))
-        for name, added in ADDED_METHODS.items():
-            methods.setdefault(name, MethodSpec(name, added, frozenset()))
-        return cls(methods)
+        """Read the OpenAPI description and add the methods and arguments listed above; each
+        file is read once per process (a megabyte of JSON, and the tests make many Slacks)."""
+        return _read(Path(path) if path is not None else default_spec_path())
 
     def check(self, method: str, arguments: Iterable[str]) -> SpecProblem | None:
         """Say why Slack would refuse ``method`` called with these argument names, if it would."""
@@ -148,6 +134,26 @@ class WebApiSpec:
                 "invalid_arguments", f"{method} is missing required {', '.join(missing)}"
             )
         return None
+
+
+@functools.cache
+def _read(spec_path: Path) -> WebApiSpec:
+    document = json.loads(spec_path.read_text(encoding="utf-8"))
+    methods: dict[str, MethodSpec] = {}
+    for route, operations in document["paths"].items():
+        name = route.lstrip("/")
+        arguments: set[str] = set()
+        required: set[str] = set()
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                arguments.add(parameter["name"])
+                if parameter.get("required") and parameter["name"] != "token":
+                    required.add(parameter["name"])
+        arguments |= ADDED_ARGUMENTS.get(name, frozenset())
+        methods[name] = MethodSpec(name, frozenset(arguments), frozenset(required))
+    for name, added in ADDED_METHODS.items():
+        methods.setdefault(name, MethodSpec(name, added, frozenset()))
+    return WebApiSpec(methods)
 
 
 def default_spec_path() -> Path:
