@@ -105,8 +105,11 @@ class Conversation:
         await self._save_alert(row.id, offer_ts=offer_ts)
         return None
 
-    async def plan_alert(self, alert_id: int, user: str) -> Task:
-        """`Plan a fix`: start the task for an alert, once, whichever replica gets the click."""
+    async def plan_alert(self, alert_id: int, user: str, *, offer_ts: str | None = None) -> Task:
+        """`Plan a fix`: start the task for an alert, once, whichever replica gets the click.
+
+        `offer_ts` is the clicked message's: a click can come before the offer's ts is saved.
+        """
         async with self.sessions() as session:
             row = await session.get(Alert, alert_id)
         if row is None:
@@ -126,9 +129,11 @@ class Conversation:
             url=row.url,
             title=row.title,
         )
-        return await self._start(row, alert, user=user)
+        return await self._start(row, alert, user=user, offer_ts=offer_ts)
 
-    async def _start(self, row: Alert, alert: SentryAlert, *, user: str | None) -> Task:
+    async def _start(
+        self, row: Alert, alert: SentryAlert, *, user: str | None, offer_ts: str | None = None
+    ) -> Task:
         assert row.channel_id and row.message_ts
         ref = Reference(RefKind.SENTRY, alert.ref_key, url=alert.url)
         task = await self.workflow.create_task(
@@ -139,9 +144,9 @@ class Conversation:
             priority=PRIORITY_URGENT if user else priority_for_level(alert.level),
         )
         await self._save_alert(row.id, task_id=task.id)
-        if row.offer_ts:
+        if offer_ts := offer_ts or row.offer_ts:
             taken = views.alert_offer_taken(alert.title, alert.ref_key, user)
-            await self.threads.update(row.channel_id, row.offer_ts, taken)
+            await self.threads.update(row.channel_id, offer_ts, taken)
         return task
 
     async def _record(

@@ -356,7 +356,9 @@ class WorkerPool:
         self._beat.clear()
 
     async def _heartbeat(self, job: Job, step: asyncio.Task[None]) -> None:
-        while True:
+        heartbeat = asyncio.current_task()
+        assert heartbeat is not None
+        while not heartbeat.cancelling():  # a cancel a library turned into an error ends it too
             with contextlib.suppress(TimeoutError):  # asyncio.timeout: see _work
                 async with asyncio.timeout(self.heartbeat_interval_s):
                     await self._beat.wait()

@@ -75,7 +75,8 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         async with answering(respond):
             if not value.isdigit():
                 raise Refused("That button does not belong to an alert I know.")
-            await conversation.plan_alert(int(value), body["user"]["id"])
+            clicked = body.get("message", {}).get("ts")  # the offer itself
+            await conversation.plan_alert(int(value), body["user"]["id"], offer_ts=clicked)
 
     @app.action("plan_again")
     async def plan_again(ack: Any, body: dict[str, Any], respond: Any) -> None:

@@ -47,7 +47,9 @@ class JobWatcher:
 
     async def run(self, wake: Wake) -> None:
         """Watch until cancelled; database failures are logged and the watch starts again."""
-        while True:
+        watcher = asyncio.current_task()
+        assert watcher is not None
+        while not watcher.cancelling():  # a cancel a library turned into an error ends it too
             try:
                 async with self._changes() as changed:
                     while True:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,8 +179,14 @@ class World:
         """Stop every replica (or just `replica`); returns the exit code, the first nonzero
         one of several. Kills the whole process group of one that hangs."""
         chosen = list(self.processes) if replica is None else [replica]
-        stopping = [self.processes.pop(number) for number in chosen if number in self.processes]
-        codes = await asyncio.gather(*(_stop(process, sig, timeout) for process in stopping))
+        stopping = {n: self.processes.pop(n) for n in chosen if n in self.processes}
+        codes = await asyncio.gather(*(_stop(p, sig, timeout) for p in stopping.values()))
+        for number in stopping:
+            hung = [line for line in self.app_log(number).splitlines() if line[:1] != "{"]
+            if any("asyncio tasks at SIGUSR1" in line for line in hung):
+                # Shown in pytest's summary even when the test passes.
+                message = f"replica {number} did not stop: " + "\n".join(hung[-40:])
+                warnings.warn(message, stacklevel=2)
         return next((code for code in codes if code != 0), 0)
 
     def app_log(self, replica: int = 0) -> str:
