@@ -139,6 +139,9 @@ def _serve() -> None:
     sys.path[0] = str(ROOT)  # as `python app.py` in the checkout has it
     import app  # noqa: F401  (the imports are the point)
     import bot.cli  # noqa: F401
+    from bot.integrations import _tls_context
+
+    _tls_context()  # the vendor clients' one TLS context, made once and inherited
 
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
