@@ -17,6 +17,7 @@ from bot.models import Reference, RefKind, State
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
 from storage.jobs import JobKind, JobStatus
+from storage.queue import JobQueue
 from storage.tables import Job, Task
 
 CHANNEL = "C_FIXES"
@@ -184,3 +185,23 @@ async def test_the_pool_records_the_outcome_a_handler_returns(machine: Machine) 
     )
     failed_after = REGISTRY.get_sample_value("ai_agent_tasks_completed_total", failed)
     assert failed_after == failed_before + 1
+
+
+async def test_a_plan_recorded_but_never_posted_is_posted_when_its_step_runs_again(
+    machine: Machine,
+) -> None:
+    task = await planned(machine)
+    # The step was stopped (its lease lost in a database outage) after the plan was
+    # recorded and before its message was posted; the pool runs the job again.
+    task = await machine.workflow.store.save(task, plan_message_ts=None)
+    async with machine.sessions.begin() as session:
+        JobQueue.enqueue(session, task.id, JobKind.PLANNING, priority=0)
+    plans_before = sum("Plan v1" in text for text in machine.threads.texts(task.thread_ts))
+
+    _job, outcome = await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert outcome.status == JobStatus.DONE
+    assert task.state == State.AWAITING_APPROVAL and task.plan_message_ts is not None
+    plans = sum("Plan v1" in text for text in machine.threads.texts(task.thread_ts))
+    assert plans == plans_before + 1
+    assert machine.agent.steps[-1].name == JobKind.PLANNING and len(machine.agent.steps) == 1

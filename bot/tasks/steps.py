@@ -147,6 +147,12 @@ class Steps:
         revising = task.state == State.REVISING
         if task.state == State.QUEUED:
             task = await self.lifecycle.transition(task.id, State.PLANNING, detail={"job": job.id})
+        elif unposted_plan(task):
+            # The step was stopped (its lease lost, say) between recording the plan and
+            # posting it: post it now rather than leave a plan no one can see.
+            plan_url = f"{task.pr_url}/files" if task.pr_url else None
+            await self._post_plan(task, Plan.model_validate(task.plan), plan_url)
+            return
         elif task.state not in (State.PLANNING, State.REVISING):
             raise InvalidTransition(already(State(task.state)))
         if revising:
@@ -226,18 +232,21 @@ class Steps:
             },
         )
         kept = await self.store.drop_feedback(task, consumed)
-        message = views.plan_message(
-            TaskSummary.of(task), plan, plan_url=plan_url, cost_usd=task.cost_usd
-        )
-        # The task awaits approval already: Slack briefly away is waited out here, since a
-        # step run again would find no plan to make.
-        thread = self.lifecycle.thread(task)
-        plan_ts = await retried("posting the plan", lambda: thread.reply(message))
-        await self.store.save(task, plan_message_ts=plan_ts)
-        await self.lifecycle.thread(task).update_parent(task)
+        await self._post_plan(task, plan, plan_url)
         if kept:
             await self._revise_with_kept(task, len(kept))
         return task
+
+    async def _post_plan(self, task: Task, plan: Plan, plan_url: str | None) -> None:
+        """Post the plan with Approve / Reject, and keep the parent current."""
+        message = views.plan_message(
+            TaskSummary.of(task), plan, plan_url=plan_url, cost_usd=task.cost_usd
+        )
+        # The task awaits approval already: Slack briefly away is waited out here.
+        thread = self.lifecycle.thread(task)
+        plan_ts = await retried("posting the plan", lambda: thread.reply(message))
+        await self.store.save(task, plan_message_ts=plan_ts)
+        await thread.update_parent(task)
 
     async def _revise_with_kept(self, task: Task, count: int) -> None:
         try:
@@ -446,3 +455,12 @@ def _outcome_words(outcome: str) -> str:
         "error_max_turns": "stopped at the turn limit",
         "interrupted": "cancelled",
     }.get(outcome, "failed")
+
+
+def unposted_plan(task: Task) -> bool:
+    """Whether the task's plan was recorded but its message never posted."""
+    return (
+        task.state == State.AWAITING_APPROVAL
+        and task.plan is not None
+        and task.plan_message_ts is None
+    )
