@@ -53,9 +53,6 @@ class Launched:
             with contextlib.suppress(ProcessLookupError):  # ended, not yet reported
                 os.kill(self.pid, sig)
 
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
 
 class Launcher:
     """The launcher process and what it reports: each launch's pid, each exit's code."""
