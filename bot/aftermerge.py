@@ -332,9 +332,10 @@ class AfterMerge:
                 )
             )
 
-    async def plan_again(self, watch_id: int, user: str) -> Task:
+    async def plan_again(self, watch_id: int, user: str, *, verdict_ts: str | None = None) -> Task:
         """`Plan again`: a new plan in the same thread, told the earlier plan, pull request
-        and the events since (as untrusted data)."""
+        and the events since (as untrusted data). `verdict_ts` is the clicked message: a click
+        can come before the verdict's ts is saved."""
         async with self.sessions() as session:
             watch = await session.get(FixWatch, watch_id)
             task = await session.get(Task, watch.task_id) if watch is not None else None
@@ -365,9 +366,10 @@ class AfterMerge:
             await session.execute(
                 update(Alert).where(Alert.task_id == task.id).values(task_id=again.id)
             )
-        if watch.report_ts:
+        report_ts = verdict_ts or watch.report_ts
+        if report_ts:
             taken = views.planning_again(views.escape(verdict), user)
-            await self.threads.update(task.channel_id, watch.report_ts, taken)
+            await self.threads.update(task.channel_id, report_ts, taken)
         return again
 
     async def _recent_events(self, watch: FixWatch) -> list[SentryEvent]:

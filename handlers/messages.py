@@ -85,4 +85,7 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         async with answering(respond):
             if not value.isdigit():
                 raise Refused("That button does not belong to a fix I know.")
-            await conversation.after_merge.plan_again(int(value), body["user"]["id"])
+            clicked = body.get("message", {}).get("ts")  # the verdict itself
+            await conversation.after_merge.plan_again(
+                int(value), body["user"]["id"], verdict_ts=clicked
+            )

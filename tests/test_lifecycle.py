@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,16 @@ from memory import REPO, Machine, build_machine
 from prometheus_client import REGISTRY
 from world import plan_data
 
+from bot import views
+from bot.aftermerge import AfterMerge
 from bot.errors import InvalidTransition, NotAllowed
 from bot.jobs import Outcome, WorkerPool
-from bot.models import Reference, RefKind, State
+from bot.models import Reference, RefKind, State, Watch
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
-from storage.tables import Job, Task
+from storage.tables import FixWatch, Job, Task
 
 CHANNEL = "C_FIXES"
 BUG = Reference(RefKind.TEXT, "apply_discount(200, 10) returns 0", repo=REPO)
@@ -205,3 +208,41 @@ async def test_a_plan_recorded_but_never_posted_is_posted_when_its_step_runs_aga
     plans = sum("Plan v1" in text for text in machine.threads.texts(task.thread_ts))
     assert plans == plans_before + 1
     assert machine.agent.steps[-1].name == JobKind.PLANNING and len(machine.agent.steps) == 1
+
+
+async def test_plan_again_clicked_before_the_verdict_ts_was_saved_still_marks_the_verdict(
+    machine: Machine,
+) -> None:
+    task = await planned(machine)
+    workflow = machine.workflow
+    after_merge = AfterMerge(
+        workflow.settings,
+        workflow.store,
+        workflow.lifecycle,
+        workflow.threads,
+        machine.jobs,
+        sources=workflow.sources,
+        jira=None,
+        redactor=workflow.redact,
+        changed=workflow.home.changed,
+    )
+    # The verdict is posted, and the click on it comes before its ts is saved.
+    verdict_ts = await machine.threads.post(
+        CHANNEL, views.note("Still seen: 3 events"), thread_ts=task.thread_ts
+    )
+    async with machine.sessions.begin() as session:
+        watch = FixWatch(
+            task_id=task.id,
+            status=Watch.NOT_HELD,
+            pr_url="https://git.test/acme/shop/pull/1",
+            window_ends_at=datetime.now(UTC),
+            release="shop@1.0.1",
+            events_since=3,
+        )
+        session.add(watch)
+    again = await after_merge.plan_again(watch.id, "U_CAROL", verdict_ts=verdict_ts)
+
+    assert "Planning again, asked by <@U_CAROL>" in machine.threads.messages[verdict_ts].text
+    assert (again.thread_ts, again.state) == (task.thread_ts, State.QUEUED)
+    with pytest.raises(InvalidTransition, match="already under way"):
+        await after_merge.plan_again(watch.id, "U_DAVE", verdict_ts=verdict_ts)
