@@ -38,6 +38,8 @@ def _button(verb: Callable[[Decision], Awaitable[Any]]) -> Callable[..., Awaitab
                 task_id=int(task_id),
                 user=body["user"]["id"],
                 plan_version=int(version) if version else None,
+                # The plan message clicked (not on App Home): a click can beat saving its ts.
+                plan_ts=body.get("message", {}).get("ts") if version else None,
             )
             await verb(decision)
 

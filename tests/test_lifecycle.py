@@ -72,6 +72,19 @@ async def test_a_rejected_plan_ends_the_task(machine: Machine) -> None:
     assert await machine.queue.claim([JobKind.EXECUTION]) is None
 
 
+@pytest.mark.parametrize(("verb", "note"), [("approve", "Approved"), ("reject", "Rejected")])
+async def test_a_click_before_the_plan_ts_was_saved_still_replaces_its_buttons(
+    machine: Machine, verb: str, note: str
+) -> None:
+    task = await planned(machine)
+    plan_ts = task.plan_message_ts
+    # The click comes between posting the plan and saving its ts.
+    task = await machine.workflow.store.save(task, plan_message_ts=None)
+    decide = getattr(machine.workflow, verb)
+    await decide(Decision(task.id, "U_BOB", plan_version=1, plan_ts=plan_ts))
+    assert f"{note} by <@U_BOB>" in machine.threads.messages[plan_ts].text
+
+
 async def test_a_reply_revises_the_plan_and_the_old_version_is_not_approvable(
     machine: Machine,
 ) -> None:

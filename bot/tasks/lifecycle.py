@@ -60,6 +60,7 @@ class Decision:
     task_id: int
     user: str
     plan_version: int | None = None  # for Approve/Reject: which plan the button belonged to
+    plan_ts: str | None = None  # the plan message clicked, when the click came from it
 
 
 class Lifecycle:
@@ -175,9 +176,18 @@ class Lifecycle:
         """Approve the current plan: queue execution, replace the buttons with who and when."""
         task = await self.store.get(decision.task_id)
         self.policy.check_approve(decision.user, task)
-        return await self.approve_as(decision.task_id, decision.user, decision.plan_version)
+        return await self.approve_as(
+            decision.task_id, decision.user, decision.plan_version, plan_ts=decision.plan_ts
+        )
 
-    async def approve_as(self, task_id: int, actor: str, plan_version: int | None = None) -> Task:
+    async def approve_as(
+        self,
+        task_id: int,
+        actor: str,
+        plan_version: int | None = None,
+        *,
+        plan_ts: str | None = None,
+    ) -> Task:
         """Approve for someone already checked (here, or a GitHub approver): queue execution."""
         task = await self.transition(
             task_id,
@@ -188,7 +198,8 @@ class Lifecycle:
             values={"decided_by": actor},
             enqueue=JobKind.EXECUTION,
         )
-        await self.thread(task).close_plan(task, views.decision_note("Approved", actor, now()))
+        note = views.decision_note("Approved", actor, now())
+        await self.thread(task).close_plan(task, note, plan_ts=plan_ts)
         return task
 
     async def reject(self, decision: Decision) -> Task:
@@ -203,7 +214,8 @@ class Lifecycle:
             values={"decided_by": decision.user},
         )
         thread = self.thread(task)
-        await thread.close_plan(task, views.decision_note("Rejected", decision.user, now()))
+        note = views.decision_note("Rejected", decision.user, now())
+        await thread.close_plan(task, note, plan_ts=decision.plan_ts)
         await thread.update_parent(task)
         await self._remove_worktree(task)
         return task

@@ -51,9 +51,11 @@ class TaskThread:
         if self.parent is not None:
             await self.edit(self.parent, views.parent_message(TaskSummary.of(task), after_merge))
 
-    async def close_plan(self, task: Task, note: str) -> None:
-        """Replace the plan's buttons with what became of it."""
-        if self.plan_message_ts is None or task.plan is None:
+    async def close_plan(self, task: Task, note: str, *, plan_ts: str | None = None) -> None:
+        """Replace the plan's buttons with what became of it. `plan_ts`: the plan message
+        clicked, for a click that came before the plan's ts was saved."""
+        plan_ts = plan_ts or self.plan_message_ts
+        if plan_ts is None or task.plan is None:
             return
         message = views.plan_decided(
             TaskSummary.of(task),
@@ -62,7 +64,7 @@ class TaskThread:
             cost_usd=task.cost_usd,
             note=note,
         )
-        await self.edit(self.plan_message_ts, message)
+        await self.edit(plan_ts, message)
 
     async def upload(self, *, filename: str, content: str, title: str) -> None:
         assert self.thread_ts is not None
