@@ -52,9 +52,16 @@ RESPOND_TIMEOUT_S = 30.0  # as Bolt's own respond(): slack_sdk's webhook client 
 T = TypeVar("T")
 
 
-async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    mounts: Mapping[str, web.Application] | None = None,
+    *,
+    workspace: str | None = None,
+) -> None:
     """Run Fixbot until a stop signal; `mounts` are served beside it (`fixbot local`).
-    Raises CannotStart when it cannot serve at all."""
+    `workspace`: the name of a Slack served among the mounts, which is not checked before
+    start-up (it answers only once the HTTP server is up). Raises CannotStart when it
+    cannot serve at all."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -64,7 +71,7 @@ async def serve(settings: Settings, mounts: Mapping[str, web.Application] | None
     try:
         await _unless_stopped(stop, wiring.start_database(settings, engine))
         if not stop.is_set():
-            await _serve(settings, engine, stop, mounts)
+            await _serve(settings, engine, stop, mounts, workspace)
     finally:
         await engine.dispose()
 
@@ -104,13 +111,15 @@ async def _serve(
     engine: AsyncEngine,
     stop: asyncio.Event,
     mounts: Mapping[str, web.Application] | None,
+    workspace: str | None,
 ) -> None:
     sessions = sessionmaker(engine)
     queue = wiring.job_queue(settings, sessions, f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     # The workers start first: their start-up (imports, the sandbox check) overlaps the
     # Slack side's, so the first step does not wait for it.
     async with _agent_steps(settings, sessions, queue) as (parts, workers_ready, metrics_dir):
-        workspace = await _unless_stopped(stop, _check_slack(settings, parts.client))
+        if workspace is None:
+            workspace = await _unless_stopped(stop, _check_slack(settings, parts.client))
         if workspace is not None:
             await _serve_slack(parts, engine, workspace, stop, mounts, workers_ready, metrics_dir)
     await parts.aclose()  # after the agent steps: they post in threads to the end

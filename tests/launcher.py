@@ -5,8 +5,9 @@ A fresh interpreter spends ~2 CPU-seconds importing Fixbot (Bolt, SQLAlchemy, th
 SDK, …) before it does anything; the end-to-end tests start the app a few hundred times.
 Each launch here is still its own process in its own session, with its own environment,
 working directory, output files and exit code, running the same `main` as the script;
-only the imports are done once, in the launcher (this file run as a script). Tests that
-check the scripts themselves (tests/test_app.py) still run them with `sys.executable`.
+only the imports are done once, in the launcher (this file run as a script). A test of
+the script's own start (tests/test_app.py) and the containment test (which reads the
+processes' /proc/<pid>/environ) still run `python app.py` itself.
 
     process = launch("app", cwd=root, env=env, stdout=log)   # Popen-like: poll, wait, …
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -26,6 +28,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+LAZY_IMPORTS = (
+    "httpcore",
+    "h11",
+    "anyio._backends._asyncio",
+    "anyio._core._subprocesses",
+    "aiosqlite",
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "slack_bolt.listener_matcher.async_builtins",
+)
 
 
 class Launched:
@@ -137,6 +149,10 @@ def _serve() -> None:
     import app  # noqa: F401  (the imports are the point)
     import bot.cli  # noqa: F401
     from bot.integrations import _tls_context
+
+    # What a start imports on first use: httpx's transport, anyio's, the drivers, Bolt's.
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
 
     _tls_context()  # the vendor clients' one TLS context, made once and inherited
 

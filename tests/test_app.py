@@ -1,4 +1,7 @@
-"""Starting and stopping the real app: settings errors, health, clean shutdown."""
+"""Starting and stopping the real app: settings errors, health, clean shutdown.
+
+One test runs `python app.py` itself, for the script's own start; the others start it
+through tests/launcher.py."""
 
 from __future__ import annotations
 
@@ -10,22 +13,31 @@ import sys
 from pathlib import Path
 
 import httpx
+from launcher import launch
 from world import ROOT, World
 
 
-def run_app(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "app.py")],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_app(
+    env: dict[str, str], cwd: Path, *, script: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python app.py` in `cwd`: the script itself when `script`, else through
+    tests/launcher.py (the same `main`, its imports done already)."""
+    if script:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "app.py")],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    out, err = cwd / "app.out", cwd / "app.err"
+    code = launch("app", cwd=cwd, env=env, stdout=out, stderr=err).wait(60)
+    return subprocess.CompletedProcess("app.py", code, out.read_text(), err.read_text())
 
 
 def test_missing_tokens_name_the_variable_and_where_it_comes_from(tmp_path: Path) -> None:
-    done = run_app({"PATH": os.environ["PATH"]}, tmp_path)
+    done = run_app({"PATH": os.environ["PATH"]}, tmp_path, script=True)
     assert done.returncode == 2
     assert "SLACK_BOT_TOKEN is not set" in done.stderr
     assert "OAuth & Permissions" in done.stderr

@@ -16,8 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import httpx
 import pytest
 import yaml
 from fakes.anthropic import ScriptedModel, structured
+from launcher import Launched, launch
 from playwright.async_api import Browser, Page, async_playwright, expect
 from world import TEST_COMMAND, make_shop_repo, plan_data
 
@@ -63,7 +62,7 @@ new MutationObserver(() => {
 @dataclass
 class LocalWorkspace:
     url: str
-    process: subprocess.Popen[bytes]
+    process: Launched
     started: float  # time.monotonic() when the command started
     log: Path
 
@@ -72,7 +71,8 @@ class LocalWorkspace:
 async def fixbot_local(
     root: Path, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[LocalWorkspace]:
-    """`fixbot local ARGS` in `root`, with no Slack settings at all; stopped with SIGTERM."""
+    """`fixbot local ARGS` in `root`, with no Slack settings at all (through
+    tests/launcher.py); stopped with SIGTERM."""
     port = _free_port()
     environment = {
         "PATH": os.environ.get("PATH", os.defpath),
@@ -83,17 +83,8 @@ async def fixbot_local(
         **(env or {}),
     }
     log = root / "fixbot-local.log"
-    fixbot = Path(sys.executable).parent / "fixbot"
     started = time.monotonic()
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(fixbot), "local", *args],
-            cwd=root,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = launch("fixbot", "local", *args, cwd=root, env=environment, stdout=log)
     url = f"http://127.0.0.1:{port}/local/"
     try:
         await _wait_ready(f"http://127.0.0.1:{port}/readyz", process, log)
@@ -247,7 +238,7 @@ async def _screenshot(page: Page, tmp_path: Path, name: str) -> None:
         shutil.copyfile(tmp_path / name, ROOT / "docs" / name)
 
 
-async def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+async def _wait_ready(url: str, process: Launched, log: Path) -> None:
     """Poll /readyz (database and local Slack connected), with a generous bound."""
     async with httpx.AsyncClient() as client:
         for _ in range(600):

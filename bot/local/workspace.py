@@ -86,7 +86,7 @@ async def serve_local(settings: Settings, *, demo: bool) -> None:
         add_page(mounted, slack, page)
         print(f"Fixbot's local workspace: {url}/  (Ctrl-C stops it)", flush=True)
         try:
-            await service.serve(settings, mounts={MOUNT: mounted})
+            await service.serve(settings, mounts={MOUNT: mounted}, workspace=f"local ({url}/)")
         finally:
             await slack.close()
 
