@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from memory import REPO, Machine, build_machine
 from prometheus_client import REGISTRY
+from sqlalchemy import update
 from world import plan_data
 
 from bot import views
@@ -22,7 +23,7 @@ from bot.tasks.thread import TaskThread
 from repos.verify import Verification
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
-from storage.tables import FixWatch, Job, Task
+from storage.tables import FixWatch, Job, Task, utcnow
 
 CHANNEL = "C_FIXES"
 BUG = Reference(RefKind.TEXT, "apply_discount(200, 10) returns 0", repo=REPO)
@@ -309,3 +310,73 @@ async def test_execution_may_spend_only_what_planning_and_revising_left_of_the_t
             (JobKind.PLANNING, pytest.approx(0.75)),
             (JobKind.EXECUTION, pytest.approx(0.5)),
         ]
+
+
+async def test_a_red_verification_pushes_nothing_and_a_retry_executes_again(
+    machine: Machine,
+) -> None:
+    task = await planned(machine)
+    pushed_by_planning = list(machine.repos.pushed)
+    passing = machine.repos.verification
+    machine.repos.verification = Verification(ok=False, reason="the new tests pass anyway")
+    await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
+    _job, outcome = await machine.run_next_job()
+    task = await state_of(machine, task)
+    assert (outcome.status, task.state) == (JobStatus.FAILED, State.FAILED)
+    assert machine.repos.pushed == pushed_by_planning  # nothing of the fix
+    failure = "Verification failed: the new tests pass anyway. Nothing was pushed."
+    assert any(failure in text for text in machine.threads.texts(task.thread_ts))
+
+    machine.repos.verification = passing
+    await machine.workflow.retry(Decision(task.id, "U_BOB"))
+    job, outcome = await machine.run_next_job()
+    assert (job.kind, outcome.status) == (JobKind.EXECUTION, JobStatus.DONE)
+    assert (await state_of(machine, task)).state == State.DONE
+    assert machine.repos.pushed == [*pushed_by_planning, task.branch]
+
+
+async def test_a_waiting_task_shows_its_place_and_that_message_becomes_its_status(
+    machine: Machine,
+) -> None:
+    first = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    second = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+    first, second = await state_of(machine, first), await state_of(machine, second)
+    assert first.status_message_ts is None  # nothing ahead: no queue message
+    queued = second.status_message_ts
+    assert queued is not None and "Queued, 1 ahead" in machine.threads.messages[queued].text
+
+    await machine.run_next_job()
+    await machine.run_next_job()
+    assert "Planning finished" in machine.threads.messages[queued].text  # edited, not posted
+    assert sum("Planning finished" in t for t in machine.threads.texts(second.thread_ts)) == 1
+
+
+async def test_a_plan_nobody_approved_in_time_expires(tmp_path: Path) -> None:
+    async with build_machine(tmp_path, limits={"plan_ttl_hours": 24}) as machine:
+        task = await planned(machine)
+        await machine.workflow.lifecycle.sweep()
+        assert (await state_of(machine, task)).state == State.AWAITING_APPROVAL  # not yet
+
+        async with machine.sessions.begin() as session:  # the plan has waited for two days
+            await session.execute(update(Task).values(updated_at=utcnow() - timedelta(days=2)))
+        await machine.workflow.lifecycle.sweep()
+        task = await state_of(machine, task)
+        assert task.state == State.EXPIRED
+        assert task.plan_message_ts is not None
+        assert "Expired at" in machine.threads.messages[task.plan_message_ts].text
+        texts = machine.threads.texts(task.thread_ts)
+        assert any("not approved within 24 h and expired" in text for text in texts)
+        assert "Expired" in texts[0]  # the parent
+
+
+async def test_no_step_starts_once_the_daily_budget_is_spent(tmp_path: Path) -> None:
+    async with build_machine(tmp_path, limits={"daily_budget_usd": 0.1}) as machine:
+        await planned(machine)  # the agent spends $0.25 a step: the budget is spent
+        waiting = await machine.workflow.request_fix(BUG, channel=CHANNEL, user="U_ALICE")
+        _job, outcome = await machine.run_next_job()
+        assert outcome.until is not None  # postponed, not failed
+        assert len(machine.agent.steps) == 1
+        waiting = await state_of(machine, waiting)
+        assert waiting.state == State.QUEUED
+        note = next(t for t in machine.threads.texts(waiting.thread_ts) if "daily budget" in t)
+        assert "waits until 00:00 UTC" in note

@@ -154,29 +154,6 @@ async def test_only_the_redacted_plan_leaves_planning(world: World) -> None:
 
 # Verification the executor cannot steer
 
-BREAKS_NO_DISCOUNT = '''\
-def apply_discount(price: float, percent: float) -> float:
-    """Price after a percentage discount."""
-    if not percent:
-        return 0.0
-    return price - price * percent / 100
-'''
-
-HIDING_CONFTEST = (
-    ENV_DUMP_CONFTEST
-    + """
-import pytest
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed and "test_no_discount" in item.nodeid:
-        report.outcome = "passed"
-"""
-)
-
 HARMLESS_CONFTEST = ENV_DUMP_CONFTEST + "\n\nFIXTURE_NOTE = 'a helper for the new test'\n"
 
 
@@ -218,23 +195,6 @@ async def approve_and_wait(world: World, thread_ts: str, plan: dict[str, Any], w
         timeout=120,
         what=what,
     )
-
-
-async def test_a_conftest_that_hides_a_broken_test_fails_verification(world: World) -> None:
-    seed_sentry_issue(world)
-    script_plan(world)
-    script_fix(world, BREAKS_NO_DISCOUNT, conftest=HIDING_CONFTEST)
-    await world.start_app()
-    thread_ts = await start_fix(world)
-    plan = await wait_for_plan(world, thread_ts)
-    branch = branch_name("SHOP-1", TITLE)
-    pushed_plan = git_heads(world)[branch]
-
-    failure = await approve_and_wait(world, thread_ts, plan, "Verification failed")
-    assert "tests/test_pricing.py::test_no_discount" in failure["text"]
-    assert "base commit's test set-up" in failure["text"]
-    assert git_heads(world)[branch] == pushed_plan  # nothing of the fix was pushed
-    assert world.github.pulls("acme/shop")[0].draft
 
 
 async def test_changes_to_how_tests_run_wait_for_an_approver(world: World) -> None:

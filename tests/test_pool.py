@@ -13,7 +13,6 @@ from test_core_loop import (
     TITLE,
     buttons,
     failure_report,
-    message,
     script_planning,
     start_plan,
     thread_texts,
@@ -148,27 +147,6 @@ def job_statuses(world: World) -> list[tuple[str, str]]:
         return connection.execute("select kind, status from jobs order by id").fetchall()
 
 
-async def test_an_unapproved_plan_expires(world: World) -> None:
-    world.config["limits"].update(plan_ttl_hours=24, sweep_interval_s=0.5)
-    seed_sentry_issue(world)
-    script_planning(world)
-    await world.start_app()
-    thread_ts, plan = await start_plan(world)
-    await world.slack.wait_for(
-        lambda: job_statuses(world) == [("planning", "done")], what="the planning job's end"
-    )
-    age(world, "update tasks set updated_at = :old")  # the plan has waited for years
-
-    await world.slack.wait_for(
-        lambda: any("expired" in t for t in thread_texts(world, thread_ts)), timeout=60
-    )
-    assert buttons(message(world, thread_ts, plan["ts"])) == []
-    # The parent is edited after the thread is told.
-    await world.slack.wait_for(
-        lambda: "Expired" in world.slack.thread(CHANNEL, thread_ts)[0]["text"], timeout=60
-    )
-
-
 async def test_a_job_that_waits_too_long_in_the_queue_fails_with_the_reason(world: World) -> None:
     world.config["concurrency"] = {"planning": 1, "execution": 1}
     world.config["limits"].update(queued_ttl_hours=24, sweep_interval_s=0.5)
@@ -239,27 +217,6 @@ async def test_kill_9_mid_execution_then_restart_ends_with_one_pull_request(
     print(f"recovered after kill -9 in {recovery_s:.1f} s")
 
 
-async def test_a_task_waits_once_the_daily_budget_is_spent(world: World) -> None:
-    world.config["limits"]["daily_budget_usd"] = 0.1  # one scripted planning step costs more
-    seed_sentry_issue(world)
-    seed_sentry_issue(world, "SHOP-2")
-    script_planning(world)
-    await world.start_app()
-    first_ts, _ = await start_plan(world)
-    await world.slack.slash_command("SHOP-2")
-    second = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2]))[0]
-    note = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, second["ts"]) if "daily budget" in m["text"]),
-            None,
-        )
-    )
-    assert "waits until 00:00 UTC" in note["text"]
-    assert len(world.model.scripts) == 1 and world.model.unexpected == []
-    assert not any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"]))
-    assert any(buttons(m) for m in world.slack.thread(CHANNEL, first_ts))
-
-
 async def test_an_overloaded_model_is_retried_with_backoff(world: World) -> None:
     world.env["CLAUDE_CODE_MAX_RETRIES"] = "1"  # Claude Code gives up fast; Fixbot backs off
     seed_sentry_issue(world)
@@ -275,34 +232,6 @@ async def test_an_overloaded_model_is_retried_with_backoff(world: World) -> None
     backoff = world.config["limits"]["retry_backoff_s"]
     assert waited >= backoff / 2  # the first retry waits half to all of it (jitter)
     print(f"plan after one 529 failure and backoff: {waited:.1f} s")
-
-
-async def test_a_waiting_task_shows_its_place_and_the_same_message_shows_its_start(
-    world: World,
-) -> None:
-    world.config["concurrency"] = {"planning": 1, "execution": 1}
-    seed_sentry_issue(world)
-    seed_sentry_issue(world, "SHOP-2")
-    world.model.script([[pause(3), structured(plan_data())]], match="Plan a fix for SHOP-1")
-    world.model.script([[structured(plan_data())]], match="Plan a fix for SHOP-2")
-    await world.start_app()
-    await world.slack.slash_command("SHOP-1")
-    await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1])
-    await world.slack.slash_command("SHOP-2")
-    second = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[1:2]))[0]
-    queued = await world.slack.wait_for(
-        lambda: next(
-            (m for m in world.slack.thread(CHANNEL, second["ts"]) if "1 ahead" in m["text"]), None
-        )
-    )
-    await world.slack.wait_for(
-        lambda: "Planning" in message(world, second["ts"], queued["ts"])["text"],
-        timeout=60,
-        what="the queued message turned into the step's status",
-    )
-    await world.slack.wait_for(
-        lambda: any(buttons(m) for m in world.slack.thread(CHANNEL, second["ts"])), timeout=60
-    )
 
 
 async def test_a_permanent_model_error_fails_at_once_in_plain_words(world: World) -> None:
