@@ -219,38 +219,6 @@ async def test_a_reply_revises_the_plan_and_supersedes_its_buttons(world: World)
     assert len(sessions) == 2 and sessions[0] == sessions[1]  # the same session, resumed
 
 
-async def test_a_reply_while_planning_is_kept_for_the_next_step(world: World) -> None:
-    world.config["approvers"] = ["U_BOB"]  # only an approver's reply answers the agent
-    world.config["question_timeout_s"] = 60
-    seed_sentry_issue(world)
-    worktree = world.worktree(branch_name("SHOP-1", TITLE))
-    question = [tool(ASK, {"question": "Is 100% a valid discount?"})]
-    revision = [
-        [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan v2\n"})],
-        [structured(plan_data(summary="Divide by 100; negative totals refused."))],
-    ]
-    plan_script(world, *revision, first=question)
-    await world.start_app()
-    thread_ts = await start_fix(world)
-    await wait_for_question(world, thread_ts)
-    # Planning waits for its answer: a reply that is no answer comes in meanwhile.
-    await world.slack.reply_in_thread(
-        CHANNEL, thread_ts, "Also refuse negative totals.", user="U_CAROL"
-    )
-    await world.slack.wait_for(
-        lambda: "goes into a revised plan" in thread_texts(world, thread_ts),
-        what="the note that the reply is kept",
-    )
-    await world.slack.reply_in_thread(CHANNEL, thread_ts, "Yes, 100% is valid.", user="U_BOB")
-
-    # The kept reply is the next step's input: plan v1 is revised at once.
-    await wait_for_plan(world, thread_ts, version=2)
-    answers = json.dumps(world.model.tool_results())
-    assert "Yes, 100% is valid." in answers and "Also refuse negative totals." not in answers
-    revisions = [r for r in world.model.requests if "plan-changes skill" in json.dumps(r)]
-    assert revisions and "Also refuse negative totals." in json.dumps(revisions[-1])
-
-
 async def test_an_unanswered_question_lets_the_agent_carry_on(world: World) -> None:
     seed_sentry_issue(world)
     plan_script(world, first=[tool(ASK, {"question": "Which currency?"})])

@@ -248,15 +248,23 @@ async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> No
     await world.slack.reply_in_thread(
         CHANNEL, thread_ts, "Also refuse negative prices.", user="U_MAL"
     )  # not an approver: no answer, a reply kept for the plan
-    await world.slack.wait_for(lambda: "revised plan" in thread_texts(world, thread_ts), timeout=60)
+    await world.slack.wait_for(
+        lambda: "goes into a revised plan" in thread_texts(world, thread_ts),
+        timeout=60,
+        what="the note that the reply is kept",
+    )
     await world.slack.reply_in_thread(CHANNEL, thread_ts, "Yes, it is.", user="U_LEAD")
 
+    # The kept reply is the next step's input: plan v1 is revised at once.
     revised = await wait_for_plan(world, thread_ts, version=2)
     assert "negative prices refused" in json.dumps(revised["blocks"])
     assert "came in meanwhile" in json.dumps(thread(world, thread_ts))
     first = next(m for m in thread(world, thread_ts) if "Plan v1" in json.dumps(m.get("blocks")))
     assert buttons(first) == []  # superseded: only the revised plan can be approved
-    assert any("Also refuse negative prices." in json.dumps(r) for r in world.model.requests)
+    answers = json.dumps(world.model.tool_results())
+    assert "Yes, it is." in answers and "Also refuse negative prices." not in answers
+    revisions = [r for r in world.model.requests if "plan-changes skill" in json.dumps(r)]
+    assert revisions and "Also refuse negative prices." in json.dumps(revisions[-1])
 
     # A click that still carries plan v1 (a client showing the old buttons) changes nothing.
     approve = next(
