@@ -89,34 +89,6 @@ def script_execution(world: World, ref: str = "SHOP-1", fix: str = FIXED_PRICING
     )
 
 
-async def test_fix_reaches_a_thread(world: World) -> None:
-    """/fix makes one top-level parent that names the task, and everything after it
-    (status, plan) is a reply in that parent's thread."""
-    seed_sentry_issue(world)
-    script_planning(world)
-    await world.start_app()
-    ack = await world.slack.slash_command("SHOP-1")
-    assert ack.latency_s < 3
-    thread_ts = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]["ts"]
-    plan = await world.slack.wait_for(
-        lambda: next((m for m in world.slack.thread(CHANNEL, thread_ts) if buttons(m)), None),
-        timeout=60,
-        what="the plan",
-    )
-
-    parents = world.slack.messages(CHANNEL)
-    assert [m["ts"] for m in parents] == [thread_ts]
-    assert "SHOP-1" in str(parents[0]["blocks"]) and TITLE in parents[0]["text"]
-    replies = world.slack.thread(CHANNEL, thread_ts)[1:]
-    assert plan in replies and buttons(plan)[:2] == ["Approve", "Reject"]
-    assert any("Planning" in m["text"] for m in replies)  # the step's status line
-    assert all(m["thread_ts"] == thread_ts for m in replies)
-    db = sqlite3.connect(world.root / "fixbot.db")
-    assert db.execute("select channel_id, thread_ts from tasks").fetchall() == [
-        (CHANNEL, thread_ts)
-    ]
-
-
 async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     seed_sentry_issue(world)
     # The plan quotes Fixbot's own GitHub token: it must not reach the pull request.
@@ -125,14 +97,26 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     script_execution(world)
     await world.start_app()
 
-    await world.slack.slash_command("SHOP-1")
+    ack = await world.slack.slash_command("SHOP-1")
+    assert ack.latency_s < 3
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
     thread = lambda: world.slack.thread(CHANNEL, parent["ts"])  # noqa: E731
 
     plan = await world.slack.wait_for(
         lambda: next((m for m in thread() if buttons(m)), None), timeout=60, what="the plan"
     )
-    assert buttons(plan)[:2] == ["Approve", "Reject"]
+    # /fix made one top-level parent that names the task; everything after it (status,
+    # plan) is a reply in its thread.
+    assert [m["ts"] for m in world.slack.messages(CHANNEL)] == [parent["ts"]]
+    assert "SHOP-1" in str(parent["blocks"]) and TITLE in parent["text"]
+    replies = thread()[1:]
+    assert plan in replies and buttons(plan)[:2] == ["Approve", "Reject"]
+    assert any("Planning" in m["text"] for m in replies)  # the step's status line
+    assert all(m["thread_ts"] == parent["ts"] for m in replies)
+    db = sqlite3.connect(world.root / "fixbot.db")
+    assert db.execute("select channel_id, thread_ts from tasks").fetchall() == [
+        (CHANNEL, parent["ts"])
+    ]
     drafts = world.github.pulls("acme/shop")
     assert len(drafts) == 1 and drafts[0].draft
     assert leaked not in drafts[0].body and "[redacted]" in drafts[0].body
@@ -151,7 +135,6 @@ async def test_happy_path_opens_a_verified_pull_request(world: World) -> None:
     assert "failed" in pull.body.lower() and "passed" in pull.body.lower()
     assert leaked not in pull.body and "CI printed [redacted] once." in pull.body
     assert pull.head == branch_name("SHOP-1", TITLE)
-    db = sqlite3.connect(world.root / "fixbot.db")
     runs = db.execute("select step, session_id, cost_usd from agent_runs").fetchall()
     assert [run[0] for run in runs] == ["planning", "execution"]
     assert all(run[1] and run[2] > 0 for run in runs)
