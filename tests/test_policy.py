@@ -67,7 +67,9 @@ def thread(world: World, thread_ts: str) -> list[dict[str, Any]]:
 # Planning: reads, nothing else
 
 
-async def test_a_hostile_planner_runs_nothing_and_reads_nothing_outside(world: World) -> None:
+async def test_a_hostile_planner_runs_nothing_reads_nothing_outside_and_edits_no_source(
+    world: World,
+) -> None:
     outside = world.root / "outside.txt"
     outside.write_text(OUTSIDE_SECRET)
     commit_to_origin(world, {}, links={"docs/notes.txt": outside})
@@ -86,6 +88,7 @@ async def test_a_hostile_planner_runs_nothing_and_reads_nothing_outside(world: W
             [tool(LIST, {"pattern": "**", "path": ".."})],
             [tool(GREP, {"pattern": "def apply_discount", "glob": "**/*.py"})],
             [tool(LIST, {"pattern": "**/*.py"})],
+            [tool("Write", {"file_path": str(worktree / "shop/pricing.py"), "content": "x = 1\n"})],
             [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
             [structured(plan_data())],
         ],
@@ -99,7 +102,9 @@ async def test_a_hostile_planner_runs_nothing_and_reads_nothing_outside(world: W
     assert not list(world.root.glob("pwned*"))
     results = world.model.tool_results()
     refused = [r for r in results if "Refused" in json.dumps(r)]
-    assert len(refused) == 7, json.dumps(results, indent=1)
+    assert len(refused) == 8, json.dumps(results, indent=1)
+    assert any("may only write PLAN.md" in json.dumps(r) for r in refused)
+    assert (worktree / "shop/pricing.py").read_text() != "x = 1\n"
     found = json.dumps(results)
     assert "shop/pricing.py:1: def apply_discount" in found  # the honest search works
     assert "tests/test_pricing.py" in found
