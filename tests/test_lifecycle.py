@@ -87,6 +87,19 @@ async def test_a_click_before_the_plan_ts_was_saved_still_replaces_its_buttons(
     assert f"{note} by <@U_BOB>" in machine.threads.messages[plan_ts].text
 
 
+async def test_a_double_approval_queues_one_execution(machine: Machine) -> None:
+    """Both clicks of a double click arrive before Slack shows the approval."""
+    task = await planned(machine)
+    approval = Decision(task.id, "U_BOB", plan_version=1)
+    approve = machine.workflow.approve
+    results = await asyncio.gather(approve(approval), approve(approval), return_exceptions=True)
+    refused = [result for result in results if isinstance(result, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], InvalidTransition), results
+    assert "already approved" in str(refused[0])
+    assert await machine.queue.claim([JobKind.EXECUTION]) is not None
+    assert await machine.queue.claim([JobKind.EXECUTION]) is None
+
+
 async def test_a_reply_revises_the_plan_and_the_old_version_is_not_approvable(
     machine: Machine,
 ) -> None:
