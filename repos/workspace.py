@@ -293,6 +293,56 @@ class Workspaces:
             await self._prune(mirror)
         return removed
 
+    async def push(self, repo: RepoConfig, worktree: Path, branch: str, token: str | None) -> None:
+        """Push the worktree's HEAD to `branch` at `repo.clone_url` (not the mirror).
+
+        The branch is Fixbot's: a retry may replace its own earlier commits (forced, with a
+        lease on the tip just seen), but commits someone else pushed there are never dropped.
+        """
+        remote_url = repo.clone_url
+        config = auth_config(remote_url, token)
+        ref = f"refs/heads/{branch}"
+        listing = await git(
+            "ls-remote", remote_url, ref, cwd=worktree, timeout=NETWORK_TIMEOUT, extra_config=config
+        )
+        remote_tip = listing.split()[0] if listing.strip() else ""
+        if remote_tip:
+            # Alone with the worktree list: a fetch reads every worktree's HEAD, and one
+            # being added meanwhile fails it ("bad object worktrees/…/HEAD").
+            async with self._worktrees(self.mirror_path(repo)):
+                await git(
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    remote_url,
+                    ref,
+                    cwd=worktree,
+                    timeout=NETWORK_TIMEOUT,
+                    extra_config=config,
+                )
+            # Fixbot's own commits have it as author and committer; anything else is someone's.
+            emails = await git(
+                "log", "--format=%ae%n%ce", remote_tip, "--not", "HEAD", cwd=worktree
+            )
+            others = {email for email in emails.split() if email != FIXBOT_EMAIL}
+            if others:
+                raise GitError(
+                    f"{branch} at {_tail(remote_url)} has commits by "
+                    f"{', '.join(sorted(others))} that this push would drop; Fixbot leaves "
+                    "them alone."
+                )
+        await git(
+            "push",
+            "--quiet",
+            "--no-verify",
+            f"--force-with-lease={ref}:{remote_tip}",
+            remote_url,
+            f"HEAD:{ref}",
+            cwd=worktree,
+            timeout=NETWORK_TIMEOUT,
+            extra_config=config,
+        )
+
     async def _fetch(self, repo: RepoConfig, mirror: Path) -> None:
         """Bring the mirror up to date, holding it for the fetch alone. A fetch that began
         after this call was made serves it too: prepares waiting together fetch once."""
@@ -495,50 +545,6 @@ async def changed_files(worktree: Path, base_commit: str) -> list[str]:
     untracked = await git("ls-files", "--others", "--exclude-standard", "-z", cwd=worktree)
     names = {name for name in (diff + untracked).split("\0") if name}
     return sorted(names)
-
-
-async def push(worktree: Path, remote_url: str, branch: str, token: str | None) -> None:
-    """Push HEAD to `branch` at `remote_url` (the repo's clone_url, not the mirror).
-
-    The branch is Fixbot's: a retry may replace its own earlier commits (forced, with a
-    lease on the tip just seen), but commits someone else pushed there are never dropped.
-    """
-    config = auth_config(remote_url, token)
-    ref = f"refs/heads/{branch}"
-    listing = await git(
-        "ls-remote", remote_url, ref, cwd=worktree, timeout=NETWORK_TIMEOUT, extra_config=config
-    )
-    remote_tip = listing.split()[0] if listing.strip() else ""
-    if remote_tip:
-        await git(
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            remote_url,
-            ref,
-            cwd=worktree,
-            timeout=NETWORK_TIMEOUT,
-            extra_config=config,
-        )
-        # Fixbot's own commits have it as author and committer; anything else is someone's.
-        emails = await git("log", "--format=%ae%n%ce", remote_tip, "--not", "HEAD", cwd=worktree)
-        others = {email for email in emails.split() if email != FIXBOT_EMAIL}
-        if others:
-            raise GitError(
-                f"{branch} at {_tail(remote_url)} has commits by {', '.join(sorted(others))} "
-                "that this push would drop; Fixbot leaves them alone."
-            )
-    await git(
-        "push",
-        "--quiet",
-        "--no-verify",
-        f"--force-with-lease={ref}:{remote_tip}",
-        remote_url,
-        f"HEAD:{ref}",
-        cwd=worktree,
-        timeout=NETWORK_TIMEOUT,
-        extra_config=config,
-    )
 
 
 def auth_config(remote_url: str, token: str | None) -> list[str]:

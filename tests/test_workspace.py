@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import time
@@ -20,7 +21,6 @@ from repos.workspace import (
     changed_files,
     commit_all,
     git,
-    push,
     remove_tree,
 )
 
@@ -223,7 +223,7 @@ async def test_commit_all_and_push_reach_origin(
     (worktree.path / "test_app.py").write_text("def test_answer():\n    assert True\n")
 
     sha = await commit_all(worktree.path, "Fix the answer\n\nSHOP-1")
-    await push(worktree.path, repo.clone_url, worktree.branch, token=None)
+    await workspaces.push(repo, worktree.path, worktree.branch, token=None)
 
     assert await origin_sha(origin, "refs/heads/fixbot/shop-1-fix") == sha
     author = await git("log", "-1", "--format=%an <%ae>|%ce", sha, cwd=origin)
@@ -237,13 +237,13 @@ async def test_push_replaces_fixbots_own_commits_but_not_others(
     worktree = await workspaces.prepare(repo, "fixbot/shop-1-fix")
     (worktree.path / "app.py").write_text("one\n")
     await commit_all(worktree.path, "attempt one")
-    await push(worktree.path, repo.clone_url, worktree.branch, token=None)
+    await workspaces.push(repo, worktree.path, worktree.branch, token=None)
 
     # A retry rewrites the branch: Fixbot's own earlier commit may go.
     await git("reset", "--quiet", "--hard", worktree.base_commit, cwd=worktree.path)
     (worktree.path / "app.py").write_text("two\n")
     retry = await commit_all(worktree.path, "attempt two")
-    await push(worktree.path, repo.clone_url, worktree.branch, token=None)
+    await workspaces.push(repo, worktree.path, worktree.branch, token=None)
     assert await origin_sha(origin, "refs/heads/fixbot/shop-1-fix") == retry
 
     # Someone pushes to the branch: Fixbot will not drop their commit.
@@ -257,15 +257,48 @@ async def test_push_replaces_fixbots_own_commits_but_not_others(
     (worktree.path / "app.py").write_text("three\n")
     await commit_all(worktree.path, "attempt three")
     with pytest.raises(GitError, match=r"has commits by ann@example\.com"):
-        await push(worktree.path, repo.clone_url, worktree.branch, token=None)
+        await workspaces.push(repo, worktree.path, worktree.branch, token=None)
     assert await origin_sha(origin, "refs/heads/fixbot/shop-1-fix") == theirs
 
 
-async def test_push_token_never_shows_in_errors(tmp_path: Path) -> None:
+async def test_a_push_waits_while_another_replica_adds_a_worktree(
+    workspaces: Workspaces, repo: RepoConfig, origin: Path
+) -> None:
+    worktree = await workspaces.prepare(repo, "fixbot/shop-1-fix")
+    (worktree.path / "app.py").write_text("one\n")
+    await commit_all(worktree.path, "attempt one")
+    await workspaces.push(repo, worktree.path, worktree.branch, token=None)
+    (worktree.path / "app.py").write_text("two\n")
+    retry = await commit_all(worktree.path, "attempt two")
+
+    # Another replica is in `git worktree add`: it holds the worktree lock, and git has
+    # written the new worktree's placeholder HEAD, which any fetch meanwhile fails on.
+    mirror = workspaces.mirror_path(repo)
+    adding = mirror / "worktrees" / "being-added"
+    adding.mkdir()
+    (adding / "HEAD").write_text("0" * 40 + "\n")
+    (adding / "commondir").write_text("../..\n")
+    lock = os.open(workspaces.root / "locks" / f"{mirror.name}.worktrees.lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        pushing = asyncio.create_task(
+            workspaces.push(repo, worktree.path, worktree.branch, token=None)
+        )
+        await asyncio.sleep(0.5)
+        assert not pushing.done()  # waiting for the lock, not failing on the placeholder
+        shutil.rmtree(adding)  # the add is done (here: given up)
+    finally:
+        os.close(lock)
+    await pushing
+    assert await origin_sha(origin, "refs/heads/fixbot/shop-1-fix") == retry
+
+
+async def test_push_token_never_shows_in_errors(workspaces: Workspaces, tmp_path: Path) -> None:
     await git("init", "--quiet", str(tmp_path / "r"), cwd=tmp_path)
     token = "ghs_secretsecretsecret"
+    repo = RepoConfig(name="acme/shop", clone_url="https://127.0.0.1:9/acme/shop.git")
     with pytest.raises(GitError) as raised:
-        await push(tmp_path / "r", "https://127.0.0.1:9/acme/shop.git", "fixbot/x", token)
+        await workspaces.push(repo, tmp_path / "r", "fixbot/x", token)
     assert token not in str(raised.value)
     assert "eC1hY2Nlc3MtdG9rZW4" not in str(raised.value)  # base64 of "x-access-token"
 

@@ -74,6 +74,6 @@ class GitRepos:
 
     async def push(self, repo: RepoConfig, worktree: Path, branch: str) -> None:
         token = self.settings.github_token
-        await workspace.push(
-            worktree, repo.clone_url, branch, token.get_secret_value() if token else None
+        await self.workspaces.push(
+            repo, worktree, branch, token.get_secret_value() if token else None
         )
