@@ -65,6 +65,7 @@ class Conversation:
         self.workflow = workflow
         self.after_merge = after_merge
         self._notes: dict[int, asyncio.Task[None]] = {}
+        self._repeated: set[int] = set()  # alerts counted since their note last read them
 
     # Alerts
 
@@ -196,14 +197,21 @@ class Conversation:
 
     def _schedule_note(self, alert_id: int) -> None:
         """Coalesce an alert storm into one "seen again" note edited in place."""
-        if alert_id in self._notes:
-            return
-        task = asyncio.create_task(self._update_note(alert_id))
-        self._notes[alert_id] = task
-        task.add_done_callback(lambda _: self._notes.pop(alert_id, None))
+        self._repeated.add(alert_id)
+        if alert_id not in self._notes:  # else the running update looks again before it ends
+            self._notes[alert_id] = asyncio.create_task(self._update_note(alert_id))
 
     async def _update_note(self, alert_id: int) -> None:
-        await asyncio.sleep(NOTE_COALESCE_S)
+        try:
+            # Repeats counted while the note was being written get one more look.
+            while alert_id in self._repeated:
+                await asyncio.sleep(NOTE_COALESCE_S)
+                self._repeated.discard(alert_id)
+                await self._write_note(alert_id)
+        finally:  # with no await after the last look: a repeat now starts a new update
+            self._notes.pop(alert_id, None)
+
+    async def _write_note(self, alert_id: int) -> None:
         async with self.sessions() as session:
             row = await session.get(Alert, alert_id)
         if row is None or not row.channel_id or not row.message_ts:

@@ -8,18 +8,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from memory import REPO, Machine, build_machine
+from memory import REPO, Machine, MemoryThreads, build_machine
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 from world import plan_data
 
 from bot import views
 from bot.aftermerge import AfterMerge
+from bot.alerts import SentryAlert
+from bot.conversation import Conversation
 from bot.errors import InvalidTransition, NotAllowed
 from bot.jobs import Outcome, WorkerPool
 from bot.models import Reference, RefKind, State, Watch
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
+from bot.views import Message
 from repos.verify import Verification
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
@@ -393,3 +396,58 @@ async def test_no_step_starts_once_the_daily_budget_is_spent(tmp_path: Path) -> 
         assert waiting.state == State.QUEUED
         note = next(t for t in machine.threads.texts(waiting.thread_ts) if "daily budget" in t)
         assert "waits until 00:00 UTC" in note
+
+
+class GatedThreads(MemoryThreads):
+    """`MemoryThreads` whose posts and edits of a "Seen again" note wait for `gate`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def post(self, channel: str, message: Message, *, thread_ts: str | None = None) -> str:
+        await self._wait_if_note(message)
+        return await super().post(channel, message, thread_ts=thread_ts)
+
+    async def update(self, channel: str, ts: str, message: Message) -> None:
+        await self._wait_if_note(message)
+        await super().update(channel, ts, message)
+
+    async def _wait_if_note(self, message: Message) -> None:
+        if "Seen again" in message.text:
+            self.writing.set()
+            await self.gate.wait()
+
+
+async def test_a_repeat_counted_while_the_seen_again_note_is_written_still_shows(
+    machine: Machine,
+) -> None:
+    threads = GatedThreads()
+    workflow = machine.workflow
+    after_merge = AfterMerge(
+        workflow.settings,
+        workflow.store,
+        workflow.lifecycle,
+        threads,
+        machine.jobs,
+        sources=workflow.sources,
+        jira=None,
+        redactor=workflow.redact,
+        changed=workflow.home.changed,
+    )
+    conversation = Conversation(workflow.settings, machine.sessions, threads, workflow, after_merge)
+    alert = SentryAlert(issue_id="42", short_id="SHOP-1", url=None, title="AssertionError")
+    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000001")
+    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000002")
+    await asyncio.wait_for(threads.writing.wait(), 30)  # the note for 1 repeat is being posted
+    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000003")
+    threads.gate.set()
+    for _ in range(3000):  # a bound for a stuck test; the note is rewritten after ~1 s
+        if any("Seen again (2)" in text for text in threads.texts("1.000001")):
+            break
+        await asyncio.sleep(0.01)
+    assert [t for t in threads.texts("1.000001") if "Seen again" in t] == [
+        ":repeat: Seen again (2)"
+    ]
+    await conversation.aclose()
