@@ -80,15 +80,25 @@ async def run(
     cannot be started; cancelling the call kills the group and reaps it.
     """
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=None if env is None else dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        start_new_session=True,
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
     )
+    try:
+        # Shielded: cancelled while its pipes were still being connected, asyncio would kill
+        # the program alone, not its group, then wait for pipes its children still hold.
+        process = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            await _stop_group(await starting)
+        raise
     stdout, stderr = bytearray(), bytearray()
     assert process.stdout is not None
     readers = [asyncio.create_task(_read(process.stdout, stdout, keep))]

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -80,3 +81,25 @@ def alive_with(marker: str) -> list[str]:
         if marker in cmdline and state != "Z":
             found.append(cmdline)
     return found
+
+
+async def test_a_run_cancelled_as_it_starts_stops_its_whole_group() -> None:
+    """Cancelled while asyncio still connects the pipes: without care, asyncio kills the
+    program alone and waits for pipes its children hold (here: for an hour)."""
+    marker = f"fixbot-starting-{uuid.uuid4().hex[:8]}"
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(3600)' {marker}"
+    try:
+        for attempt in range(40):  # the window is a few loop turns wide: aim at each
+            running = asyncio.create_task(
+                process.run(["/bin/sh", "-c", f"{sleeper} & wait"], timeout=120)
+            )
+            for _ in range(1 + attempt % 3):
+                await asyncio.sleep(0)
+            running.cancel()
+            async with asyncio.timeout(30):  # a bound for a stuck test: it ends at once
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+        assert await until(lambda: not alive_with(marker)), alive_with(marker)
+    finally:
+        if alive_with(marker):
+            subprocess.run(["pkill", "-f", marker], check=False)
