@@ -212,19 +212,26 @@ def build(
     """Everything but running the agent steps, which `jobs` does."""
     client = slack_client(settings)
     workflow = build_workflow(settings, sessions, queue, client, jobs)
+    return Parts(settings, sessions, queue, client, workflow, conversation_around(workflow))
+
+
+def conversation_around(workflow: Workflow) -> Conversation:
+    """What people and Sentry say around `workflow`'s tasks: alerts and their repeats,
+    replies, mentions, and what follows a merged fix."""
     after_merge = AfterMerge(
-        settings,
+        workflow.settings,
         workflow.store,
         workflow.lifecycle,
         workflow.threads,
-        jobs,
+        workflow.jobs,
         sources=workflow.sources,
         jira=workflow.jira,
         redactor=workflow.redact,
         changed=workflow.home.changed,
     )
-    conversation = Conversation(settings, sessions, workflow.threads, workflow, after_merge)
-    return Parts(settings, sessions, queue, client, workflow, conversation)
+    return Conversation(
+        workflow.settings, workflow.sessions, workflow.threads, workflow, after_merge
+    )
 
 
 @contextlib.asynccontextmanager

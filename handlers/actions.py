@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.errors import Refused
 from bot.tasks import Decision, Workflow
-from handlers.answers import answering
+from handlers.answers import answering, clicked_message_ts
 
 
 def register(app: AsyncApp, workflow: Workflow) -> None:
@@ -38,8 +38,7 @@ def _button(verb: Callable[[Decision], Awaitable[Any]]) -> Callable[..., Awaitab
                 task_id=int(task_id),
                 user=body["user"]["id"],
                 plan_version=int(version) if version else None,
-                # The plan message clicked (not on App Home): a click can beat saving its ts.
-                plan_ts=body.get("message", {}).get("ts") if version else None,
+                plan_ts=clicked_message_ts(body) if version else None,
             )
             await verb(decision)
 

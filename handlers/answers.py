@@ -8,8 +8,9 @@ so no one is left without a reply and no envelope goes unacknowledged.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from slack_bolt.async_app import AsyncRespond
 
@@ -40,3 +41,10 @@ async def answering(respond: AsyncRespond) -> AsyncIterator[None]:
             await respond(text=text, response_type="ephemeral", replace_original=False)
         except Exception as unanswered:  # Slack itself is away: the log is all that is left
             log.warning("could not answer the person: %s (%s)", unanswered, text)
+
+
+def clicked_message_ts(body: Mapping[str, Any]) -> str | None:
+    """The ts of the message whose button was clicked (None for App Home). A click can come
+    before Fixbot has saved that ts, so the click's own is the one to update."""
+    message = body.get("message")
+    return str(message["ts"]) if isinstance(message, Mapping) and "ts" in message else None

@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
 from bot.conversation import Conversation
 from bot.errors import Refused
-from handlers.answers import answering
+from handlers.answers import answering, clicked_message_ts
 from repos.errors import FixbotError
 
 HUMAN_SUBTYPES = {None, "thread_broadcast"}
@@ -75,8 +75,8 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         async with answering(respond):
             if not value.isdigit():
                 raise Refused("That button does not belong to an alert I know.")
-            clicked = body.get("message", {}).get("ts")  # the offer itself
-            await conversation.plan_alert(int(value), body["user"]["id"], offer_ts=clicked)
+            offer = clicked_message_ts(body)
+            await conversation.plan_alert(int(value), body["user"]["id"], offer_ts=offer)
 
     @app.action("plan_again")
     async def plan_again(ack: Any, body: dict[str, Any], respond: Any) -> None:
@@ -85,7 +85,7 @@ def register(app: AsyncApp, conversation: Conversation) -> None:
         async with answering(respond):
             if not value.isdigit():
                 raise Refused("That button does not belong to a fix I know.")
-            clicked = body.get("message", {}).get("ts")  # the verdict itself
+            verdict = clicked_message_ts(body)
             await conversation.after_merge.plan_again(
-                int(value), body["user"]["id"], verdict_ts=clicked
+                int(value), body["user"]["id"], verdict_ts=verdict
             )

@@ -240,14 +240,18 @@ class Machine:
 
 
 @asynccontextmanager
-async def build_machine(tmp_path: Path, **settings: Any) -> AsyncIterator[Machine]:
-    """Build a `Machine` in `tmp_path` with these settings."""
+async def build_machine(
+    tmp_path: Path, *, threads: MemoryThreads | None = None, **settings: Any
+) -> AsyncIterator[Machine]:
+    """Build a `Machine` in `tmp_path` with these settings (and `threads`, a `MemoryThreads`
+    of the test's own)."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fixbot.db'}")
     await migrate(engine)
     sessions = sessionmaker(engine)
     queue = JobQueue(sessions, "test-worker")
     built = memory_settings(**settings)
-    threads, agent, jobs = MemoryThreads(), ScriptedAgent(), MemoryJobs()
+    threads = threads or MemoryThreads()
+    agent, jobs = ScriptedAgent(), MemoryJobs()
     repos = MemoryRepos(tmp_path)
     workflow = Workflow(
         built,

@@ -14,15 +14,14 @@ from sqlalchemy import update
 from world import plan_data
 
 from bot import views
-from bot.aftermerge import AfterMerge
 from bot.alerts import SentryAlert
-from bot.conversation import Conversation
 from bot.errors import InvalidTransition, NotAllowed
 from bot.jobs import Outcome, WorkerPool
 from bot.models import Reference, RefKind, State, Watch
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
 from bot.views import Message
+from bot.wiring import conversation_around
 from repos.verify import Verification
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
@@ -245,18 +244,7 @@ async def test_plan_again_clicked_before_the_verdict_ts_was_saved_still_marks_th
     machine: Machine,
 ) -> None:
     task = await planned(machine)
-    workflow = machine.workflow
-    after_merge = AfterMerge(
-        workflow.settings,
-        workflow.store,
-        workflow.lifecycle,
-        workflow.threads,
-        machine.jobs,
-        sources=workflow.sources,
-        jira=None,
-        redactor=workflow.redact,
-        changed=workflow.home.changed,
-    )
+    after_merge = conversation_around(machine.workflow).after_merge
     # The verdict is posted, and the click on it comes before its ts is saved.
     verdict_ts = await machine.threads.post(
         CHANNEL, views.note("Still seen: 3 events"), thread_ts=task.thread_ts
@@ -421,33 +409,22 @@ class GatedThreads(MemoryThreads):
 
 
 async def test_a_repeat_counted_while_the_seen_again_note_is_written_still_shows(
-    machine: Machine,
+    tmp_path: Path,
 ) -> None:
     threads = GatedThreads()
-    workflow = machine.workflow
-    after_merge = AfterMerge(
-        workflow.settings,
-        workflow.store,
-        workflow.lifecycle,
-        threads,
-        machine.jobs,
-        sources=workflow.sources,
-        jira=None,
-        redactor=workflow.redact,
-        changed=workflow.home.changed,
-    )
-    conversation = Conversation(workflow.settings, machine.sessions, threads, workflow, after_merge)
-    alert = SentryAlert(issue_id="42", short_id="SHOP-1", url=None, title="AssertionError")
-    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000001")
-    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000002")
-    await asyncio.wait_for(threads.writing.wait(), 30)  # the note for 1 repeat is being posted
-    await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000003")
-    threads.gate.set()
-    for _ in range(3000):  # a bound for a stuck test; the note is rewritten after ~1 s
-        if any("Seen again (2)" in text for text in threads.texts("1.000001")):
-            break
-        await asyncio.sleep(0.01)
-    assert [t for t in threads.texts("1.000001") if "Seen again" in t] == [
-        ":repeat: Seen again (2)"
-    ]
-    await conversation.aclose()
+    async with build_machine(tmp_path, threads=threads) as machine:
+        conversation = conversation_around(machine.workflow)
+        alert = SentryAlert(issue_id="42", short_id="SHOP-1", url=None, title="AssertionError")
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000001")
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000002")
+        await asyncio.wait_for(threads.writing.wait(), 30)  # the note for 1 repeat is being posted
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000003")
+        threads.gate.set()
+        for _ in range(3000):  # a bound for a stuck test; the note is rewritten after ~1 s
+            if any("Seen again (2)" in text for text in threads.texts("1.000001")):
+                break
+            await asyncio.sleep(0.01)
+        assert [t for t in threads.texts("1.000001") if "Seen again" in t] == [
+            ":repeat: Seen again (2)"
+        ]
+        await conversation.aclose()
