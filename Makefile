@@ -40,9 +40,10 @@ lint: install-dev
 # Four workers on any machine: most tests wait on the app, the model or a subprocess, so
 # two cores keep four busy (6 and 8 were no faster on 2 cores). Bytecode caches on, even
 # where the environment turns them off: each worker and each process the tests start
-# would otherwise compile Fixbot and the tests from source.
+# would otherwise compile Fixbot and the tests from source. Tests go out one at a time, in
+# the order tests/conftest.py sets (longest first), so no long one starts last.
 test: lint
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n 4 --dist worksteal --durations=10
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n 4 --dist load --maxschedchunk 1 --durations=10
 
 BENCH ?=
 bench: install-dev

@@ -20,14 +20,18 @@ STARTS_FIXBOT = {"world", "replicas_world", "local"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that start Fixbot first: under `pytest -n`, the quick ones then fill
-    the workers' last minutes instead of one long test running alone at the end."""
+    """Start the longest tests first: the ones marked `long`, then the others that start
+    Fixbot, then the in-process ones. `make test` hands the tests out one at a time
+    (`--dist load --maxschedchunk 1`), so the quick ones fill the workers' last minutes
+    instead of one long test running alone at the end."""
 
-    def starts_fixbot(item: pytest.Item) -> bool:
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("long"):
+            return 0
         fixtures = set(getattr(item, "fixturenames", ()))
-        return bool(fixtures & STARTS_FIXBOT) or item.path.name == "test_local_page.py"
+        return 1 if fixtures & STARTS_FIXBOT or item.path.name == "test_local_page.py" else 2
 
-    items.sort(key=lambda item: not starts_fixbot(item))
+    items.sort(key=order)
 
 
 @pytest.fixture

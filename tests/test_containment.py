@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from fakes.anthropic import structured, text, tool
 from helpers import Listener
@@ -123,6 +124,7 @@ def hostile_code(world: World, listener: Listener, outside: list[Path]) -> str:
     )
 
 
+@pytest.mark.long
 async def test_a_compromised_agent_leaks_nothing_and_the_honest_fix_still_lands(
     world: World, listener: Listener
 ) -> None:

@@ -200,6 +200,7 @@ async def test_only_approvers_may_approve(world: World) -> None:
         assert db.execute("select state from tasks").fetchall() == [("awaiting_approval",)]
 
 
+@pytest.mark.long
 async def test_red_verification_pushes_nothing(world: World) -> None:
     """The real verification fails a fix that does not fix: nothing of it is pushed, and
     the failure offers Retry (a retry that then passes: tests/test_lifecycle.py)."""

@@ -85,6 +85,7 @@ async def test_an_unreachable_database_at_start_exits_2_without_a_traceback(
     assert "does not answer: check DATABASE_URL" in log and "Traceback" not in log
 
 
+@pytest.mark.long
 async def test_sigterm_while_slack_is_unreachable_stops_within_the_grace_period(
     world: World,
 ) -> None:
@@ -135,6 +136,7 @@ async def test_tasks_create_with_slack_down_leaves_no_orphan(world: World) -> No
 # Services answering 503 and 429 for a while
 
 
+@pytest.mark.long
 async def test_sentry_github_and_slack_errors_are_waited_out(world: World) -> None:
     seed_sentry_issue(world)
     script_planning(world)
@@ -207,6 +209,7 @@ async def test_a_service_away_past_the_wait_limit_fails_the_step_saying_so(
     assert any("stopped waiting" in t and "HTTP 503" in t for t in texts), texts
 
 
+@pytest.mark.long
 async def test_slack_answering_503_for_a_while_is_waited_out(world: World) -> None:
     seed_sentry_issue(world)
     first = world.model.script([[pause(2), structured(plan_data())]], match="Plan a fix for SHOP-1")
@@ -233,6 +236,7 @@ async def test_slack_answering_503_for_a_while_is_waited_out(world: World) -> No
     print(f"Slack 503 for 6 calls: plan {recovered_s:.1f} s later, 0 lost, 0 duplicates")
 
 
+@pytest.mark.long
 async def test_an_answer_given_at_once_reaches_the_agent(world: World) -> None:
     seed_sentry_issue(world)
     world.config["question_timeout_s"] = 60
@@ -376,6 +380,7 @@ while [ ! -f "{released}" ]; do sleep 0.1; done
 @pytest.mark.parametrize(
     "point", ["after the fix commit", "after the push", "after the PR", "before the final message"]
 )
+@pytest.mark.long
 async def test_kill_9_between_side_effects_ends_with_one_pull_request(
     world: World, point: str
 ) -> None:
@@ -440,6 +445,7 @@ def replica_running(world: World, text: str) -> int | None:
     return next((r for r in world.processes if text in world.app_log(r)), None)
 
 
+@pytest.mark.long
 async def test_a_replica_paused_past_its_lease_leaves_the_job_to_the_one_that_took_it(
     world: World, postgres_database: str
 ) -> None:
@@ -502,6 +508,7 @@ async def test_a_replica_paused_past_its_lease_leaves_the_job_to_the_one_that_to
 # running step's job is taken over after the database returns and, with planning
 # concurrency 1, the resumed step can wait behind the old worker: the task never gets its
 # plan. Seen in about half the runs on a loaded machine; passes on an idle one.
+@pytest.mark.long
 async def test_the_database_away_for_10_s_mid_step_loses_no_task(
     world: World, postgres_database: str
 ) -> None:

@@ -115,6 +115,7 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+@pytest.mark.long
 async def test_a_demo_task_from_the_browser(
     local: LocalWorkspace, browser: Browser, tmp_path: Path
 ) -> None:

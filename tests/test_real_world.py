@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_cli import fixbot
 from test_conversation import (
     TITLE,
@@ -151,6 +152,7 @@ async def test_a_regressed_issue_webhook_is_an_alert(world: World) -> None:
     assert count(world, "alerts") == 1 and count(world, "tasks") == 0
 
 
+@pytest.mark.long
 async def test_setup_command_builds_the_environment_the_tests_run_in(world: World) -> None:
     # A venv without pip (nothing downloaded) that finds this interpreter's pytest, and
     # says on every start which environment it runs in (a .pth line runs at start-up).

@@ -200,6 +200,7 @@ async def assert_exactly_once(world: World, refs: list[str]) -> dict[int, int]:
     return steps
 
 
+@pytest.mark.long
 async def test_a_replica_killed_holding_a_job_loses_it_to_the_other(
     replicas_world: World,
 ) -> None:
