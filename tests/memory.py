@@ -9,6 +9,7 @@ machinery built on them with a real SQLite database, to run in-process in millis
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -95,6 +96,8 @@ class ScriptedAgent:
     """`AgentRunner` whose steps succeed at once: planning returns `plan`, execution `done`.
 
     `plan` may be changed between steps; `outcome` makes the next step end otherwise.
+    `errors` are raised by the next steps, one each, as the runner raises them; `hold`, an
+    event, keeps steps running until it is set, and `cancelled` lists those stopped meanwhile.
     """
 
     def __init__(self) -> None:
@@ -102,6 +105,9 @@ class ScriptedAgent:
         self.outcome = "success"
         self.cost_usd = 0.25
         self.steps: list[AgentStep] = []
+        self.errors: list[Exception] = []
+        self.hold: asyncio.Event | None = None
+        self.cancelled: list[AgentStep] = []
         self._sessions = itertools.count(1)
 
     async def __call__(
@@ -115,6 +121,14 @@ class ScriptedAgent:
         session_id = step.resume_session_id or f"session-{next(self._sessions)}"
         if on_session is not None:
             await on_session(session_id)
+        if self.errors:  # after the session starts, as an API error comes from Claude Code
+            raise self.errors.pop(0)
+        if self.hold is not None:
+            try:
+                await self.hold.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(step)
+                raise
         return StepResult(
             session_id=session_id,
             outcome=self.outcome,  # type: ignore[arg-type]
@@ -148,6 +162,7 @@ class MemoryRepos:
     commits: list[str] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # what `changed_files` reports
 
     def worktree_path(self, branch: str) -> Path:
         return self.root / "worktrees" / branch.replace("/", "__")
@@ -186,7 +201,7 @@ class MemoryRepos:
         pass
 
     async def changed_files(self, worktree: Path, base_commit: str) -> list[str]:
-        return []
+        return list(self.changed)
 
     async def push(self, repo: RepoConfig, worktree: Path, branch: str) -> None:
         self.pushed.append(branch)

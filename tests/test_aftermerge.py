@@ -1,64 +1,65 @@
-"""After the merge, end to end: Sentry resolved, Jira moved, the fix watched, regressions heard.
+"""After the merge: Sentry resolved, Jira moved, the fix watched, regressions heard.
 
-The watch window is an hour here and the checks come every second
-(`limits.verify_check_interval_s`); a test that needs the window over moves its end in the
-database, as the hour would. Tests wait on what the thread says, never on the clock.
+End to end, each test starts from a task its steps would have left done (test_cli's
+`seed_task`: test_core_loop proves the steps), merged by GitHub's webhook. The watch window
+is an hour here and the checks come every second (`limits.verify_check_interval_s`); a test
+that needs the window over moves its end in the database, as the hour would. Tests wait on
+what the thread says, never on the clock. An issue coming back after its fix is heard
+in-process, through the webhook routes over a `Machine` (test_webhooks's `webhooks`).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fakes.anthropic import structured
+from sqlalchemy import select
 from test_cli import fixbot
-from test_conversation import (
-    buttons,
-    db,
-    plan_script,
-    post_alert,
-    sentry_alert,
-    start_fix,
-    thread_texts,
-    wait_for_plan,
+from test_conversation import TITLE, buttons, db, labels, slack_alert, thread_texts
+from test_webhooks import (
+    PULL,
+    PULL_URL,
+    Hooks,
+    github_signed,
+    payload,
+    post,
+    pull_url,
+    seed_pull,
+    sentry_signed,
+    start,
+    webhooks,
 )
-from test_core_loop import script_execution, script_planning
-from test_webhooks import SECRETS, payload, post, sign, start
-from world import CHANNEL, World, plan_data, seed_sentry_issue
+from world import CHANNEL, World, plan_data
+
+from bot.models import State, Watch
+from storage.jobs import JobKind, JobStatus
+from storage.tables import FixWatch, Task
 
 MERGE_COMMIT = "e5bd3914e2e596debea16f433f57875b5b90bcd6"  # github_pull_request_closed.json
 
 
-async def start_watching(world: World, window_hours: float, check_every_s: float = 1) -> str:
-    world.config["limits"]["verify_check_interval_s"] = check_every_s
+async def start_watching(world: World, window_hours: float) -> str:
+    world.config["limits"]["verify_check_interval_s"] = 1
     return await start(world, verify_window_hours=window_hours)
 
 
 async def merge(world: World, hooks: str) -> None:
-    """GitHub says the task's pull request was merged (in MERGE_COMMIT)."""
-    number = str(world.github.pulls("acme/shop")[0].number)
-    closed = payload("github_pull_request_closed.json", NUMBER=number)
-    headers = {
-        "X-GitHub-Event": "pull_request",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], closed),
-    }
+    """GitHub says the seeded task's pull request was merged (in MERGE_COMMIT)."""
+    closed = payload("github_pull_request_closed.json", NUMBER=str(PULL))
+    headers = github_signed("pull_request", closed)
     assert await post(f"{hooks}/github", closed, headers) == (200, {"ok": True})
 
 
-async def planned_and_done(world: World, ref: str = "SHOP-1") -> str:
-    """A task whose plan is out, then marked done as a finished execution leaves it (its
-    draft pull request stands for the fix); returns its thread."""
-    await world.slack.slash_command(ref)
-    parent = await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1])
-    thread_ts = str(parent[0]["ts"])
-    await wait_for_plan(world, thread_ts)
-    with db(world) as connection:
-        connection.execute("update tasks set state = 'done'")
-    return thread_ts
+def seen_before_the_fix(world: World) -> str:
+    """SHOP-1 in Sentry, last seen two hours before its fix is merged, as a real task's
+    steps leave it: its only events since the merge are then those a test adds (Sentry's
+    `start` counts whole seconds)."""
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    return world.sentry.add_issue(short_id="SHOP-1", title=TITLE, last_seen=two_hours_ago)
 
 
 def fixbot_says(world: World, thread_ts: str, words: str) -> dict[str, Any] | None:
@@ -77,7 +78,7 @@ def thread(world: World, thread_ts: str) -> list[dict[str, Any]]:
 
 
 def parent_text(world: World) -> str:
-    return json.dumps(world.slack.messages(CHANNEL)[0]["blocks"])
+    return json.dumps(world.slack.messages(CHANNEL)[0].get("blocks"))  # none until updated
 
 
 def watch_row(world: World) -> tuple[Any, ...]:
@@ -98,16 +99,10 @@ def pending_after_merge_jobs(world: World) -> int:
 async def test_a_merged_fix_is_resolved_watched_through_a_restart_and_holds(
     world: World,
 ) -> None:
-    issue_id = seed_sentry_issue(world)
+    issue_id = seen_before_the_fix(world)
     world.sentry.add_repository("acme/shop")
-    script_planning(world)
-    script_execution(world)
     hooks = await start_watching(world, window_hours=1)
-    thread_ts, plan = await start_plan_in(world)
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
-    await world.slack.wait_for(
-        lambda: fixbot_says(world, thread_ts, "Pull request ready"), timeout=120
-    )
+    thread_ts = await seed_pull(world, "done")
 
     await merge(world, hooks)
     await world.slack.wait_for(
@@ -155,12 +150,11 @@ async def test_a_merged_fix_is_resolved_watched_through_a_restart_and_holds(
 async def test_events_after_the_release_mean_the_fix_did_not_hold_and_plan_again(
     world: World,
 ) -> None:
-    issue_id = seed_sentry_issue(world)
+    issue_id = seen_before_the_fix(world)
     world.sentry.add_release("shop@1.0.0", commits=["0" * 40])  # before the fix
-    plan_script(world)
     hooks = await start_watching(world, window_hours=1)
-    thread_ts = await planned_and_done(world)
-    pr_url = world.github.pulls("acme/shop")[0].html_url
+    thread_ts = await seed_pull(world, "done")
+    pr_url = pull_url(world)
 
     await merge(world, hooks)
     deployed = datetime.now(UTC)
@@ -222,79 +216,13 @@ async def test_events_after_the_release_mean_the_fix_did_not_hold_and_plan_again
     assert world.model.unexpected == []
 
 
-async def test_a_regressed_webhook_reopens_the_original_thread(world: World) -> None:
-    issue_id = seed_sentry_issue(world)
-    plan_script(world)
-    hooks = await start_watching(world, window_hours=1, check_every_s=5)
-    thread_ts = await planned_and_done(world)
-    pr_url = world.github.pulls("acme/shop")[0].html_url
-    await merge(world, hooks)
-    await world.slack.wait_for(lambda: fixbot_says(world, thread_ts, "After the merge"))
-
-    body = json.loads(
-        payload(
-            "sentry_issue_created.json",
-            SENTRY=world.sentry.url,
-            ISSUE_ID=issue_id,
-            SHORT_ID="SHOP-1",
-        )
-    )
-    body["action"] = "unresolved"
-    body["data"]["issue"].update(status="unresolved", substatus="regressed")
-    raw = json.dumps(body).encode()
-    headers = {
-        "Sentry-Hook-Resource": "issue",
-        "Request-ID": str(uuid.uuid4()),
-        "Sentry-Hook-Signature": sign(SECRETS["sentry"], raw),
-    }
-    assert await post(f"{hooks}/sentry", raw, headers) == (200, {"ok": True})
-    reopened = await world.slack.wait_for(
-        lambda: fixbot_says(world, thread_ts, "regressed"), what="the regression in its thread"
-    )
-    assert pr_url in reopened["text"] and buttons(reopened) == ["Plan again"]
-    assert len(world.slack.messages(CHANNEL)) == 1  # no new thread, no new task
-    assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
-    assert watch_row(world)[0] == "regressed"
-
-    # Sentry's alert about it in the channel is counted in the original thread too.
-    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
-    await world.slack.wait_for(
-        lambda: fixbot_says(world, thread_ts, "Seen again (1)"), what="the count in the thread"
-    )
-    assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
-    assert len(thread(world, alert_ts)) == 1  # the alert itself, no reply of its own
-
-
-async def test_a_channel_alert_for_a_merged_fix_reopens_the_original_thread(
-    world: World,
-) -> None:
-    issue_id = seed_sentry_issue(world)
-    plan_script(world)
-    hooks = await start_watching(world, window_hours=1, check_every_s=5)
-    thread_ts = await planned_and_done(world)
-    await merge(world, hooks)
-    await world.slack.wait_for(lambda: fixbot_says(world, thread_ts, "After the merge"))
-
-    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
-    back = await world.slack.wait_for(
-        lambda: fixbot_says(world, thread_ts, "came back"), what="the alert in its thread"
-    )
-    assert "A Sentry alert names `SHOP-1` again" in back["text"]
-    assert buttons(back) == ["Plan again"]
-    pointer = await world.slack.wait_for(
-        lambda: next((m for m in thread(world, alert_ts) if m.get("bot_id") == "BFIXBOT"), None),
-        what="the pointer to the original thread",
-    )
-    assert "Fixbot fixed this issue before" in pointer["text"] and buttons(pointer) == []
-    assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
-
-
 async def test_a_merged_jira_task_moves_the_issue_to_done_with_a_comment(world: World) -> None:
     world.jira.add_issue("SHOP-42", "Discounts over 1% make prices negative", labels=["bug"])
-    world.model.script([[structured(plan_data())]], match="Plan a fix for SHOP-42")
     hooks = await start(world, jira=True)
-    thread_ts = await planned_and_done(world, "SHOP-42")
-    pr_url = world.github.pulls("acme/shop")[0].html_url
+    thread_ts = await seed_pull(world, "done", title="Discounts over 1% make prices negative")
+    with db(world) as connection:  # test_cli's `seed_task` seeds a Sentry task
+        connection.execute("update tasks set ref_kind = 'jira', ref_key = 'SHOP-42'")
+    pr_url = pull_url(world)
 
     await merge(world, hooks)
     closed = await world.slack.wait_for(lambda: fixbot_says(world, thread_ts, "After the merge"))
@@ -309,9 +237,72 @@ async def test_a_merged_jira_task_moves_the_issue_to_done_with_a_comment(world: 
     assert watch_row(world) == ("closed", None, None)
 
 
-# Helpers
+# In-process: an issue coming back after its fix
 
 
-async def start_plan_in(world: World) -> tuple[str, dict[str, Any]]:
-    thread_ts = await start_fix(world)
-    return thread_ts, await wait_for_plan(world, thread_ts)
+SHOP_1 = "42"  # the Sentry issue id of SHOP-1
+ALERT_TS = "1.000001"  # Sentry's alert message in the channel
+
+
+async def merged_fix(hooks: Hooks) -> Task:
+    """A done task for SHOP-1 whose pull request GitHub says was merged, the loop closed.
+    With no Sentry here its watch ends closed rather than watching: either reopens."""
+    task = await hooks.seeded(State.DONE, pr_number=PULL, pr_url=PULL_URL)
+    closed = payload("github_pull_request_closed.json", NUMBER=str(PULL))
+    merged = await hooks.post("github", closed, github_signed("pull_request", closed))
+    assert merged == (200, {"ok": True})
+    job = await hooks.machine.queue.claim([JobKind.AFTER_MERGE])
+    assert job is not None
+    assert (await hooks.conversation.after_merge.run_job(job)).status == JobStatus.DONE
+    assert hooks.said(task.thread_ts, "After the merge") is not None
+    return task
+
+
+async def watch_status(hooks: Hooks) -> str | None:
+    async with hooks.machine.sessions() as session:
+        return await session.scalar(select(FixWatch.status))
+
+
+async def test_a_regressed_webhook_reopens_the_original_thread(tmp_path: Path) -> None:
+    async with webhooks(tmp_path) as hooks:
+        task = await merged_fix(hooks)
+        values = {"SENTRY": "https://sentry.io", "ISSUE_ID": SHOP_1, "SHORT_ID": "SHOP-1"}
+        body = json.loads(payload("sentry_issue_created.json", **values))
+        body["action"] = "unresolved"
+        body["data"]["issue"].update(status="unresolved", substatus="regressed")
+        raw = json.dumps(body).encode()
+
+        assert await hooks.post("sentry", raw, sentry_signed("issue", raw)) == (200, {"ok": True})
+        reopened = hooks.said(task.thread_ts, "regressed")
+        assert reopened is not None and PULL_URL in reopened.text
+        assert labels(hooks.threads.blocks[reopened.ts]) == ["Plan again"]
+        threads = [m for m in hooks.threads.messages.values() if m.thread_ts is None]
+        assert len(threads) == 1  # no new thread, no new task
+        assert await hooks.count(Task) == 1
+        assert await watch_status(hooks) == Watch.REGRESSED
+
+        # Sentry's alert about it in the channel is counted in the original thread too.
+        alert = hooks.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
+        assert alert is not None
+        await hooks.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
+        await hooks.threads.wait_for(task.thread_ts, "Seen again (1)")  # noted after ~1 s
+        assert await hooks.count(Task) == 1
+        assert hooks.threads.texts_of(ALERT_TS) == []  # the alert gets no reply of its own
+
+
+async def test_a_channel_alert_for_a_merged_fix_reopens_the_original_thread(
+    tmp_path: Path,
+) -> None:
+    async with webhooks(tmp_path) as hooks:
+        task = await merged_fix(hooks)
+        alert = hooks.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
+        assert alert is not None
+
+        await hooks.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
+        back = hooks.said(task.thread_ts, "came back")
+        assert back is not None and "A Sentry alert names `SHOP-1` again" in back.text
+        assert labels(hooks.threads.blocks[back.ts]) == ["Plan again"]
+        (pointer,) = hooks.threads.texts_of(ALERT_TS)  # the pointer to the original thread
+        assert "Fixbot fixed this issue before" in pointer.text
+        assert labels(hooks.threads.blocks[pointer.ts]) == []
+        assert await hooks.count(Task) == 1

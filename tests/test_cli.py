@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from fakes.anthropic import structured, tool
 from launcher import launch
 from slack_sdk.web.async_client import AsyncWebClient
 from test_core_loop import buttons
 from test_pool import claude_processes, start_slow_planning
+from test_workers import worker_pids
 from world import CHANNEL, ROOT, World, plan_data, seed_sentry_issue
 
-from repos.workspace import branch_name
 from storage.db import create_engine, migrate, sessionmaker
 from storage.tables import AgentRun, Job, Task, TaskEvent
 
@@ -294,6 +293,7 @@ async def test_cancel_a_step_running_in_the_app(world: World) -> None:
     world.config["limits"]["job_lease_s"] = 3  # a heartbeat each second
     thread_ts = await start_slow_planning(world, seconds=120)
     assert world.process is not None
+    assert worker_pids(world) == []  # tests/world.py's `processes: 0`: the step is in the app
     with db(world) as connection:
         ((task_id, job_status),) = connection.execute(
             "select tasks.id, jobs.status from tasks join jobs on jobs.task_id = tasks.id"
@@ -320,7 +320,7 @@ async def test_cancel_a_step_running_in_the_app(world: World) -> None:
     assert not any(buttons(m) for m in world.slack.thread(CHANNEL, thread_ts))
 
 
-# tasks transcript
+# tasks transcript (of a real planning run: tests/test_metrics_logs.py)
 
 
 def write_session(world: World, session_id: str) -> None:
@@ -389,41 +389,6 @@ async def test_transcript(world: World) -> None:
     assert run.code == 2
     run = await fixbot(world, "tasks", "transcript", "77")
     assert run.code == 2 and run.err.strip() == "fixbot: there is no task 77"
-
-
-async def test_transcript_of_a_real_planning_run(world: World) -> None:
-    seed_sentry_issue(world)
-    worktree = world.worktree(
-        branch_name("SHOP-1", "AssertionError: discount made the price negative")
-    )
-    world.model.script(
-        [
-            [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
-            [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan\n"})],
-            [structured(plan_data())],
-        ],
-        match="Plan a fix for SHOP-1",
-    )
-    await world.start_app()
-    run = await fixbot(world, "tasks", "create", "SHOP-1")
-    assert run.code == 0, run.err
-    await world.slack.wait_for(
-        lambda: any(
-            block["type"] == "actions"
-            for message in world.slack.thread(CHANNEL, world.slack.messages(CHANNEL)[0]["ts"])
-            for block in message.get("blocks", [])
-        ),
-        timeout=60,
-        what="the plan",
-    )
-    await world.stop_app()
-    run = await fixbot(world, "tasks", "transcript", "1")
-    assert run.code == 0, run.err
-    assert run.lines[0].startswith("=== planning · session ")
-    assert run.lines[1].startswith("[user] Plan a fix for SHOP-1")
-    assert any(line.startswith("  → Read ") and "pricing.py" in line for line in run.lines)
-    assert any("return price - price * percent" in line for line in run.lines)
-    assert any(line.startswith("  → StructuredOutput ") for line in run.lines)
 
 
 async def test_run_is_the_app_and_says_what_is_missing(world: World) -> None:

@@ -1,16 +1,32 @@
-"""Fixbot in conversation, end to end: alerts in a channel, replies, mentions, questions."""
+"""Fixbot in conversation: alerts in a channel, replies, mentions, questions.
+
+The Slack wiring (an alert message, the `Plan a fix` click, mentions) runs end to end; what
+follows from an alert or a question once it reached the conversation runs in-process on
+the task machinery (tests/memory.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from fakes.anthropic import structured, tool
+from mcp import Client
+from memory import MemoryThreads, build_machine
+from sqlalchemy import select, update
+from test_lifecycle import planned
 from world import CHANNEL, World, git, plan_data, seed_sentry_issue
 
+from agents.ask import NO_ANSWER, SERVER
+from bot.models import RefKind, State
+from bot.views import Message
+from bot.wiring import conversation_around
 from repos.workspace import branch_name
+from storage.jobs import JobKind
+from storage.tables import Alert, Task
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TITLE = "AssertionError: discount made the price negative"
@@ -18,8 +34,13 @@ ASK = "mcp__fixbot__ask_in_thread"
 
 
 def sentry_alert(world: World, issue_id: str, short_id: str = "SHOP-1") -> dict[str, Any]:
+    return alert_payload(world.sentry.url, issue_id, short_id)
+
+
+def alert_payload(sentry: str, issue_id: str, short_id: str = "SHOP-1") -> dict[str, Any]:
+    """A Sentry alert as Slack delivers it (Block Kit), naming issue `issue_id`."""
     raw = (PAYLOADS / "sentry_slack_blocks.json").read_text()
-    values = {"SENTRY": world.sentry.url, "ISSUE_ID": issue_id, "SHORT_ID": short_id}
+    values = {"SENTRY": sentry, "ISSUE_ID": issue_id, "SHORT_ID": short_id}
     for key, value in values.items():
         raw = raw.replace("{{" + key + "}}", value)
     return json.loads(raw)
@@ -35,21 +56,25 @@ def buttons(message: dict[str, Any]) -> list[str]:
     """The buttons of one of Fixbot's messages (Sentry's alerts have their own)."""
     if message.get("bot_id") != "BFIXBOT":
         return []
+    return labels(message.get("blocks", []))
+
+
+def labels(blocks: list[dict[str, Any]]) -> list[str]:
+    """The buttons' labels in these blocks."""
     return [
         element["text"]["text"]
-        for block in message.get("blocks", [])
+        for block in blocks
         if block["type"] == "actions"
         for element in block["elements"]
     ]
 
 
-def plan_script(world: World, *extra: Any, ref: str = "SHOP-1", first: Any = None) -> None:
+def plan_script(world: World, *, ref: str = "SHOP-1", first: Any = None) -> None:
     worktree = world.worktree(branch_name(ref, TITLE))
     turns = [
         [tool("Read", {"file_path": str(worktree / "shop" / "pricing.py")})],
         *([first] if first is not None else []),
         [structured(plan_data())],
-        *extra,
     ]
     world.model.script(turns, match=f"Plan a fix for {ref}")
 
@@ -89,6 +114,46 @@ async def start_fix(world: World) -> str:
     return str(parent[0]["ts"])
 
 
+class KeptThreads(MemoryThreads):
+    """`MemoryThreads` that also keeps each message's blocks (its buttons, its links), and
+    lets a test wait until a thread says something."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: dict[str, list[dict[str, Any]]] = {}
+        self._changed = asyncio.Condition()
+
+    async def post(self, channel: str, message: Message, *, thread_ts: str | None = None) -> str:
+        ts = await super().post(channel, message, thread_ts=thread_ts)
+        await self._keep(ts, message)
+        return ts
+
+    async def update(self, channel: str, ts: str, message: Message) -> None:
+        await super().update(channel, ts, message)
+        await self._keep(ts, message)
+
+    async def _keep(self, ts: str, message: Message) -> None:
+        self.blocks[ts] = message.blocks
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, thread_ts: str, text: str) -> None:
+        """Until a message of the thread says `text` (pytest's timeout bounds a stuck test)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: any(text in t for t in self.texts(thread_ts)))
+
+    def offers(self, thread_ts: str) -> list[str]:
+        """The ts of the thread's messages whose one button is `Plan a fix`."""
+        return [
+            m.ts for m in self.texts_of(thread_ts) if labels(self.blocks[m.ts]) == ["Plan a fix"]
+        ]
+
+
+def slack_alert(ts: str, issue_id: str = "142") -> dict[str, Any]:
+    """Sentry's alert message in the alert channel, posted at `ts`."""
+    return {**alert_payload("https://sentry.io", issue_id), "channel": CHANNEL, "ts": ts}
+
+
 # Alerts
 
 
@@ -117,117 +182,99 @@ async def test_a_sentry_alert_offers_a_fix_and_the_button_plans_it(world: World)
     assert db(world).execute("select count(*) from tasks").fetchone() == (1,)
 
 
-async def test_an_alert_storm_is_one_task_with_a_count(world: World) -> None:
-    issue_id = seed_sentry_issue(world)
-    await world.start_app()
-    alert = sentry_alert(world, issue_id)
-    first = await post_alert(world, alert)
-    await world.slack.wait_for(lambda: len(world.slack.thread(CHANNEL, first)) > 1)
-    for _ in range(49):
-        await post_alert(world, alert)
-
-    await world.slack.wait_for(
-        lambda: "Seen again (49)" in thread_texts(world, first), timeout=60, what="the count"
-    )
-    offers = [m for m in world.slack.thread(CHANNEL, first) if buttons(m)]
-    assert len(offers) == 1
-    assert db(world).execute("select count, sentry_issue from alerts").fetchall() == [
-        (50, issue_id)
-    ]
-    # Sentry's other messages got no replies of their own.
-    assert all(
-        len(world.slack.thread(CHANNEL, m["ts"])) == 1
-        for m in world.slack.messages(CHANNEL)
-        if m["ts"] != first
-    )
-
-
-async def test_auto_plan_starts_at_once_and_other_bots_are_ignored(world: World) -> None:
-    issue_id = seed_sentry_issue(world)
-    plan_script(world)
-    world.config["auto_plan"] = True
-    await world.start_app()
-
-    chatter = await world.slack.post_message(CHANNEL, "<!channel> deploy done", bot_id="B_CI")
-    alert_ts = await post_alert(world, sentry_alert(world, issue_id))
-    await wait_for_plan(world, alert_ts)
-    assert len(world.slack.thread(CHANNEL, chatter)) == 1
-
-
-async def test_a_regression_links_the_earlier_pull_request(world: World) -> None:
-    issue_id = seed_sentry_issue(world)
-    await world.start_app()
-    alert = sentry_alert(world, issue_id)
-    first = await post_alert(world, alert)
-    await world.slack.wait_for(lambda: len(world.slack.thread(CHANNEL, first)) > 1)
-    connection = db(world)
-    with connection:
-        connection.execute(
-            "insert into tasks (state, ref_kind, ref_key, title, context, priority, channel_id,"
-            " thread_ts, plan_version, cost_usd, created_at, updated_at, pr_url) values ('done',"
-            " 'sentry', 'SHOP-1', 't', '', 1, ?, ?, 1, 0, '2024-01-01', '2024-01-01',"
-            " 'https://github.com/acme/shop/pull/7')",
-            (CHANNEL, first),
+async def test_an_alert_storm_is_one_task_with_a_count(tmp_path: Path) -> None:
+    threads = KeptThreads()
+    async with build_machine(tmp_path, threads=threads, alert_channels=[CHANNEL]) as machine:
+        conversation = conversation_around(machine.workflow)
+        first = "1.000001"
+        alert = conversation.alert_in(slack_alert(first))
+        assert alert is not None
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts=first)
+        repeats = [f"2.{n:06d}" for n in range(49)]
+        await asyncio.gather(  # as a storm arrives: the repeats all at once
+            *(conversation.on_alert(alert, channel=CHANNEL, message_ts=ts) for ts in repeats)
         )
-        connection.execute("update alerts set task_id = (select max(id) from tasks)")
 
-    again = await post_alert(world, alert)
-    await world.slack.wait_for(
-        lambda: "pull/7" in json.dumps(world.slack.thread(CHANNEL, again)),
-        what="the regression note",
-    )
-    assert any(buttons(m) == ["Plan a fix"] for m in world.slack.thread(CHANNEL, again))
-
-
-# Feedback
-
-
-async def test_a_reply_revises_the_plan_and_supersedes_its_buttons(world: World) -> None:
-    seed_sentry_issue(world)
-    worktree = world.worktree(branch_name("SHOP-1", TITLE))
-    revised = plan_data(summary="Divide by 100 and refuse percent above 100.")
-    plan_script(
-        world,
-        [tool("Write", {"file_path": str(worktree / "PLAN.md"), "content": "# Plan v2\n"})],
-        [structured(revised)],
-    )
-    await world.start_app()
-    thread_ts = await start_fix(world)
-    first = await wait_for_plan(world, thread_ts)
-
-    await world.slack.reply_in_thread(
-        CHANNEL, thread_ts, "Also refuse percent > 100 <!channel>", user="U_BOB"
-    )
-    second = await wait_for_plan(world, thread_ts, version=2)
-    assert "refuse percent above 100" in json.dumps(second["blocks"])
-
-    old = next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == first["ts"])
-    assert buttons(old) == []
-    assert "Superseded by a revised plan" in json.dumps(old["blocks"])
-    echoed = json.dumps(
-        [m for m in world.slack.thread(CHANNEL, thread_ts) if m.get("bot_id") == "BFIXBOT"]
-    )
-    assert "<!channel>" not in echoed and "&lt;!channel&gt;" in echoed
-
-    resumed = [r for r in world.model.requests if "plan-changes skill" in json.dumps(r)]
-    assert resumed, "the revision prompt names the plan-changes skill"
-    sessions = (
-        db(world)
-        .execute("select session_id from agent_runs where step = 'planning' order by id")
-        .fetchall()
-    )
-    assert len(sessions) == 2 and sessions[0] == sessions[1]  # the same session, resumed
+        async with machine.sessions() as session:
+            counted = (await session.execute(select(Alert.count, Alert.sentry_issue))).all()
+            assert [tuple(row) for row in counted] == [(50, "142")]
+            assert await session.scalar(select(Task.id)) is None  # offered, not started
+        await threads.wait_for(first, "Seen again (49)")  # the note is coalesced for ~1 s
+        assert [t for t in threads.texts(first) if "Seen again" in t] == [
+            ":repeat: Seen again (49)"
+        ]
+        assert len(threads.offers(first)) == 1
+        # The repeats got no replies of their own.
+        assert all(threads.texts(ts) == [] for ts in repeats)
+        await conversation.aclose()
 
 
-async def test_an_unanswered_question_lets_the_agent_carry_on(world: World) -> None:
-    seed_sentry_issue(world)
-    plan_script(world, first=[tool(ASK, {"question": "Which currency?"})])
-    world.config["question_timeout_s"] = 1
-    await world.start_app()
-    thread_ts = await start_fix(world)
-    await wait_for_plan(world, thread_ts)
-    assert "No answer in time" in thread_texts(world, thread_ts)
-    assert any("No answer; proceed" in json.dumps(r) for r in world.model.tool_results())
+async def test_auto_plan_starts_at_once_and_other_bots_are_ignored(tmp_path: Path) -> None:
+    threads = KeptThreads()
+    async with build_machine(
+        tmp_path, threads=threads, auto_plan=True, alert_channels=[CHANNEL]
+    ) as machine:
+        conversation = conversation_around(machine.workflow)
+        chatter = {"channel": CHANNEL, "ts": "1.000001", "bot_id": "B_CI"}
+        assert conversation.alert_in({**chatter, "text": "<!channel> deploy done"}) is None
+
+        alert_ts = "1.000002"
+        alert = conversation.alert_in(slack_alert(alert_ts))
+        assert alert is not None
+        task = await conversation.on_alert(alert, channel=CHANNEL, message_ts=alert_ts)
+        # No offer to click: the task lives in the alert's thread and its planning is queued.
+        assert task is not None and (task.thread_ts, task.state) == (alert_ts, State.QUEUED)
+        assert task.requested_by is None and threads.offers(alert_ts) == []
+        assert [m.thread_ts for m in threads.messages.values()] == [alert_ts]  # the parent
+        job = await machine.queue.claim([JobKind.PLANNING])
+        assert job is not None and job.task_id == task.id
+        assert machine.jobs.wakes == 1  # a worker is woken at once
+
+
+async def test_a_regression_links_the_earlier_pull_request(tmp_path: Path) -> None:
+    threads = KeptThreads()
+    async with build_machine(tmp_path, threads=threads, alert_channels=[CHANNEL]) as machine:
+        conversation = conversation_around(machine.workflow)
+        first, again = "1.000001", "1.000002"
+        alert = conversation.alert_in(slack_alert(first))
+        assert alert is not None
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts=first)
+        async with machine.sessions.begin() as session:  # Fixbot fixed the issue before
+            fixed = Task(
+                state=State.DONE,
+                ref_kind=RefKind.SENTRY,
+                ref_key="SHOP-1",
+                title="t",
+                channel_id=CHANNEL,
+                thread_ts=first,
+                pr_url="https://github.com/acme/shop/pull/7",
+            )
+            session.add(fixed)
+            await session.flush()
+            await session.execute(update(Alert).values(task_id=fixed.id))
+
+        await conversation.on_alert(alert, channel=CHANNEL, message_ts=again)
+        [offer] = threads.offers(again)
+        assert "pull/7" in json.dumps(threads.blocks[offer])
+
+
+# Questions
+
+
+async def test_an_unanswered_question_lets_the_agent_carry_on(tmp_path: Path) -> None:
+    async with build_machine(tmp_path, question_timeout_s=0.01) as machine:
+        task = await planned(machine)
+        # The ask tool the planning step was given, called as Claude Code calls it.
+        ask = machine.agent.steps[-1].mcp_servers[SERVER]["instance"]
+        async with Client(ask) as client:
+            result = await client.call_tool("ask_in_thread", {"question": "Which currency?"})
+        assert not result.is_error
+        assert [block.text for block in result.content] == [NO_ANSWER]
+        texts = machine.threads.texts(task.thread_ts)
+        asked = next(i for i, t in enumerate(texts) if "The agent asks: Which currency?" in t)
+        assert "No answer in time" in texts[asked + 1]
+        # Closed: a reply now is feedback for the plan, not a late answer.
+        assert not await machine.workflow.questions.answer(task, "U_BOB", "Euros.")
 
 
 # Mentions

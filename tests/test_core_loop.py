@@ -1,4 +1,6 @@
-"""The core loop end to end: /fix → plan in a thread → Approve → verified fix → pull request."""
+"""The core loop end to end: /fix → plan in a thread → Approve → verified fix → pull request,
+for a Sentry issue and a Jira issue. The helpers
+script that loop for the other end-to-end tests."""
 
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ from world import (
     git,
     plan_data,
     seed_sentry_issue,
-)
-from world import (
-    SHOP_PRICING as SHOP_PRICING_UNCHANGED,
 )
 
 from repos.workspace import branch_name
@@ -158,97 +157,8 @@ async def start_plan(world: World, ref: str = "SHOP-1") -> tuple[str, dict[str, 
     return parent["ts"], plan
 
 
-def message(world: World, thread_ts: str, ts: str) -> dict[str, Any]:
-    return next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == ts)
-
-
 def thread_texts(world: World, thread_ts: str) -> list[str]:
     return [message["text"] for message in world.slack.thread(CHANNEL, thread_ts)]
-
-
-async def test_reject_ends_the_task_and_pushes_nothing_more(world: World) -> None:
-    seed_sentry_issue(world)
-    script_planning(world)
-    await world.start_app()
-    thread_ts, plan = await start_plan(world)
-    heads_before = git_heads(world)
-
-    await world.slack.click_button(CHANNEL, plan["ts"], "reject", user="UBOB01")
-    await world.slack.wait_for(
-        lambda: "Rejected" in world.slack.thread(CHANNEL, thread_ts)[0]["text"]
-    )
-    await world.slack.wait_for(lambda: not buttons(message(world, thread_ts, plan["ts"])))
-    updated = message(world, thread_ts, plan["ts"])
-    assert "Rejected by <@UBOB01>" in str(updated["blocks"])
-    assert git_heads(world) == heads_before
-
-
-async def test_only_approvers_may_approve(world: World) -> None:
-    """A click by someone else is refused in private and the plan keeps its buttons (a
-    double click by an approver: tests/test_lifecycle.py)."""
-    world.config["approvers"] = ["ULEAD01"]
-    seed_sentry_issue(world)
-    script_planning(world)
-    await world.start_app()
-    thread_ts, plan = await start_plan(world)
-
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UMAL01")
-    refusal = await world.slack.wait_for(lambda: world.slack.ephemerals("UMAL01"))
-    assert "approvers" in refusal[-1]["text"]
-    assert buttons(next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"]))
-    with sqlite3.connect(world.root / "fixbot.db") as db:
-        assert db.execute("select state from tasks").fetchall() == [("awaiting_approval",)]
-
-
-@pytest.mark.long
-async def test_red_verification_pushes_nothing(world: World) -> None:
-    """The real verification fails a fix that does not fix: nothing of it is pushed, and
-    the failure offers Retry (a retry that then passes: tests/test_lifecycle.py)."""
-    seed_sentry_issue(world)
-    script_planning(world)
-    script_execution(world, fix=SHOP_PRICING_UNCHANGED)
-    await world.start_app()
-    thread_ts, plan = await start_plan(world)
-    branch = branch_name("SHOP-1", TITLE)
-    pushed_plan = git_heads(world)[branch]
-
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UBOB01")
-    failure = await failure_report(world, thread_ts, timeout=90)
-    assert "Verification failed" in failure["text"]
-    assert "Cancel" in buttons(failure)
-    assert git_heads(world)[branch] == pushed_plan  # nothing of the fix was pushed
-    assert world.github.pulls("acme/shop")[0].draft
-
-
-async def test_bad_references_get_an_ephemeral_answer_and_no_task(world: World) -> None:
-    await world.start_app()
-    cases = {
-        "": "needs something to fix",
-        "hello world": "repo:owner/name",
-        "broken checkout repo:acme/unknown": "not in fixbot.yml",
-        "https://example.com/nothing": "not on a Sentry, GitHub or Jira",
-        f"{world.github.url}/other/repo/issues/3": "not in fixbot.yml",
-        "https://github.com/acme/shop/issues/3": "not on a Sentry, GitHub or Jira",
-    }
-    for text_typed, expected in cases.items():
-        seen = len(world.slack.ephemerals("U_TYPO"))
-        await world.slack.slash_command(text_typed, user="U_TYPO")
-        answer = await world.slack.wait_for(lambda s=seen: world.slack.ephemerals("U_TYPO")[s:])
-        assert expected in answer[-1]["text"], (text_typed, answer[-1]["text"])
-        assert "Accepted forms" in answer[-1]["text"] or "fixbot.yml" in answer[-1]["text"]
-    assert world.slack.messages(CHANNEL) == []
-    db = sqlite3.connect(world.root / "fixbot.db")
-    assert db.execute("select count(*) from tasks").fetchone()[0] == 0
-
-
-async def test_unmapped_sentry_project_says_how_to_map_it(world: World) -> None:
-    world.sentry.add_issue(short_id="BILLING-7", project="billing-api", title="KeyError")
-    world.config["limits"]["reference_timeout_s"] = 60  # a loaded machine still answers
-    await world.start_app()
-    await world.slack.slash_command("BILLING-7", user="U_TYPO")
-    answer = await world.slack.wait_for(lambda: world.slack.ephemerals("U_TYPO"), timeout=30)
-    assert "`billing-api`" in answer[-1]["text"] and "sentry_projects" in answer[-1]["text"]
-    assert world.slack.messages(CHANNEL) == []
 
 
 def git_heads(world: World) -> dict[str, str]:

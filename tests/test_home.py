@@ -1,11 +1,12 @@
-"""App Home: the dashboard's blocks for a busy database, and the real app publishing it."""
+"""App Home: the dashboard's blocks for a busy database, and the real app publishing it and
+taking a click on it."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from test_core_loop import script_planning, start_plan
+from test_core_loop import buttons, git_heads, script_planning, start_plan
 from world import CHANNEL, World, seed_sentry_issue
 
 from bot import views
@@ -123,10 +124,22 @@ def test_an_empty_home_says_how_to_start() -> None:
 
 
 async def test_home_shows_the_plan_awaiting_approval(world: World) -> None:
+    """An approver's Home lists the plan with Approve and Reject; Reject clicked there ends
+    the task as in the thread. A click in the thread by someone else is refused in private."""
+    world.config["approvers"] = ["UBOB01"]
     seed_sentry_issue(world)
     script_planning(world)
     await world.start_app()
-    await start_plan(world)
+    thread_ts, plan = await start_plan(world)
+    heads_before = git_heads(world)
+
+    def plan_message() -> dict[str, Any]:
+        return next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"])
+
+    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="UMAL01")
+    refusal = await world.slack.wait_for(lambda: world.slack.ephemerals("UMAL01"))
+    assert "approvers" in refusal[-1]["text"]
+    assert buttons(plan_message())  # the plan still waits (the Reject below expects it to)
 
     await world.slack.open_app_home("UBOB01")
 
@@ -137,12 +150,22 @@ async def test_home_shows_the_plan_awaiting_approval(world: World) -> None:
         return view
 
     view = await world.slack.wait_for(waiting_plan, timeout=30, what="the Home view")
-    buttons = {e["action_id"]: e["value"] for e in actions(view)}
+    values = {e["action_id"]: e["value"] for e in actions(view)}
     # The same action ids and value as the plan in the thread, so the same handlers decide.
-    assert buttons["approve"] == buttons["reject"] == "1:1"
+    assert values["approve"] == values["reject"] == "1:1"
     assert "SHOP-1" in text_of(view) and "70%" not in text_of(view)
-    # Home views are not messages: LocalSlack clicks buttons on messages only, so the
-    # click itself is covered by the thread's tests.
+
+    # A Home click names no message: Fixbot finds the plan's message in the thread itself.
+    await world.slack.click_home_button("reject", user="UBOB01", value="1:1")
+    await world.slack.wait_for(
+        lambda: (
+            "Rejected" in world.slack.thread(CHANNEL, thread_ts)[0]["text"]
+            and not buttons(plan_message())
+        ),
+        what="the rejection in the thread",
+    )
+    assert "Rejected by <@UBOB01>" in str(plan_message()["blocks"])
+    assert git_heads(world) == heads_before  # nothing more was pushed
 
 
 async def test_home_follows_task_changes_for_those_who_opened_it(world: World) -> None:

@@ -1,28 +1,24 @@
-"""Operations: `/metrics` after a scripted planning run, health and readiness, JSON logs."""
+"""Operations: `/metrics` after a scripted planning run, health and readiness, JSON logs,
+and that run's transcript as `fixbot tasks transcript` shows it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import socket
 import sqlite3
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from test_cli import fixbot
 from test_core_loop import buttons, script_planning
+from test_workers import free_port
 from world import CHANNEL, World, seed_sentry_issue
 
 from bot import logs
 from bot.logs import setup_logging
 from bot.redact import Redactor
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -119,6 +115,15 @@ async def test_metrics_health_and_logs_after_a_planning_run(world: World) -> Non
     assert all(record["task_id"] == 1 and record["agent"] == "planning" for record in during)
     assert records[start]["data"] == {"job": 1, "attempt": 1}
     assert world.env["SLACK_BOT_TOKEN"] not in world.app_log()
+
+    # The step's Claude Code session file, as `fixbot tasks transcript` reads it back.
+    run = await fixbot(world, "tasks", "transcript", "1")
+    assert run.code == 0, run.err
+    assert run.lines[0].startswith("=== planning · session ")
+    assert run.lines[1].startswith("[user] Plan a fix for SHOP-1")
+    assert any(line.startswith("  → Read ") and "pricing.py" in line for line in run.lines)
+    assert any("return price - price * percent" in line for line in run.lines)
+    assert any(line.startswith("  → StructuredOutput ") for line in run.lines)
 
 
 def test_log_lines_are_tagged_and_redacted(capsys: Any) -> None:

@@ -1,6 +1,8 @@
-"""A compromised agent against the layers above the OS sandbox, end to end: a scripted
-model that obeys whatever it is told tries the side doors, and each test checks the effect
-is absent and the honest work still lands.
+"""A compromised agent against the layers above the OS sandbox: a scripted model that
+obeys whatever it is told tries the side doors, and each test checks the effect is absent
+and the honest work still lands. Most run end to end; where the real CLI, git and Slack add
+nothing (a fix holding a secret value, the approval policy), in-process on the task
+machinery (tests/memory.py).
 
 (The OS sandbox around the agent and test runs has tests of its own; these are the layers
 above it: what planning may do, what leaves planning, what verification decides, who
@@ -14,11 +16,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakes.anthropic import structured, text, tool
-from test_cli import fixbot
-from test_conversation import buttons, start_fix, thread_texts, wait_for_plan, wait_for_question
-from test_core_loop import git_heads, writes_of_the_fix
-from test_webhooks import SECRETS, payload, post, sign, start
+from memory import build_machine, memory_settings
+from test_conversation import (
+    buttons,
+    db,
+    start_fix,
+    thread_texts,
+    wait_for_plan,
+    wait_for_question,
+)
+from test_lifecycle import planned
+from test_webhooks import payload, sign, webhooks
 from world import (
     CHANNEL,
     ENV_DUMP_CONFTEST,
@@ -30,7 +40,14 @@ from world import (
     seed_sentry_issue,
 )
 
+from bot.cli import _check_webhooks
+from bot.config import blank_secrets
+from bot.models import State
+from bot.policy import ApprovalPolicy
+from bot.tasks import Decision
 from repos.workspace import branch_name
+from storage.jobs import JobKind, JobStatus
+from storage.tables import Task
 
 TITLE = "AssertionError: discount made the price negative"
 ASK = "mcp__fixbot__ask_in_thread"
@@ -266,6 +283,7 @@ async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> No
     assert "came in meanwhile" in json.dumps(thread(world, thread_ts))
     first = next(m for m in thread(world, thread_ts) if "Plan v1" in json.dumps(m.get("blocks")))
     assert buttons(first) == []  # superseded: only the revised plan can be approved
+    assert "Superseded by a revised plan" in json.dumps(first["blocks"])
     answers = json.dumps(world.model.tool_results())
     assert "Yes, it is." in answers and "Also refuse negative prices." not in answers
     revisions = [r for r in world.model.requests if "plan-changes skill" in json.dumps(r)]
@@ -288,93 +306,69 @@ async def test_a_reply_while_planning_becomes_a_revised_plan(world: World) -> No
         what="the refusal of the old plan",
     )
     assert "Approved" not in json.dumps(thread(world, thread_ts))
+    kept = next(m for m in thread(world, thread_ts) if m["ts"] == revised["ts"])
+    assert buttons(kept)[:2] == ["Approve", "Reject"]  # a refused click changes no message
     assert not any("Implement the approved plan" in json.dumps(r) for r in world.model.requests)
-
-
-async def test_a_fix_holding_a_secret_value_is_not_pushed(world: World) -> None:
-    seed_sentry_issue(world)
-    script_plan(world)
-    worktree = world.worktree(branch_name("SHOP-1", TITLE))
-    world.model.script(
-        [
-            [tool("Write", {"file_path": str(worktree / "notes.txt"), "content": "github-token"})],
-            *writes_of_the_fix(worktree),
-            [text("Done.")],
-        ],
-        match="Implement the approved plan for SHOP-1",
+    sessions = (
+        db(world)
+        .execute("select session_id from agent_runs where step = 'planning' order by id")
+        .fetchall()
     )
-    await world.start_app()
-    thread_ts = await start_fix(world)
-    plan = await wait_for_plan(world, thread_ts)
-    branch = branch_name("SHOP-1", TITLE)
-    pushed_plan = git_heads(world)[branch]
+    assert len(sessions) == 2 and sessions[0] == sessions[1]  # the revision resumed the session
 
-    failure = await approve_and_wait(world, thread_ts, plan, "Failed: ")
-    assert "`notes.txt` holds the value of one of Fixbot's own secrets" in failure["text"]
-    assert git_heads(world)[branch] == pushed_plan
-    assert "github-token" not in json.dumps(thread(world, thread_ts))
+
+async def test_a_fix_holding_a_secret_value_is_not_pushed(tmp_path: Path) -> None:
+    async with build_machine(tmp_path, github_token="github-token") as machine:
+        task = await planned(machine)
+        assert task.branch is not None
+        # What the executor leaves in the worktree: the fix, and a file holding a token.
+        worktree = machine.repos.worktree_path(task.branch)
+        (worktree / "shop").mkdir()
+        (worktree / "shop" / "pricing.py").write_text(FIXED_PRICING)
+        (worktree / "notes.txt").write_text("github-token")
+        machine.repos.changed = ["shop/pricing.py", "notes.txt"]
+        commits, pushed = list(machine.repos.commits), list(machine.repos.pushed)
+
+        await machine.workflow.approve(Decision(task.id, "U_BOB", plan_version=1))
+        job, outcome = await machine.run_next_job()
+        task = await machine.workflow.store.fresh(task)
+        assert (job.kind, outcome.status, task.state) == (
+            JobKind.EXECUTION,
+            JobStatus.FAILED,
+            State.FAILED,
+        )
+        failure = "`notes.txt` holds the value of one of Fixbot's own secrets"
+        texts = machine.threads.texts(task.thread_ts)
+        assert any(text.startswith("Failed: ") and failure in text for text in texts)
+        assert (machine.repos.commits, machine.repos.pushed) == (commits, pushed)  # nothing
+        shown = [*texts, *(content for _c, _t, content in machine.threads.uploads)]
+        assert not any("github-token" in text for text in shown)
 
 
 # Who approves
 
 
-async def test_the_requester_may_not_approve_their_own_plan(world: World) -> None:
-    world.config["require_second_person"] = True
-    seed_sentry_issue(world)
-    script_plan(world)
-    await world.start_app()
-    thread_ts = await start_fix(world)  # typed by U_ALICE
-    plan = await wait_for_plan(world, thread_ts)
-
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="U_ALICE")
-    refusal = await world.slack.wait_for(lambda: world.slack.ephemerals("U_ALICE"), timeout=60)
-    assert "second person" in refusal[-1]["text"]
-    await world.slack.mention(CHANNEL, "approve", thread_ts=thread_ts, user="U_ALICE")
-    await world.slack.wait_for(lambda: len(world.slack.ephemerals("U_ALICE")) == 2, timeout=60)
-    assert "second person" in world.slack.ephemerals("U_ALICE")[-1]["text"]
-    assert buttons(next(m for m in world.slack.thread(CHANNEL, thread_ts) if m["ts"] == plan["ts"]))
-
-    await world.slack.click_button(CHANNEL, plan["ts"], "approve", user="U_BOB")
-    await world.slack.wait_for(
-        lambda: "Approved by <@U_BOB>" in json.dumps(world.slack.thread(CHANNEL, thread_ts)),
-        timeout=60,
-    )
+def test_github_approvals_are_off_without_a_list() -> None:
+    policy = ApprovalPolicy.from_settings(memory_settings())  # no github_approvers
+    assert not policy.may_approve("octocat", Task(requested_by="U_ALICE"), github=True)
 
 
-async def test_github_approvals_are_off_without_a_list(world: World) -> None:
-    seed_sentry_issue(world)
-    script_plan(world)
-    hooks = await start(world)  # no github_approvers, no approvers: still off
-    thread_ts = await start_fix(world)
-    await wait_for_plan(world, thread_ts)
-    number = str(world.github.pulls("acme/shop")[0].number)
-    comment = payload("github_issue_comment.json", NUMBER=number, LOGIN="octocat")
-    headers = {
-        "X-GitHub-Event": "issue_comment",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], comment),
-    }
-    assert (await post(f"{hooks}/github", comment, headers)) == (
-        200,
-        {"ok": False, "error": "not an approver"},
-    )
-    assert "Approved by" not in json.dumps(world.slack.thread(CHANNEL, thread_ts))
-
-
-async def test_an_empty_webhook_secret_counts_as_unset(world: World) -> None:
-    hooks = await start(world)
-    await world.stop_app()
-    world.env["GITHUB_WEBHOOK_SECRET"] = ""
-    await world.start_app()
+async def test_an_empty_webhook_secret_counts_as_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_WEBHOOK_SECRET", raising=False)
+    (tmp_path / ".env").write_text("GITHUB_WEBHOOK_SECRET=\n")
     comment = payload("github_issue_comment.json", NUMBER="1", LOGIN="octocat")
     headers = {
         "X-GitHub-Event": "issue_comment",
         "X-GitHub-Delivery": str(uuid.uuid4()),
         "X-Hub-Signature-256": "sha256=" + sign("", comment),
     }
-    assert (await post(f"{hooks}/github", comment, headers))[0] == 401
+    async with webhooks(tmp_path, github_webhook_secret="") as hooks:
+        assert (await hooks.post("github", comment, headers))[0] == 401
+        settings = hooks.machine.workflow.settings
 
-    run = await fixbot(world, "doctor")
-    webhooks = next(line for line in run.lines if "webhooks:" in line)
-    assert webhooks.startswith("✗") and "GITHUB_WEBHOOK_SECRET" in webhooks
-    assert "counts as unset" in webhooks and "GitHub approvals off" in webhooks
+    # What `fixbot doctor` says of it.
+    check = _check_webhooks(settings, blank_secrets(tmp_path / ".env"))
+    assert check.ok is False and "GITHUB_WEBHOOK_SECRET" in check.detail
+    assert "counts as unset" in check.detail and "GitHub approvals off" in check.detail

@@ -1,36 +1,34 @@
-"""The real world end to end: unusable references, Sentry's webhooks, a repo's own setup.
+"""The real world: unusable references, the vendors' own webhook payloads, a repo's setup.
 
 An unusable reference is answered privately before anything is posted; Sentry's
-integration platform webhooks (payloads from Sentry's docs, ids swapped for the fake's)
-become alerts like Slack's; a repository's `setup_command` builds the environment that
-the agent's and Fixbot's test runs use.
+integration platform webhooks (payloads from Sentry's docs) become alerts like Slack's,
+and GitHub's (octokit's examples) reach the task of their pull request; a repository's
+`setup_command` builds the environment that the agent's and Fixbot's test runs use.
+Most run end to end; a payload the routes are proven with elsewhere goes through them
+in-process (test_webhooks's `webhooks`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import sysconfig
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from memory import memory_settings
 from test_cli import fixbot
-from test_conversation import (
-    TITLE,
-    buttons,
-    db,
-    plan_script,
-    start_fix,
-    thread_texts,
-    wait_for_plan,
-)
+from test_conversation import TITLE, plan_script, thread_texts, wait_for_plan
 from test_core_loop import script_execution, script_planning, start_plan
 from test_core_loop import thread_texts as core_thread_texts
-from test_webhooks import SECRETS, count, post, sign, start
+from test_webhooks import PULL, PULL_URL, count, github_signed, post, sentry_signed, start, webhooks
 from world import CHANNEL, World, seed_sentry_issue
+
+from bot.cli import _check_setup
+from bot.models import State
+from bot.redact import Redactor
+from storage.tables import Alert, Task
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -87,17 +85,10 @@ async def test_an_unmapped_project_is_answered_privately(world: World) -> None:
     # The same as a link, as Slack delivers it: refused without asking anyone.
     link = f"<{world.jira.url}/browse/OPS-7|OPS-7>"
     assert "`jira_projects`" in await typed(world, link)
-    # A Sentry issue of a project no repository claims.
-    assert "`billing-api` is not mapped" in await typed(world, "BILLING-7")
+    # A Sentry issue of a project no repository claims, and where to map it.
+    billing = await typed(world, "BILLING-7")
+    assert "`billing-api` is not mapped" in billing and "sentry_projects" in billing
     nothing_started(world)
-
-
-def signed(body: bytes, resource: str) -> dict[str, str]:
-    return {
-        "Sentry-Hook-Resource": resource,
-        "Request-ID": str(uuid.uuid4()),
-        "Sentry-Hook-Signature": sign(SECRETS["sentry"], body),
-    }
 
 
 def event_alert(world: World, issue_id: str) -> bytes:
@@ -118,38 +109,32 @@ async def test_a_sentry_event_alert_webhook_is_one_task(world: World) -> None:
     hooks = await start(world, auto_plan=True)
 
     body = event_alert(world, issue_id)
-    assert await post(f"{hooks}/sentry", body, signed(body, "event_alert")) == (200, {"ok": True})
+    answer = await post(f"{hooks}/sentry", body, sentry_signed("event_alert", body))
+    assert answer == (200, {"ok": True})
     alert = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
     plan = await wait_for_plan(world, alert["ts"])
     assert TITLE in json.dumps(plan)
 
     again = event_alert(world, issue_id)  # the rule fires again: another delivery
-    assert (await post(f"{hooks}/sentry", again, signed(again, "event_alert")))[0] == 200
+    assert (await post(f"{hooks}/sentry", again, sentry_signed("event_alert", again)))[0] == 200
     await world.slack.wait_for(
         lambda: "Seen again (1)" in thread_texts(world, alert["ts"]), what="the count"
     )
     assert count(world, "tasks") == 1 and len(world.slack.messages(CHANNEL)) == 1
 
 
-async def test_a_regressed_issue_webhook_is_an_alert(world: World) -> None:
-    issue_id = seed_sentry_issue(world)
-    hooks = await start(world)
-    payload = copy.deepcopy(sentry_payload("issue.created.json"))
+async def test_a_regressed_issue_webhook_is_an_alert(tmp_path: Path) -> None:
+    payload = sentry_payload("issue.created.json")
     payload["action"] = "unresolved"
-    issue = payload["data"]["issue"]
-    issue |= {"id": issue_id, "shortId": "SHOP-1", "substatus": "regressed"}
-    issue["project"] |= {"slug": "shop-backend", "name": "shop-backend"}
+    payload["data"]["issue"] |= {"shortId": "SHOP-1", "substatus": "regressed"}
     body = json.dumps(payload).encode()
+    async with webhooks(tmp_path) as hooks:
+        assert await hooks.post("sentry", body, sentry_signed("issue", body)) == (200, {"ok": True})
 
-    assert await post(f"{hooks}/sentry", body, signed(body, "issue")) == (200, {"ok": True})
-
-    alert = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    assert "regressed" in alert["text"] and "SHOP-1" in alert["text"]
-    await world.slack.wait_for(
-        lambda: any(buttons(m) == ["Plan a fix"] for m in world.slack.thread(CHANNEL, alert["ts"])),
-        what="the Plan a fix offer",
-    )
-    assert count(world, "alerts") == 1 and count(world, "tasks") == 0
+        (alert,) = [m for m in hooks.threads.messages.values() if m.thread_ts is None]
+        assert "regressed" in alert.text and "SHOP-1" in alert.text
+        assert len(hooks.threads.offers(alert.ts)) == 1  # `Plan a fix`
+        assert await hooks.count(Alert) == 1 and await hooks.count(Task) == 0
 
 
 @pytest.mark.long
@@ -195,40 +180,33 @@ async def test_doctor_runs_the_setup_once_and_says_how_long_it_took(world: World
     repo = world.config["repos"][0]
     repo["setup_command"] = 'mkdir -p "$FIXBOT_ENV/bin" && echo installed'
     first = await fixbot(world, "doctor")
-    again = await fixbot(world, "doctor")
+    setup = next(line for line in first.lines if "setup acme/shop" in line)
+    assert setup.startswith("✓") and " ran in " in setup
+
+    # The doctor's setup check again, in-process on the same work folder: each `fixbot
+    # doctor` costs a Claude Code start, and the line is the check's own rendering.
+    async def check_setup() -> str:
+        settings = memory_settings(repos=[repo], fixbot_workdir=world.workdir)
+        redact = Redactor(settings.secret_values())
+        return str(await _check_setup(settings, settings.repos[0], redact))
+
+    assert "cached" in await check_setup()
     repo["setup_command"] = "echo 'ERROR: No matching distribution found for flask==99'; exit 1"
-    broken = await fixbot(world, "doctor")
-
-    def setup_line(run: Any) -> str:
-        return next(line for line in run.lines if "setup acme/shop" in line)
-
-    assert setup_line(first).startswith("✓") and " ran in " in setup_line(first)
-    assert "cached" in setup_line(again)
-    assert setup_line(broken).startswith("✗") and "No matching distribution" in setup_line(broken)
+    broken = await check_setup()
+    assert broken.startswith("✗") and "No matching distribution" in broken
 
 
-async def test_a_pull_request_closed_webhook_as_github_sends_it(world: World) -> None:
-    seed_sentry_issue(world)
-    plan_script(world)
-    hooks = await start(world)
-    thread_ts = await start_fix(world)
-    await wait_for_plan(world, thread_ts)
-    pull = world.github.pulls("acme/shop")[0]
-    # octokit's example of `pull_request` `closed` (not merged), naming this task's pull.
+async def test_a_pull_request_closed_webhook_as_github_sends_it(tmp_path: Path) -> None:
+    # octokit's example of `pull_request` `closed` (not merged), naming a task's pull.
     payload = json.loads((PAYLOADS / "github" / "pull_request.closed.json").read_text())
-    payload["number"] = payload["pull_request"]["number"] = pull.number
+    payload["number"] = payload["pull_request"]["number"] = PULL
     payload["repository"]["full_name"] = "acme/shop"
     body = json.dumps(payload).encode()
-    headers = {
-        "X-GitHub-Event": "pull_request",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], body),
-    }
+    async with webhooks(tmp_path) as hooks:
+        task = await hooks.seeded(State.AWAITING_APPROVAL, pr_number=PULL, pr_url=PULL_URL)
 
-    assert await post(f"{hooks}/github", body, headers) == (200, {"ok": True})
+        answer = await hooks.post("github", body, github_signed("pull_request", body))
+        assert answer == (200, {"ok": True})
 
-    await world.slack.wait_for(
-        lambda: "was closed without merging by Codertocat" in thread_texts(world, thread_ts),
-        what="the closed note",
-    )
-    assert db(world).execute("select state from tasks").fetchall() == [("cancelled",)]
+        assert hooks.said(task.thread_ts, "was closed without merging by Codertocat") is not None
+        assert (await hooks.machine.workflow.store.fresh(task)).state == State.CANCELLED

@@ -150,12 +150,16 @@ def test_github_enterprise_urls_are_on_the_api_host() -> None:
         ),
         ("https://softwiretech.atlassian.net/browse/OPS-4", "`OPS` is not mapped"),
         ("hello world", "repo:owner/name"),
+        ("broken checkout repo:Codertocat/Unknown", "not in fixbot.yml"),
         ("", "needs something to fix"),
     ],
 )
 def test_what_is_refused_and_why(typed: str, words: str) -> None:
-    with pytest.raises(BadReference, match=re.escape(words)):
+    with pytest.raises(BadReference, match=re.escape(words)) as refused:
         parse_reference(typed, settings())
+    # /fix answers with these words alone: each says what is accepted or what to set.
+    said = str(refused.value)
+    assert "Accepted forms" in said or "fixbot.yml" in said or "SENTRY_ORG" in said
 
 
 def test_self_hosted_sentry_is_its_own_host_and_subdomains() -> None:

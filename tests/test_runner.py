@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.anthropic import ScriptedModel, overloaded, structured, text, tool
+from fakes.anthropic import Failure, ScriptedModel, overloaded, structured, text, tool
 
 from agents.runner import (
     AgentEnvironment,
     AgentEvent,
+    AgentPermanentError,
     AgentStep,
     AgentTransientError,
     agent_env,
@@ -208,6 +209,21 @@ async def test_a_persistent_overload_is_a_transient_error(
         )
 
     assert script.served == 2  # the request and CLAUDE_CODE_MAX_RETRIES=1 retry
+    assert model.unexpected == []
+
+
+async def test_a_rejected_request_is_a_permanent_error_tried_once(
+    model: ScriptedModel, environment: AgentEnvironment, repo: Path
+) -> None:
+    refusal = Failure(400, "invalid_request_error", "prompt is too long", None, None)
+    script = model.script([refusal], match="TASK-refused")
+
+    with pytest.raises(AgentPermanentError, match="The model API refused"):
+        await run_agent_step(
+            AgentStep(name="execution", prompt="Do TASK-refused.", cwd=repo), environment
+        )
+
+    assert script.served == 1  # unlike a 529, Claude Code does not try it again
     assert model.unexpected == []
 
 

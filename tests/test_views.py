@@ -30,6 +30,7 @@ from bot.views import (
     plan_message,
     pull_request_body,
     queued_message,
+    revising_message,
     status_message,
     unmapped_project_message,
 )
@@ -185,12 +186,13 @@ def test_parent_message_states_and_pull_request() -> None:
     assert ":x: Failed: tests never went red" in all_text(failed)
 
 
-def test_untrusted_title_cannot_ping_or_forge_links() -> None:
+def test_untrusted_text_cannot_ping_or_forge_links() -> None:
     for message in (
         parent_message(make_task(title=EVIL)),
         plan_message(make_task(title=EVIL), make_plan(summary=EVIL), plan_url=None, cost_usd=0),
         failure_message(make_task(title=EVIL), EVIL, output=EVIL),
         status_message(EVIL, EVIL, 1, 0),
+        revising_message("U_BOB", EVIL),  # a reply, echoed in the thread
     ):
         text = all_text(message)
         for raw in ("<!channel>", "<!here>", "<@U999>", "<http://evil.example|click here>"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 from fakes.anthropic import structured, tool
 from test_core_loop import TITLE, script_planning, start_plan
-from test_metrics_logs import free_port
 from test_pool import claude_processes, start_slow_planning
 from world import World, plan_data, seed_sentry_issue
 
@@ -24,6 +24,12 @@ BURST = 50
 def worker_processes(world: World) -> None:
     """The default: one worker process beside the Slack side (tests/world.py turns it off)."""
     world.config["workers"] = {"processes": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def worker_pids(world: World) -> list[int]:
@@ -122,9 +128,3 @@ async def test_a_stop_signal_stops_the_workers_too(world: World) -> None:
     log = world.app_log()
     assert "worker stopping: no new work" in log  # the app's SIGTERM, not the kill that follows
     assert log.index("worker stopping") < log.index('"stopped"')
-
-
-async def test_the_steps_can_run_in_the_apps_own_process(world: World) -> None:
-    world.config["workers"] = {"processes": 0}
-    await start_slow_planning(world)
-    assert worker_pids(world) == []
