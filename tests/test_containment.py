@@ -264,6 +264,11 @@ async def test_without_a_sandbox_agents_are_refused_and_everyone_is_told_why(
     assert "sandbox" in failure["text"] and "bubblewrap" in failure["text"]
     assert "apt-get install bubblewrap" in json.dumps(failure)
     assert world.model.requests == []  # no agent ran
+    await world.slack.click_button(CHANNEL, failure["ts"], "cancel", user="U_BOB")
+    await world.slack.wait_for(
+        lambda: any("Cancelled by <@U_BOB>" in t for t in thread_texts(world, parent["ts"])),
+        what="the cancel",
+    )
     started = [json.loads(line) for line in world.app_log().splitlines() if line.startswith("{")]
     assert any(
         line["level"] == "ERROR" and "no agent can run" in line["message"] for line in started

@@ -204,9 +204,18 @@ async def test_a_service_away_past_the_wait_limit_fails_the_step_saying_so(
     await world.start_app()
     await world.slack.slash_command("SHOP-1")
     parent = (await world.slack.wait_for(lambda: world.slack.messages(CHANNEL)[:1]))[0]
-    await failure_report(world, parent["ts"], timeout=60)
+    failure = await failure_report(world, parent["ts"], timeout=60)
     texts = thread_texts(world, parent["ts"])
     assert any("stopped waiting" in t and "HTTP 503" in t for t in texts), texts
+
+    # Retry runs the step again; Sentry still answers 503, so it fails again, saying so.
+    await world.slack.click_button(CHANNEL, failure["ts"], "retry", user="U_BOB")
+    await world.slack.wait_for(
+        lambda: sum("stopped waiting" in t for t in thread_texts(world, parent["ts"])) == 2,
+        timeout=60,
+        what="the retried step's failure",
+    )
+    assert any("Retry requested by <@U_BOB>" in t for t in thread_texts(world, parent["ts"]))
 
 
 @pytest.mark.long
