@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+
+
+def free_port() -> int:
+    """A port of the host's loopback that nothing listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Listener:

@@ -23,11 +23,13 @@ from world import plan_data
 
 from agents.runner import AgentEnvironment, AgentStep, EventHandler, SessionHandler, StepResult
 from bot.config import Settings
+from bot.conversation import Conversation
 from bot.jobs import Outcome
 from bot.redact import Redactor
 from bot.sources import Sources
 from bot.tasks import Workflow
 from bot.views import Message
+from bot.wiring import conversation_around
 from repos.config import RepoConfig
 from repos.environment import RepoEnvironment
 from repos.verify import CommandResult, Verification
@@ -82,6 +84,10 @@ class MemoryThreads:
 
     async def replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         return [{"ts": m.ts, "text": m.text} for m in self.texts_of(thread_ts)]
+
+    def parents(self) -> list[Posted]:
+        """The messages posted in the channel itself, not in a thread."""
+        return [m for m in self.messages.values() if m.thread_ts is None]
 
     def texts_of(self, thread_ts: str) -> list[Posted]:
         return [m for m in self.messages.values() if thread_ts in (m.ts, m.thread_ts)]
@@ -241,6 +247,7 @@ class Machine:
     agent: ScriptedAgent
     repos: MemoryRepos
     jobs: MemoryJobs
+    conversation: Conversation  # alerts, replies, mentions, after a merge: as the app's
 
     async def run_next_job(self) -> tuple[Job, Outcome]:
         """Claim the next runnable planning or execution job and run it as the pool would."""
@@ -282,8 +289,10 @@ async def build_machine(
         jira=None,
         redactor=Redactor(built.secret_values()),
     )
+    conversation = conversation_around(workflow)
     try:
-        yield Machine(workflow, sessions, queue, threads, agent, repos, jobs)
+        yield Machine(workflow, sessions, queue, threads, agent, repos, jobs, conversation)
     finally:
+        await conversation.aclose()
         await workflow.aclose()
         await engine.dispose()

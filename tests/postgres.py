@@ -13,7 +13,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.db import create_engine, migrate, sessionmaker
@@ -63,12 +63,6 @@ def _run(args: list[str], as_user: str | None = None) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _server_user() -> str | None:
     """Who runs the server: ourselves, or `postgres` when we are root."""
     if os.geteuid() != 0:
@@ -96,7 +90,7 @@ def _cluster() -> Iterator[PostgresServer]:
     try:
         initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust"]
         _run([*initdb, "--encoding=UTF8", "--locale=C", "--no-sync"], as_user=user)
-        port = _free_port()
+        port = free_port()
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

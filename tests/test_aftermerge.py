@@ -253,7 +253,7 @@ async def merged_fix(hooks: Hooks) -> Task:
     assert merged == (200, {"ok": True})
     job = await hooks.machine.queue.claim([JobKind.AFTER_MERGE])
     assert job is not None
-    assert (await hooks.conversation.after_merge.run_job(job)).status == JobStatus.DONE
+    assert (await hooks.machine.conversation.after_merge.run_job(job)).status == JobStatus.DONE
     assert hooks.said(task.thread_ts, "After the merge") is not None
     return task
 
@@ -276,15 +276,14 @@ async def test_a_regressed_webhook_reopens_the_original_thread(tmp_path: Path) -
         reopened = hooks.said(task.thread_ts, "regressed")
         assert reopened is not None and PULL_URL in reopened.text
         assert labels(hooks.threads.blocks[reopened.ts]) == ["Plan again"]
-        threads = [m for m in hooks.threads.messages.values() if m.thread_ts is None]
-        assert len(threads) == 1  # no new thread, no new task
+        assert len(hooks.threads.parents()) == 1  # no new thread, no new task
         assert await hooks.count(Task) == 1
         assert await watch_status(hooks) == Watch.REGRESSED
 
         # Sentry's alert about it in the channel is counted in the original thread too.
-        alert = hooks.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
+        alert = hooks.machine.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
         assert alert is not None
-        await hooks.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
+        await hooks.machine.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
         await hooks.threads.wait_for(task.thread_ts, "Seen again (1)")  # noted after ~1 s
         assert await hooks.count(Task) == 1
         assert hooks.threads.texts_of(ALERT_TS) == []  # the alert gets no reply of its own
@@ -295,10 +294,10 @@ async def test_a_channel_alert_for_a_merged_fix_reopens_the_original_thread(
 ) -> None:
     async with webhooks(tmp_path) as hooks:
         task = await merged_fix(hooks)
-        alert = hooks.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
+        alert = hooks.machine.conversation.alert_in(slack_alert(ALERT_TS, SHOP_1))
         assert alert is not None
 
-        await hooks.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
+        await hooks.machine.conversation.on_alert(alert, channel=CHANNEL, message_ts=ALERT_TS)
         back = hooks.said(task.thread_ts, "came back")
         assert back is not None and "A Sentry alert names `SHOP-1` again" in back.text
         assert labels(hooks.threads.blocks[back.ts]) == ["Plan again"]

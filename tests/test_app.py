@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+from helpers import free_port
 from launcher import launch
 from world import ROOT, World
 
@@ -70,12 +70,6 @@ def test_a_fixbot_yml_made_a_directory_by_a_bind_mount_is_a_clear_error(tmp_path
     assert done.returncode == 2
     assert "is a directory" in done.stderr and "fixbot.example.yml" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_health_readiness_and_clean_shutdown(world: World) -> None:

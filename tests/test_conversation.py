@@ -23,7 +23,6 @@ from world import CHANNEL, World, git, plan_data, seed_sentry_issue
 from agents.ask import NO_ANSWER, SERVER
 from bot.models import RefKind, State
 from bot.views import Message
-from bot.wiring import conversation_around
 from repos.workspace import branch_name
 from storage.jobs import JobKind
 from storage.tables import Alert, Task
@@ -185,7 +184,7 @@ async def test_a_sentry_alert_offers_a_fix_and_the_button_plans_it(world: World)
 async def test_an_alert_storm_is_one_task_with_a_count(tmp_path: Path) -> None:
     threads = KeptThreads()
     async with build_machine(tmp_path, threads=threads, alert_channels=[CHANNEL]) as machine:
-        conversation = conversation_around(machine.workflow)
+        conversation = machine.conversation
         first = "1.000001"
         alert = conversation.alert_in(slack_alert(first))
         assert alert is not None
@@ -206,7 +205,6 @@ async def test_an_alert_storm_is_one_task_with_a_count(tmp_path: Path) -> None:
         assert len(threads.offers(first)) == 1
         # The repeats got no replies of their own.
         assert all(threads.texts(ts) == [] for ts in repeats)
-        await conversation.aclose()
 
 
 async def test_auto_plan_starts_at_once_and_other_bots_are_ignored(tmp_path: Path) -> None:
@@ -214,7 +212,7 @@ async def test_auto_plan_starts_at_once_and_other_bots_are_ignored(tmp_path: Pat
     async with build_machine(
         tmp_path, threads=threads, auto_plan=True, alert_channels=[CHANNEL]
     ) as machine:
-        conversation = conversation_around(machine.workflow)
+        conversation = machine.conversation
         chatter = {"channel": CHANNEL, "ts": "1.000001", "bot_id": "B_CI"}
         assert conversation.alert_in({**chatter, "text": "<!channel> deploy done"}) is None
 
@@ -234,7 +232,7 @@ async def test_auto_plan_starts_at_once_and_other_bots_are_ignored(tmp_path: Pat
 async def test_a_regression_links_the_earlier_pull_request(tmp_path: Path) -> None:
     threads = KeptThreads()
     async with build_machine(tmp_path, threads=threads, alert_channels=[CHANNEL]) as machine:
-        conversation = conversation_around(machine.workflow)
+        conversation = machine.conversation
         first, again = "1.000001", "1.000002"
         alert = conversation.alert_in(slack_alert(first))
         assert alert is not None

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from fakes.anthropic import pause, structured, tool
 from fakes.proxy import LineProxy
+from helpers import free_port
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from test_cli import fixbot, seed_task
@@ -40,12 +40,6 @@ from test_pool import restart_until_pull_request
 from world import CHANNEL, World, plan_data, seed_sentry_issue
 
 from storage.db import create_engine
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def db(world: World) -> sqlite3.Connection:

@@ -21,7 +21,6 @@ from bot.models import Reference, RefKind, State, Watch
 from bot.tasks import Decision
 from bot.tasks.thread import TaskThread
 from bot.views import Message
-from bot.wiring import conversation_around
 from repos.verify import Verification
 from storage.jobs import JobKind, JobStatus
 from storage.queue import JobQueue
@@ -244,7 +243,7 @@ async def test_plan_again_clicked_before_the_verdict_ts_was_saved_still_marks_th
     machine: Machine,
 ) -> None:
     task = await planned(machine)
-    after_merge = conversation_around(machine.workflow).after_merge
+    after_merge = machine.conversation.after_merge
     # The verdict is posted, and the click on it comes before its ts is saved.
     verdict_ts = await machine.threads.post(
         CHANNEL, views.note("Still seen: 3 events"), thread_ts=task.thread_ts
@@ -413,7 +412,7 @@ async def test_a_repeat_counted_while_the_seen_again_note_is_written_still_shows
 ) -> None:
     threads = GatedThreads()
     async with build_machine(tmp_path, threads=threads) as machine:
-        conversation = conversation_around(machine.workflow)
+        conversation = machine.conversation
         alert = SentryAlert(issue_id="42", short_id="SHOP-1", url=None, title="AssertionError")
         await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000001")
         await conversation.on_alert(alert, channel=CHANNEL, message_ts="1.000002")
@@ -427,4 +426,3 @@ async def test_a_repeat_counted_while_the_seen_again_note_is_written_still_shows
         assert [t for t in threads.texts("1.000001") if "Seen again" in t] == [
             ":repeat: Seen again (2)"
         ]
-        await conversation.aclose()

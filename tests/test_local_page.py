@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import httpx
 import pytest
 import yaml
 from fakes.anthropic import ScriptedModel, structured
+from helpers import free_port
 from launcher import Launched, launch
 from playwright.async_api import Browser, Page, async_playwright, expect
 from world import TEST_COMMAND, make_shop_repo, plan_data
@@ -73,7 +73,7 @@ async def fixbot_local(
 ) -> AsyncIterator[LocalWorkspace]:
     """`fixbot local ARGS` in `root`, with no Slack settings at all (through
     tests/launcher.py); stopped with SIGTERM."""
-    port = _free_port()
+    port = free_port()
     environment = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": str(root / "home"),
@@ -254,9 +254,3 @@ async def _wait_ready(url: str, process: Launched, log: Path) -> None:
             await asyncio.sleep(0.1)
     output = await asyncio.to_thread(log.read_text)
     raise AssertionError(f"fixbot local never became ready:\n{output}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -10,10 +10,10 @@ import sqlite3
 from typing import Any
 
 import aiohttp
+from helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import fixbot
 from test_core_loop import buttons, script_planning
-from test_workers import free_port
 from world import CHANNEL, World, seed_sentry_issue
 
 from bot import logs

@@ -28,7 +28,7 @@ from test_conversation import (
     wait_for_question,
 )
 from test_lifecycle import planned
-from test_webhooks import payload, sign, webhooks
+from test_webhooks import github_signed, payload, webhooks
 from world import (
     CHANNEL,
     ENV_DUMP_CONFTEST,
@@ -359,11 +359,7 @@ async def test_an_empty_webhook_secret_counts_as_unset(
     monkeypatch.delenv("GITHUB_WEBHOOK_SECRET", raising=False)
     (tmp_path / ".env").write_text("GITHUB_WEBHOOK_SECRET=\n")
     comment = payload("github_issue_comment.json", NUMBER="1", LOGIN="octocat")
-    headers = {
-        "X-GitHub-Event": "issue_comment",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + sign("", comment),
-    }
+    headers = github_signed("issue_comment", comment, secret="")  # what anyone can sign
     async with webhooks(tmp_path, github_webhook_secret="") as hooks:
         assert (await hooks.post("github", comment, headers))[0] == 401
         settings = hooks.machine.workflow.settings

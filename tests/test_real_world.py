@@ -131,7 +131,7 @@ async def test_a_regressed_issue_webhook_is_an_alert(tmp_path: Path) -> None:
     async with webhooks(tmp_path) as hooks:
         assert await hooks.post("sentry", body, sentry_signed("issue", body)) == (200, {"ok": True})
 
-        (alert,) = [m for m in hooks.threads.messages.values() if m.thread_ts is None]
+        (alert,) = hooks.threads.parents()
         assert "regressed" in alert.text and "SHOP-1" in alert.text
         assert len(hooks.threads.offers(alert.ts)) == 1  # `Plan a fix`
         assert await hooks.count(Alert) == 1 and await hooks.count(Task) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from helpers import free_port
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,9 +84,7 @@ async def test_ping_answers_true_for_the_session_postgresql(postgres_url: str) -
 
 
 async def test_ping_answers_false_for_an_unreachable_postgresql() -> None:
-    with socket.socket() as probe:  # a port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     engine = create_engine(f"postgresql+asyncpg://fixbot@127.0.0.1:{port}/fixbot")
     try:
         assert await ping(engine) is False

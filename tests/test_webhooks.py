@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import free_port
 from memory import REPO, Machine, Posted, build_machine
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, select
@@ -27,12 +27,10 @@ from test_cli import seed_task
 from test_conversation import TITLE, KeptThreads, buttons
 from world import CHANNEL, World, git, plan_data, plan_markdown, seed_sentry_issue
 
-from bot.conversation import Conversation
 from bot.http import make_http_app
 from bot.models import RefKind, State
 from bot.views import Message
 from bot.webhooks import webhook_routes
-from bot.wiring import conversation_around
 from repos.workspace import branch_name
 from storage.tables import Base, Task
 
@@ -54,12 +52,12 @@ def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def github_signed(event: str, body: bytes) -> dict[str, str]:
-    """The headers of a GitHub delivery of `event`, signed with the GitHub secret."""
+def github_signed(event: str, body: bytes, secret: str = SECRETS["github"]) -> dict[str, str]:
+    """The headers of a GitHub delivery of `event`, signed with `secret`."""
     return {
         "X-GitHub-Event": event,
         "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": "sha256=" + sign(SECRETS["github"], body),
+        "X-Hub-Signature-256": "sha256=" + sign(secret, body),
     }
 
 
@@ -73,9 +71,7 @@ def sentry_signed(resource: str, body: bytes) -> dict[str, str]:
 
 
 async def start(world: World, *, jira: bool = False, **config: Any) -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     world.env |= {
         "FIXBOT_HTTP_PORT": str(port),
         "SENTRY_WEBHOOK_SECRET": SECRETS["sentry"],
@@ -246,7 +242,6 @@ class Hooks:
 
     machine: Machine
     threads: KeptThreads  # the machine's
-    conversation: Conversation  # the routes' own: the app's Slack handlers share it too
     client: TestClient[Any, Any]
 
     async def post(
@@ -259,9 +254,9 @@ class Hooks:
         )
         return response.status, await response.json()
 
-    def said(self, thread_ts: str | None, words: str) -> Posted | None:
+    def said(self, thread_ts: str, words: str) -> Posted | None:
         """The first reply in the thread that says `words`."""
-        replies = [m for m in self.threads.messages.values() if m.thread_ts == thread_ts]
+        replies = (m for m in self.threads.texts_of(thread_ts) if m.ts != thread_ts)
         return next((m for m in replies if words in m.text), None)
 
     async def count(self, table: type[Base]) -> int:
@@ -292,13 +287,9 @@ async def webhooks(tmp_path: Path, **settings: Any) -> AsyncIterator[Hooks]:
     threads = KeptThreads()
     chosen = {**SIGNED, "alert_channels": [CHANNEL], **settings}
     async with build_machine(tmp_path, threads=threads, **chosen) as machine:
-        conversation = conversation_around(machine.workflow)
-        routes = webhook_routes(machine.workflow.settings, machine.workflow, conversation)
-        try:
-            async with TestClient(TestServer(make_http_app(_ready, webhooks=routes))) as client:
-                yield Hooks(machine, threads, conversation, client)
-        finally:
-            await conversation.aclose()
+        routes = webhook_routes(machine.workflow.settings, machine.workflow, machine.conversation)
+        async with TestClient(TestServer(make_http_app(_ready, webhooks=routes))) as client:
+            yield Hooks(machine, threads, client)
 
 
 async def _ready() -> dict[str, bool]:

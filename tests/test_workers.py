@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 from fakes.anthropic import structured, tool
+from helpers import free_port
 from test_core_loop import TITLE, script_planning, start_plan
 from test_pool import claude_processes, start_slow_planning
 from world import World, plan_data, seed_sentry_issue
@@ -24,12 +24,6 @@ BURST = 50
 def worker_processes(world: World) -> None:
     """The default: one worker process beside the Slack side (tests/world.py turns it off)."""
     world.config["workers"] = {"processes": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def worker_pids(world: World) -> list[int]:
