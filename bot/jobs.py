@@ -243,10 +243,12 @@ class WorkerPool:
         except Exception:  # the outcome could not be written: the lease runs out, it runs again
             log.exception("job %s: its outcome could not be recorded", job.id)
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            # Recorded before the last await: a cancel there (a stop) would skip it, and the
+            # active-steps gauge would stay up.
             counted.finish()
             log.info("%s step ended: %s", job.kind, counted.status, extra={"data": {"job": job.id}})
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
 
     async def _run_and_record(self, job: Job, timeout: float, counted: metrics.StepMetrics) -> None:  # noqa: ASYNC109
         """Run the job; its error decides what is written and what the thread is told."""

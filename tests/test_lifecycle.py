@@ -209,7 +209,7 @@ async def test_the_pool_records_the_outcome_a_handler_returns(machine: Machine) 
                 break
             await asyncio.sleep(0.01)
     finally:
-        await pool.stop(grace_s=0)
+        await pool.stop(grace_s=30)  # the step ends (its metrics recorded) rather than cut
     assert job is not None and job.task_id == task.id
     assert (job.status, job.last_error) == (
         JobStatus.FAILED,
